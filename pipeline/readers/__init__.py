@@ -1,0 +1,53 @@
+"""Reader plug-ins: one module per published format, looked up by name.
+
+``READERS`` maps the ``--format`` value to the reader class. ``detect`` picks one for
+``--format auto`` and says which; a failed lookup lists the valid names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UsageError
+from .base import ImageUnavailable, Reader, SourceSpec
+from .coco import CocoReader
+from .flickr import FlickrReader
+from .hf import HFReader
+from .karpathy import KarpathyReader
+from .table import TableReader
+
+READERS: dict[str, type[Reader]] = {
+    r.name: r for r in (HFReader, KarpathyReader, CocoReader, FlickrReader, TableReader)
+}
+
+#: Order in which ``auto`` asks readers; the generic table reader last.
+DETECT_ORDER: tuple[str, ...] = ("hf", "karpathy", "coco", "flickr", "table")
+
+
+def get_reader(name: str) -> type[Reader]:
+    """The reader class registered as ``name``."""
+    try:
+        return READERS[name]
+    except KeyError:
+        raise UsageError(f"unknown format {name!r}; valid formats: {', '.join(sorted(READERS))}") from None
+
+
+def detect(spec: SourceSpec) -> str:
+    """The format name of ``spec`` for ``--format auto``; raises listing the formats."""
+    if spec.dataset is not None:
+        return "hf"
+    if spec.path is None:
+        raise UsageError("no source given")
+    path = Path(spec.path)
+    if not path.exists():
+        # Not a local path: a hub name for the hf reader, resolved offline through datasets.
+        return "hf"
+    for name in DETECT_ORDER:
+        if READERS[name].sniff(path):
+            return name
+    raise UsageError(
+        f"cannot tell the format of {path}; pass --format with one of: {', '.join(sorted(READERS))}"
+    )
+
+
+__all__ = ["DETECT_ORDER", "READERS", "ImageUnavailable", "Reader", "SourceSpec", "detect", "get_reader"]

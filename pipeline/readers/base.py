@@ -1,0 +1,137 @@
+"""What every reader is: the source options it gets and the interface it offers.
+
+A reader turns one published dataset format into caption rows (``schema.CAPTION_ROWS``)
+and, later and possibly in another process, turns an image reference of one of its rows
+into the image's bytes. Readers must be picklable: shard-writing workers receive them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from ..errors import CapshardError
+
+
+class ImageUnavailable(CapshardError):
+    """The image of a row cannot be read (missing file, unreadable bytes). ``reason`` is the reject code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the data is and how to read it; validated once by the CLI or by ``build``.
+
+    ``path`` is a file or folder (or a hub name for ``hf``). ``dataset`` is an in-memory
+    ``datasets.Dataset``/``DatasetDict`` passed by library users (the embedded sample).
+    """
+
+    path: str | None = None
+    images: Path | None = None
+    split_files: tuple[tuple[str, Path], ...] = ()
+    image_column: str | None = None
+    caption_column: str | None = None
+    id_column: str | None = None
+    split_column: str | None = None
+    restval: str = "train"
+    dataset: Any = field(default=None, compare=False, repr=False)
+    name: str | None = None
+
+
+class Reader:
+    """Base of all readers; subclasses set ``name`` and implement the methods below."""
+
+    #: Registry name, the value of ``--format``.
+    name: ClassVar[str] = ""
+    #: True when the format is known to carry several captions per image (Flickr, COCO,
+    #: Karpathy, nlphuji). A build where every image ends with one caption then fails.
+    multi_caption: ClassVar[bool] = False
+
+    def __init__(self, spec: SourceSpec) -> None:
+        self.spec = spec
+
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        """Whether ``path`` looks like this format; cheap (reads at most a few KiB)."""
+        return False
+
+    def read(self) -> Iterator[pa.RecordBatch]:
+        """Caption rows in ``CAPTION_ROWS`` schema, row ids 0..N-1 in reading order.
+
+        A malformed annotation raises ``SourceError`` naming file and line, except for a
+        format's documented quirks, which the reader handles.
+        """
+        raise NotImplementedError
+
+    def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
+        """The stored bytes of an image reference; raises ``ImageUnavailable``."""
+        if image_path is None:
+            raise ImageUnavailable("missing_image", f"{self.name} rows carry no embedded image bytes")
+        return read_image_file(image_path)
+
+    def id_column(self) -> str | None:
+        """Name of the column the ``id_hint`` values come from, for the resolution report."""
+        return self.spec.id_column
+
+    def annotation_files(self) -> list[Path]:
+        """Files whose bytes define the annotations; part of the source fingerprint."""
+        return [Path(self.spec.path)] if self.spec.path else []
+
+    def fingerprint(self) -> str:
+        """``sha256:…`` over the annotation bytes and the image folder's names and sizes.
+
+        Cheap enough to run on every build: image bytes are not read here (the probe
+        stage hashes them), so an image rewritten in place with the same size is not
+        noticed by the no-op check; ``--overwrite`` forces a rebuild.
+        """
+        h = hashlib.sha256()
+        for f in sorted(self.annotation_files()):
+            h.update(b"F" + str(f.name).encode() + b"\0")
+            _hash_path(h, f)
+        if self.spec.images is not None and self.spec.images.is_dir():
+            h.update(b"I")
+            for p in sorted(self.spec.images.rglob("*")):
+                if p.is_file():
+                    rel = p.relative_to(self.spec.images).as_posix()
+                    h.update(f"{rel}\0{p.stat().st_size}\n".encode())
+        for split, f in self.spec.split_files:
+            h.update(b"S" + split.encode() + b"\0")
+            _hash_path(h, f)
+        return "sha256:" + h.hexdigest()
+
+
+def _hash_path(h: Any, path: Path) -> None:
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(p.relative_to(path).as_posix().encode() + b"\0")
+                _hash_file(h, p)
+    elif path.is_file():
+        _hash_file(h, path)
+
+
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+
+
+def read_image_file(path: str) -> bytes:
+    """Read an image file's bytes, mapping OS errors to reject reasons."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ImageUnavailable("missing_image", f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImageUnavailable("missing_image", f"image path is a directory: {path}") from None
+    except OSError as e:
+        raise ImageUnavailable("unreadable_image", f"cannot read image file {path}: {e.strerror}") from None
