@@ -1,0 +1,116 @@
+"""The one shared helper that builds test data: images, annotation files, datasets.
+
+Every image made here is distinct (its pixels encode ``index``), so content hashing
+never merges two test images by accident.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def image_bytes(index: int, fmt: str = "JPEG", size: tuple[int, int] = (32, 24)) -> bytes:
+    """Encoded bytes of a small image unique to ``index``."""
+    img = Image.new("RGB", size, ((index * 37) % 256, (index * 91 // 7) % 256, (index // 256) % 256))
+    # A pixel pattern that encodes the index, so nearby indices never encode identically.
+    for bit in range(24):
+        if index >> bit & 1:
+            img.putpixel((bit % size[0], (bit // size[0]) % size[1]), (255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def write_images(folder: Path, names: Iterable[str], fmt: str = "JPEG", start: int = 0) -> dict[str, bytes]:
+    """Write one distinct image per name under ``folder``; returns name -> bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, name in enumerate(names, start):
+        data = image_bytes(i, fmt)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+        out[name] = data
+    return out
+
+
+def flickr_token_file(path: Path, images: Sequence[str], captions_per_image: int = 5) -> list[str]:
+    """A ``Flickr8k.token.txt``-style file; returns its lines."""
+    lines = [
+        f"{name}#{n}\t{caption_text(i, n)}" for i, name in enumerate(images) for n in range(captions_per_image)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def caption_text(image_index: int, n: int) -> str:
+    """A caption unique to (image, n)."""
+    return f"picture {image_index} described for the {n}th time ."
+
+
+def coco_json(path: Path, images: Sequence[tuple[int, str]], captions: Sequence[tuple[int, int, str]]) -> None:
+    """A COCO captions file from ``(id, file_name)`` images and ``(ann_id, image_id, caption)``."""
+    doc = {
+        "info": {"description": "synthetic"},
+        "licenses": [],
+        "images": [{"id": i, "file_name": f, "width": 32, "height": 24} for i, f in images],
+        "annotations": [{"id": a, "image_id": i, "caption": c} for a, i, c in captions],
+    }
+    path.write_text(json.dumps(doc))
+
+
+def nlphuji_dataset(n_images: int, splits: Sequence[str] = ("train", "val", "test"), captions: int = 5):  # type: ignore[no-untyped-def]
+    """An in-memory ``datasets.Dataset`` in the nlphuji/flickr30k schema (HF split 'test')."""
+    import datasets
+
+    rows = {
+        "image": [{"bytes": image_bytes(i), "path": f"{1000 + i}.jpg"} for i in range(n_images)],
+        "caption": [[caption_text(i, n) for n in range(captions)] for i in range(n_images)],
+        "sentids": [[str(i * captions + n) for n in range(captions)] for i in range(n_images)],
+        "split": [splits[i % len(splits)] for i in range(n_images)],
+        "img_id": [str(i) for i in range(n_images)],
+        "filename": [f"{1000 + i}.jpg" for i in range(n_images)],
+    }
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "sentids": datasets.Sequence(datasets.Value("string")),
+            "split": datasets.Value("string"),
+            "img_id": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features, split="test")
+
+
+def flattened_dataset(n_images: int, captions: int = 5, seed: int = 0):  # type: ignore[no-untyped-def]
+    """The layout of the original failure: one row per caption, the image repeated in
+    every row, an ``id`` column that is just the row number, rows shuffled."""
+    import random
+
+    import datasets
+
+    records = [(i, n) for i in range(n_images) for n in range(captions)]
+    random.Random(seed).shuffle(records)
+    rows = {
+        "image": [{"bytes": image_bytes(i), "path": None} for i, _ in records],
+        "caption": [caption_text(i, n) for i, n in records],
+        "id": list(range(len(records))),
+        "split": ["train"] * len(records),
+    }
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "id": datasets.Value("int64"),
+            "split": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(rows, features=features)
