@@ -94,7 +94,10 @@ def _classify_unidentified(data: bytes, formats: tuple[str, ...]) -> tuple[str, 
     except Exception:
         other_format = None
     if other_format:
-        return "unsupported_format", f"image format {other_format} is not allowed (allowed: {', '.join(formats)})"
+        return (
+            "unsupported_format",
+            f"image format {other_format} is not allowed (allowed: {', '.join(formats)})",
+        )
     if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
         return "not_an_image", "file is text, not an image"
     return "not_an_image", "bytes are not a recognised image"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -72,8 +73,20 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C (temporary files are removed on the way out)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Console entry point: run the group, mapping capshard errors to one-line messages."""
+    """Console entry point: run the group, mapping capshard errors to one-line messages.
+
+    SIGTERM is handled (also as PID 1 in a container) by unwinding like Ctrl-C: exit 143.
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return cli.main(args=argv, prog_name="capshard", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -90,5 +103,8 @@ def main(argv: list[str] | None = None) -> Any:
     except KeyboardInterrupt:
         click.echo("capshard: interrupted", err=True)
         sys.exit(130)
+    except Terminated:
+        click.echo("capshard: terminated", err=True)
+        sys.exit(143)
     except BrokenPipeError:
         sys.exit(1)

@@ -51,9 +51,6 @@ class Reader:
 
     #: Registry name, the value of ``--format``.
     name: ClassVar[str] = ""
-    #: True when the format is known to carry several captions per image (Flickr, COCO,
-    #: Karpathy, nlphuji). A build where every image ends with one caption then fails.
-    multi_caption: ClassVar[bool] = False
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -76,6 +73,12 @@ class Reader:
         if image_path is None:
             raise ImageUnavailable("missing_image", f"{self.name} rows carry no embedded image bytes")
         return read_image_file(image_path)
+
+    def multi_caption(self) -> bool:
+        """True when the source is known to carry several captions per image (Flickr, COCO,
+        Karpathy, nlphuji's list column). A build where every image ends with one caption
+        then fails, because that is the loop-counter id bug, not the data."""
+        return False
 
     def id_column(self) -> str | None:
         """Name of the column the ``id_hint`` values come from, for the resolution report."""

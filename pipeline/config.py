@@ -1,0 +1,91 @@
+"""Build options, parsed and validated once at the edge (CLI or library call).
+
+``BuildConfig`` is what inner stages take. ``output_options()`` are the options that
+change the bytes written; they go into the manifest and decide whether an existing
+build in ``--out`` is the same build (no-op) or a different one (error).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+
+ID_STRATEGIES = ("auto", "content", "filename")
+LEAK_POLICIES = ("fail", "reject")
+EXECUTOR_NAMES = ("process", "ray")
+DEFAULT_MAX_SHARD_BYTES = 1 << 30
+DEFAULT_MAX_CAPTION_CHARS = 2000
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything ``build`` needs besides the source. Keyword-only; validated on creation."""
+
+    out: Path
+    format: str = "auto"
+    id: str = "auto"
+    seed: int = 0
+    max_images_per_shard: int = 1000
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    resize: int | None = None
+    on_leak: str = "fail"
+    max_reject_fraction: float = 0.1
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    executor: str = "process"
+    overwrite: bool = False
+    name: str | None = None
+    version: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        if self.id not in ID_STRATEGIES and not (self.id.startswith("column:") and len(self.id) > 7):
+            raise UsageError(
+                f"--id must be one of {', '.join(ID_STRATEGIES)} or column:NAME, not {self.id!r}"
+            )
+        if self.on_leak not in LEAK_POLICIES:
+            raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
+        if self.executor not in EXECUTOR_NAMES:
+            raise UsageError(f"--executor must be one of {', '.join(EXECUTOR_NAMES)}, not {self.executor!r}")
+        for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.resize is not None and self.resize < 8:
+            raise UsageError("--resize must be at least 8 pixels")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise UsageError("--max-reject-fraction must be between 0 and 1")
+
+    @property
+    def id_column(self) -> str | None:
+        """The column named by ``--id column:NAME``, else None."""
+        return self.id[len("column:") :] if self.id.startswith("column:") else None
+
+    def output_options(self) -> dict[str, Any]:
+        """The options that decide the output bytes (recorded in the manifest)."""
+        return {
+            "id": self.id,
+            "seed": self.seed,
+            "max_images_per_shard": self.max_images_per_shard,
+            "max_shard_bytes": self.max_shard_bytes,
+            "resize": self.resize,
+            "on_leak": self.on_leak,
+            "max_caption_chars": self.max_caption_chars,
+            "max_pixels": self.max_pixels,
+            "image_formats": list(self.image_formats),
+        }
+
+
+def check_split_name(split: str, where: str) -> str:
+    """Split names become file-name prefixes: letters, digits and ``_`` only."""
+    if not _SPLIT_NAME.match(split):
+        raise UsageError(f"{where}: split name {split!r} must use only letters, digits and '_'")
+    return split

@@ -1,0 +1,103 @@
+"""Stage *probe*: read every distinct image once, validate it and hash it.
+
+Input: the caption-row table and its reader. Output: one row per distinct image
+reference (``image_path`` or ``image_index``) with the content ``sha256``, size, format
+and dimensions, or the reject ``reason`` and ``detail`` that explain why it is unusable.
+Resolution works on these hashes, never on pixels, so memory follows the row count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .executors import Executor
+from .media import BadImage, probe
+from .readers import ImageUnavailable, Reader
+
+PROBE_SCHEMA = pa.schema(
+    [
+        ("image_path", pa.string()),
+        ("image_index", pa.int64()),
+        ("sha256", pa.string()),
+        ("n_bytes", pa.int64()),
+        ("format", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("image_reason", pa.string()),
+        ("image_detail", pa.string()),
+    ]
+)
+
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One chunk of image references for one worker."""
+
+    reader: Reader
+    refs: tuple[tuple[str | None, int | None], ...]
+    formats: tuple[str, ...]
+    max_pixels: int
+
+
+def probe_chunk(task: ProbeTask) -> list[dict[str, Any]]:
+    """Probe each reference of the chunk; failures become rows with a reason."""
+    out = []
+    for path, index in task.refs:
+        row: dict[str, Any] = {"image_path": path, "image_index": index}
+        try:
+            data = task.reader.open_image(path, index)
+            info = probe(data, formats=task.formats, max_pixels=task.max_pixels)
+        except (ImageUnavailable, BadImage) as e:
+            row.update(image_reason=e.reason, image_detail=str(e))
+        else:
+            row.update(
+                sha256=info.sha256,
+                n_bytes=info.n_bytes,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+            )
+        out.append(row)
+    return out
+
+
+def distinct_refs(rows: pa.Table) -> pa.Table:
+    """The distinct (image_path, image_index) pairs of rows that have an image reference."""
+    has_ref = pc.or_(pc.is_valid(rows["image_path"]), pc.is_valid(rows["image_index"]))
+    refs = rows.filter(has_ref).select(["image_path", "image_index"])
+    return refs.group_by(["image_path", "image_index"], use_threads=False).aggregate([])
+
+
+def probe_images(
+    rows: pa.Table,
+    reader: Reader,
+    executor: Executor,
+    *,
+    formats: tuple[str, ...],
+    max_pixels: int,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> pa.Table:
+    """Probe every distinct image of ``rows``; returns a ``PROBE_SCHEMA`` table sorted by reference."""
+    refs = distinct_refs(rows)
+    paths = refs["image_path"].to_pylist()
+    indices = refs["image_index"].to_pylist()
+
+    def tasks() -> Iterator[ProbeTask]:
+        for start in range(0, len(paths), CHUNK):
+            chunk = tuple(zip(paths[start : start + CHUNK], indices[start : start + CHUNK], strict=True))
+            yield ProbeTask(reader, chunk, formats, max_pixels)
+
+    results: list[dict[str, Any]] = []
+    for part in executor.map_unordered(probe_chunk, tasks()):
+        results.extend(part)
+        on_progress(len(part))
+    table = pa.Table.from_pylist(results, schema=PROBE_SCHEMA)
+    # Completion order varies with workers; sort so everything after is deterministic.
+    return table.sort_by([("image_path", "ascending"), ("image_index", "ascending")])
