@@ -173,10 +173,10 @@ def _plan(reader: Reader, config: BuildConfig, progress: Progress) -> tuple[pa.T
         top = pc.value_counts(rejects["reason"]).to_pylist()
         top.sort(key=lambda v: -v["counts"])
         reasons = ", ".join(f"{v['values']}: {v['counts']}" for v in top[:3])
+        hint = " Is --images the right folder?" if top[0]["values"] == "missing_image" else ""
         raise BuildError(
             f"{rejects.num_rows} of {n_rows} rows rejected ({rejects.num_rows / n_rows:.1%}), over "
-            f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {config.out / REJECTS}. "
-            "Is --images right?"
+            f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {config.out / REJECTS}.{hint}"
         )
     planned = plan_shards(resolution.images, config)
     return planned, rejects, resolution.report, n_rows

@@ -20,7 +20,7 @@ CAPTION_ROWS = pa.schema(
         pa.field("location", pa.string(), nullable=False),
         # The caption as published (not yet stripped); null when it could not be decoded.
         pa.field("caption", pa.string()),
-        # The source's id of this caption ("#3", a sentid, a COCO annotation id), if any.
+        # The source's id of this caption ("3" for Flickr "#3", a sentid, a COCO annotation id), if any.
         pa.field("caption_id", pa.string()),
         # Split as the source names it (restval already mapped); null: not assigned.
         pa.field("split", pa.string()),

@@ -115,7 +115,7 @@ def test_trusting_a_row_counter_fails_with_an_explanation(tmp_path: Path) -> Non
 
 def test_one_id_with_different_bytes_is_a_conflict_kept_apart(tmp_path: Path) -> None:
     ds = nlphuji_dataset(6, splits=("train",))
-    ids = ds["img_id"]
+    ids = list(ds["img_id"])
     ids[1] = ids[0]  # two different pictures claim id "0"
     ds = ds.remove_columns("img_id").add_column("img_id", ids)
     result = build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "b", workers=1))
@@ -140,7 +140,7 @@ def test_same_image_in_two_splits_is_a_leak(tmp_path: Path) -> None:
         build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "b", workers=1))
     assert not (tmp_path / "b" / "manifest.json").exists()
 
-    result = build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "c", workers=1, on_leak="reject"))
+    result = build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "c", workers=1, on_leak="reject", max_reject_fraction=0.5))
     m = result.manifest
     assert m["splits"]["test"]["images"] == 1
     assert m["rejects"]["by_reason"] == {"split_leak": 5}
@@ -196,7 +196,7 @@ def test_refuses_a_folder_that_is_not_a_build(tmp_path: Path) -> None:
 def test_wrong_images_folder_trips_the_reject_budget(tmp_path: Path) -> None:
     token, _ = flickr_source(tmp_path, 10)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BuildError, match=r"50 of 50 rows rejected .*missing_image: 50.*Is --images right"):
+    with pytest.raises(BuildError, match=r"50 of 50 rows rejected .*missing_image: 50.*Is --images the right folder"):
         build(SourceSpec(path=str(token), images=tmp_path / "empty"), BuildConfig(out=tmp_path / "b", workers=1))
     assert len((tmp_path / "b" / "rejects.jsonl").read_text().splitlines()) == 50
     assert not (tmp_path / "b" / "manifest.json").exists()
