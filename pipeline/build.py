@@ -68,7 +68,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     reader = get_reader(fmt)(spec)
     if config.format == "auto":
         log.info("format auto: reading %s as %s", spec.path or "the in-memory dataset", fmt)
-    identity = {
+    identity: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "format": fmt,
         "fingerprint": reader.fingerprint(),
@@ -94,8 +94,15 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
     version = config.version or identity["fingerprint"].split(":")[-1][:12]
     manifest = manifest_dict(
-        identity=identity, name=name, version=version, source_path=spec.path, planned=planned,
-        results=results, rejects=rejects, report=report, n_rows=n_rows,
+        identity=identity,
+        name=name,
+        version=version,
+        source_path=spec.path,
+        planned=planned,
+        results=results,
+        rejects=rejects,
+        report=report,
+        n_rows=n_rows,
     )
     _check_accounting(manifest)
     write_manifest(out, manifest)
@@ -164,8 +171,9 @@ def _plan(reader: Reader, config: BuildConfig, progress: Progress) -> tuple[pa.T
     executor = make_executor(config.executor, config.workers)
     n_refs = len(rows)  # an upper bound for the bar; the probe reports distinct images
     with progress("probing images", n_refs) as advance:
-        probed = probe_images(rows, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels,
-                              on_progress=advance)
+        probed = probe_images(
+            rows, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
+        )
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
@@ -182,8 +190,9 @@ def _plan(reader: Reader, config: BuildConfig, progress: Progress) -> tuple[pa.T
     return planned, rejects, resolution.report, n_rows
 
 
-def _save_plan(state: Path, identity: dict[str, Any], planned: pa.Table, rejects: pa.Table,
-               report: dict[str, Any], n_rows: int) -> None:
+def _save_plan(
+    state: Path, identity: dict[str, Any], planned: pa.Table, rejects: pa.Table, report: dict[str, Any], n_rows: int
+) -> None:
     state.mkdir(parents=True, exist_ok=True)
     pq.write_table(planned, state / "plan.parquet")
     pq.write_table(rejects, state / "rejects.parquet")
@@ -204,10 +213,20 @@ def _shard_tasks(out: Path, reader: Reader, fmt: str, planned: pa.Table, resize:
     for r in planned.to_pylist():
         samples.setdefault(r["shard"], []).append(
             SampleSpec(
-                key=r["key"], image_id=r["image_id"], group=r["group"], split=r["split"],
-                captions=tuple(r["captions"]), caption_ids=tuple(r["caption_ids"]), row_ids=tuple(r["row_ids"]),
-                source_ids=tuple(r["source_ids"]), sha256=r["sha256"], format=r["format"], width=r["width"],
-                height=r["height"], image_path=r["image_path"], image_index=r["image_index"],
+                key=r["key"],
+                image_id=r["image_id"],
+                group=r["group"],
+                split=r["split"],
+                captions=tuple(r["captions"]),
+                caption_ids=tuple(r["caption_ids"]),
+                row_ids=tuple(r["row_ids"]),
+                source_ids=tuple(r["source_ids"]),
+                sha256=r["sha256"],
+                format=r["format"],
+                width=r["width"],
+                height=r["height"],
+                image_path=r["image_path"],
+                image_index=r["image_index"],
                 file_name=r["file_name"],
             )
         )
@@ -226,8 +245,9 @@ def _finished(out: Path, name: str) -> ShardResult | None:
     return result
 
 
-def _write_shards(out: Path, reader: Reader, fmt: str, planned: pa.Table, config: BuildConfig,
-                  progress: Progress) -> tuple[dict[str, ShardResult], int]:
+def _write_shards(
+    out: Path, reader: Reader, fmt: str, planned: pa.Table, config: BuildConfig, progress: Progress
+) -> tuple[dict[str, ShardResult], int]:
     tasks = _shard_tasks(out, reader, fmt, planned, config.resize)
     results: dict[str, ShardResult] = {}
     todo = []

@@ -155,9 +155,7 @@ def _source_names(rows: pa.Table, config: BuildConfig, id_column: str | None) ->
     """Per row, the source's name for its image, and where that name comes from."""
     if config.id == "filename":
         return rows["file_name"], "filename"
-    if config.id_column is not None or (
-        config.id == "auto" and id_column and rows["id_hint"].null_count < len(rows)
-    ):
+    if config.id_column is not None or (config.id == "auto" and id_column and rows["id_hint"].null_count < len(rows)):
         return rows["id_hint"], f"column:{config.id_column or id_column}"
     if config.id == "content":
         return pa.chunked_array([pa.nulls(len(rows), pa.string())]), "content"
@@ -218,10 +216,7 @@ def _unique_ids(ids: dict[str, str]) -> dict[str, str]:
     count: dict[str, int] = defaultdict(int)
     for image_id in ids.values():
         count[image_id] += 1
-    return {
-        k: (f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}" if count[v] > 1 else v)
-        for k, v in ids.items()
-    }
+    return {k: (f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}" if count[v] > 1 else v) for k, v in ids.items()}
 
 
 def _trusted_ids(valid: pa.Table, report: dict[str, Any]) -> dict[str, str]:

@@ -82,9 +82,9 @@ def done_path(out: Path, name: str) -> Path:
     return out / ".capshard" / "done" / f"{name}.json"
 
 
-def sample_members(spec: SampleSpec, data: bytes, fmt: str, width: int, height: int, source_format: str) -> dict[
-    str, bytes
-]:
+def sample_members(
+    spec: SampleSpec, data: bytes, fmt: str, width: int, height: int, source_format: str
+) -> dict[str, bytes]:
     """The members of one sample: image, JSON metadata, captions as text."""
     ext = EXTENSIONS[fmt]
     source: dict[str, Any] = {

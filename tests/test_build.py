@@ -140,7 +140,9 @@ def test_same_image_in_two_splits_is_a_leak(tmp_path: Path) -> None:
         build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "b", workers=1))
     assert not (tmp_path / "b" / "manifest.json").exists()
 
-    result = build(SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "c", workers=1, on_leak="reject", max_reject_fraction=0.5))
+    result = build(
+        SourceSpec(dataset=ds), BuildConfig(out=tmp_path / "c", workers=1, on_leak="reject", max_reject_fraction=0.5)
+    )
     m = result.manifest
     assert m["splits"]["test"]["images"] == 1
     assert m["rejects"]["by_reason"] == {"split_leak": 5}
@@ -214,8 +216,9 @@ def test_resize_reencodes_upright_without_upscaling(tmp_path: Path) -> None:
     Image.new("RGB", (40, 30), (0, 0, 200)).save(tmp_path / "images" / "small.png")
     token = tmp_path / "t.token.txt"
     flickr_token_file(token, names, 2)
-    result = build(SourceSpec(path=str(token), images=tmp_path / "images"),
-                   BuildConfig(out=tmp_path / "b", workers=1, resize=64))
+    result = build(
+        SourceSpec(path=str(token), images=tmp_path / "images"), BuildConfig(out=tmp_path / "b", workers=1, resize=64)
+    )
     samples = {json.loads(s["json"])["image_id"]: s for s in all_samples(result.out).values()}
     big_meta = json.loads(samples["big.jpg"]["json"])
     assert (big_meta["width"], big_meta["height"]) == (64, 96)  # rotated, shorter side 64
@@ -227,8 +230,14 @@ def test_resize_reencodes_upright_without_upscaling(tmp_path: Path) -> None:
 
 
 def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
 
 
 def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path) -> None:
@@ -238,8 +247,12 @@ def test_killed_build_resumes_to_the_same_bytes(tmp_path: Path) -> None:
     assert clean.returncode == 0, clean.stderr
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args, "--out", str(out)], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args, "--out", str(out)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     done = out / ".capshard" / "done"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

@@ -37,8 +37,12 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
         "source": m["source"],
         "counts": m["counts"],
         "splits": {
-            s: {"images": v["images"], "captions": v["captions"], "shards": len(v["shards"]),
-                "bytes": sum(x["bytes"] for x in v["shards"])}
+            s: {
+                "images": v["images"],
+                "captions": v["captions"],
+                "shards": len(v["shards"]),
+                "bytes": sum(x["bytes"] for x in v["shards"]),
+            }
             for s, v in sorted(m["splits"].items())
         },
         "captions_per_image": m["groups"]["captions_per_image"],

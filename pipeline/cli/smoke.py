@@ -1,0 +1,172 @@
+"""``capshard smoke-train DIR``: a few hundred steps of a tiny CLIP, and the positive/negative gap."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..smoke import Figures, GapTooSmall, SmokeConfig, SmokeResult, write_plot
+from ..smoke import smoke_train as run_smoke
+from .options import json_option
+
+
+class CaptionsPerImage(click.ParamType):
+    """A positive integer or ``all``."""
+
+    name = "K|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "all":
+            return value
+        try:
+            k = int(value)
+        except ValueError:
+            k = 0
+        if k < 1:
+            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
+        return k
+
+
+@click.command("smoke-train")
+@click.argument("source", metavar="DIR")
+@click.option("--split", default="train", show_default=True, help="Split to train on.")
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True)
+@click.option(
+    "--captions-per-image",
+    type=CaptionsPerImage(),
+    default="all",
+    show_default=True,
+    help="Captions of each image in a batch (K>1 or 'all' puts several positives in a row).",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True, help="Print every N steps.")
+@click.option(
+    "--eval-batches",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Batches measured after training (no update) for the final figures.",
+)
+@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option(
+    "--min-gap",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Exit 0 only when the final gap is above this.",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG of gap and loss per step.")
+@click.option(
+    "--simulate-loop-counter-ids",
+    is_flag=True,
+    help="Control: replay the loop-counter bug (one id per caption) on the same batches.",
+)
+@json_option
+def smoke_train(
+    source: str,
+    split: str,
+    steps: int,
+    batch_size: int,
+    temperature: float,
+    captions_per_image: int | str,
+    seed: int,
+    device: str,
+    log_every: int,
+    eval_batches: int,
+    image_size: int,
+    lr: float,
+    min_gap: float,
+    plot: Path | None,
+    simulate_loop_counter_ids: bool,
+    as_json: bool,
+) -> None:
+    """Train a tiny CLIP on the build in DIR through the loader and report the gap.
+
+    The gap is the mean cosine of positive image-caption pairs minus that of negative
+    pairs. Exits 0 when the final gap is above --min-gap, 1 otherwise.
+    """
+    config = SmokeConfig(
+        source=source,
+        split=split,
+        steps=steps,
+        batch_size=batch_size,
+        temperature=temperature,
+        captions_per_image=captions_per_image,
+        seed=seed,
+        device=device,
+        log_every=log_every,
+        eval_batches=eval_batches,
+        image_size=image_size,
+        lr=lr,
+        simulate_loop_counter_ids=simulate_loop_counter_ids,
+    )
+    control = simulate_loop_counter_ids
+    if control:
+        click.echo("control: every caption is its own image id (the loop-counter bug)", err=as_json)
+
+    def on_log(step: int, f: Figures) -> None:
+        click.echo(f"step {step:>{len(str(steps))}}/{steps}  " + _figures_line(f, control), err=as_json)
+
+    result = run_smoke(config, on_log)
+    if plot is not None:
+        write_plot(result, plot)
+    passed = result.final.gap > min_gap
+    if as_json:
+        click.echo(json.dumps({**_json_safe(result.to_json()), "min_gap": min_gap, "passed": passed}))
+    else:
+        click.echo(_summary(result, min_gap, plot))
+    if not passed:
+        raise GapTooSmall(
+            f"smoke-train: final gap {result.final.gap:.3f} is not above --min-gap {min_gap}"
+            + ("" if control else "; the batches may lack their positives (see capshard diagnose)")
+        )
+
+
+def _figures_line(f: Figures, control: bool) -> str:
+    line = (
+        f"loss {f.loss:.3f}  pos {f.positive_cos:.3f}  neg {f.negative_cos:.3f}  gap {f.gap:.3f}  "
+        f"multi-positive batches {f.multi_positive_share:.0%}"
+    )
+    if control:
+        line += f"  | true ids: gap {f.true_gap:.3f}, same-image captions among negatives {f.false_negative_share:.2%}"
+        if f.false_negative_cos is not None:
+            line += f" (cos {f.false_negative_cos:.3f})"
+    return line
+
+
+def _summary(result: SmokeResult, min_gap: float, plot: Path | None) -> str:
+    f, c = result.final, result.config
+    lines = [
+        f"final, {f.batches} batches of {c.split} after training (no update):",
+        f"  positive cos {f.positive_cos:.3f}  negative cos {f.negative_cos:.3f}  gap {f.gap:.3f}  loss {f.loss:.3f}",
+        f"  batches with positives besides the diagonal: {f.multi_positive_share:.0%}",
+    ]
+    if c.simulate_loop_counter_ids:
+        lines += [
+            f"  by true ids: positive cos {f.true_positive_cos:.3f}  negative cos {f.true_negative_cos:.3f}  "
+            f"gap {f.true_gap:.3f}",
+            f"  negatives that are captions of the same image: {f.false_negative_share:.2%}"
+            + (f", mean cos {f.false_negative_cos:.3f}" if f.false_negative_cos is not None else ""),
+        ]
+    lines.append(
+        f"{result.steps} steps ({result.epochs} epochs), vocabulary {result.vocab_size}, "
+        f"{result.seconds:.1f} s on {c.device}"
+    )
+    if plot is not None:
+        lines.append(f"plot: {plot}")
+    verdict = "PASS" if f.gap > min_gap else "FAIL"
+    lines.append(f"{verdict}: gap {f.gap:.3f} {'>' if f.gap > min_gap else '<='} min-gap {min_gap}")
+    return "\n".join(lines)
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN (no pairs of a kind) as null: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}

@@ -1,0 +1,94 @@
+"""The command line as a user meets it: defaults, summaries, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synth import flickr_token_file, write_images
+
+
+def capshard(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_build_without_source_builds_the_embedded_sample(tmp_path: Path) -> None:
+    proc = capshard("build", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "shards" / "sample"
+    assert "built shards/sample: 300 images, 1500 captions from 1500 rows (hf)" in proc.stdout
+    assert "format: hf (detected" in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["name"] == "capshard-sample"
+    assert manifest["groups"]["captions_per_image"] == {"5": 300}
+    assert set(manifest["splits"]) == {"train", "val", "test"}
+
+    again = capshard("build", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("up to date: shards/sample")
+
+    shown = capshard("inspect", "shards/sample", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "captions per image: 5: 300 images" in shown.stdout
+    assert "rejects: none" in shown.stdout
+    as_json = json.loads(capshard("inspect", "shards/sample", "--json", cwd=tmp_path).stdout)
+    assert as_json["counts"]["images"] == 300
+    assert (
+        as_json["splits"]["train"]["images"] + as_json["splits"]["val"]["images"] + as_json["splits"]["test"]["images"]
+        == 300
+    )
+
+
+def test_flickr_build_reports_counts_and_rejects(tmp_path: Path) -> None:
+    names = [f"{i}.jpg" for i in range(10)]
+    write_images(tmp_path / "img", names[:9])  # one image missing
+    flickr_token_file(tmp_path / "captions.token", names, 5)
+    proc = capshard("build", "captions.token", "--images", "img", "--out", "out", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "built"
+    assert result["manifest"]["counts"] == {"rows": 50, "images": 9, "captions": 45, "rejected_rows": 5}
+    assert result["manifest"]["rejects"]["by_reason"] == {"missing_image": 5}
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], code: int) -> str:
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "rror" in line]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
+    line = _one_line_error(capshard("build", "--id", "guess", "--out", "x", cwd=tmp_path), 2)
+    assert "--id must be one of auto, content, filename or column:NAME" in line
+    line = _one_line_error(capshard("build", "--max-images-per-shard", "0", cwd=tmp_path), 2)
+    assert "max-images-per-shard" in line
+    line = _one_line_error(capshard("inspect", str(tmp_path), cwd=tmp_path), 2)
+    assert "holds no finished build" in line
+
+
+def test_failed_build_exits_1_in_one_line(tmp_path: Path) -> None:
+    names = [f"{i}.jpg" for i in range(4)]
+    flickr_token_file(tmp_path / "captions.token", names, 5)
+    (tmp_path / "empty").mkdir()
+    line = _one_line_error(capshard("build", "captions.token", "--images", "empty", "--out", "o", cwd=tmp_path), 1)
+    assert "20 of 20 rows rejected" in line and "Is --images the right folder?" in line
+
+
+def test_help_lists_every_command_without_importing_them(tmp_path: Path) -> None:
+    proc = capshard("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for command in ("build", "inspect", "verify", "diagnose", "smoke-train"):
+        assert f"  {command} " in proc.stdout
+    build_help = capshard("build", "--help", cwd=tmp_path)
+    assert "--max-images-per-shard" in build_help.stdout and "--on-leak" in build_help.stdout
