@@ -32,7 +32,7 @@ from .errors import BuildError, OutputError
 from .executors import make_executor
 from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
 from .plan import plan_shards
-from .probe import probe_images
+from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import REJECT_SCHEMA, resolve
 from .schema import CAPTION_ROWS
@@ -169,10 +169,10 @@ def _plan(reader: Reader, config: BuildConfig, progress: Progress) -> tuple[pa.T
     rows = pa.Table.from_batches(batches, schema=CAPTION_ROWS)
     log.info("read %d caption rows", rows.num_rows)
     executor = make_executor(config.executor, config.workers)
-    n_refs = len(rows)  # an upper bound for the bar; the probe reports distinct images
-    with progress("probing images", n_refs) as advance:
+    refs = distinct_refs(rows)
+    with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
-            rows, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
+            refs, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
         )
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     n_rows, rejects = resolution.n_rows, resolution.rejects

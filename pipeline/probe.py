@@ -76,7 +76,7 @@ def distinct_refs(rows: pa.Table) -> pa.Table:
 
 
 def probe_images(
-    rows: pa.Table,
+    refs: pa.Table,
     reader: Reader,
     executor: Executor,
     *,
@@ -84,8 +84,7 @@ def probe_images(
     max_pixels: int,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> pa.Table:
-    """Probe every distinct image of ``rows``; returns a ``PROBE_SCHEMA`` table sorted by reference."""
-    refs = distinct_refs(rows)
+    """Probe every reference of ``refs`` (see :func:`distinct_refs`); returns a ``PROBE_SCHEMA`` table."""
     paths = refs["image_path"].to_pylist()
     indices = refs["image_index"].to_pylist()
 
