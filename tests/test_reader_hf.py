@@ -141,7 +141,11 @@ def test_flattened_layout_read_faithfully() -> None:
 
 def test_single_caption_binary_image_and_alternate_names() -> None:
     ds = datasets.Dataset.from_dict(
-        {"img": [image_bytes(i) for i in range(3)], "text": [f"cap {i}" for i in range(3)], "image_id": [7, 8, 9]}
+        {
+            "img": [image_bytes(i) for i in range(3)],
+            "text": [f"cap {i}" for i in range(3)],
+            "image_id": [7, 8, 9],
+        }
     )
     reader = hf(dataset=ds)
     table = read(reader)
@@ -173,8 +177,10 @@ def test_image_struct_without_bytes_uses_its_path(tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", ["x.jpg"])
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     ds = datasets.Dataset.from_dict(
-        {"image": [{"bytes": None, "path": "x.jpg"}, {"bytes": image_bytes(5), "path": "y.jpg"}],
-         "caption": ["a", "b"]},
+        {
+            "image": [{"bytes": None, "path": "x.jpg"}, {"bytes": image_bytes(5), "path": "y.jpg"}],
+            "caption": ["a", "b"],
+        },
         features=features,
     )
     reader = hf(dataset=ds, images=tmp_path / "imgs")
@@ -192,8 +198,10 @@ def test_row_without_image_names_none() -> None:
 
 
 def test_karpathy_style_sentences_use_raw() -> None:
-    sentences = [[{"raw": f"img {i} cap {n}", "sentid": 10 * i + n, "tokens": ["x"]} for n in range(2)]
-                 for i in range(2)]
+    sentences = [
+        [{"raw": f"img {i} cap {n}", "sentid": 10 * i + n, "tokens": ["x"]} for n in range(2)]
+        for i in range(2)
+    ]
     ds = datasets.Dataset.from_dict(
         {"image": [image_bytes(i) for i in range(2)], "sentences": sentences, "cocoid": [5, 6]}
     )
@@ -226,7 +234,9 @@ def test_caption_not_utf8_is_rejected_row() -> None:
 
 
 def test_captions_not_stripped_and_empty_list_kept() -> None:
-    ds = datasets.Dataset.from_dict({"image": [image_bytes(0), image_bytes(1)], "caption": [["  a dog \n"], []]})
+    ds = datasets.Dataset.from_dict(
+        {"image": [image_bytes(0), image_bytes(1)], "caption": [["  a dog \n"], []]}
+    )
     rows = read(hf(dataset=ds)).to_pylist()
     assert [r["caption"] for r in rows] == ["  a dog \n", None]  # resolve strips / rejects missing_caption
     assert rows[1]["image_index"] == 1
@@ -237,7 +247,9 @@ def test_captions_not_stripped_and_empty_list_kept() -> None:
 
 def test_missing_image_column_lists_columns() -> None:
     ds = datasets.Dataset.from_dict({"picture": [b"x"], "caption": ["c"]})
-    with pytest.raises(UsageError, match=r"no image column .*image, img, jpg, png.*columns: picture, caption"):
+    with pytest.raises(
+        UsageError, match=r"no image column .*image, img, jpg, png.*columns: picture, caption"
+    ):
         read(hf(dataset=ds))
 
 
@@ -254,7 +266,9 @@ def test_named_column_overrides_detection() -> None:
     table = read(hf(dataset=ds, caption_column="alt", id_column="key", split_column="part"))
     row = table.to_pylist()[0]
     assert (row["caption"], row["id_hint"], row["split"]) == ("chosen", "k1", "val")
-    with pytest.raises(UsageError, match=r"no caption column 'nope'; columns: image, caption, alt, key, part"):
+    with pytest.raises(
+        UsageError, match=r"no caption column 'nope'; columns: image, caption, alt, key, part"
+    ):
         read(hf(dataset=ds, caption_column="nope"))
 
 
@@ -321,8 +335,14 @@ def test_uncached_hub_name_is_usage_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(UsageError, match=r"'nobody/no-such-dataset' is neither a local path nor a cached"):
         read(hf("nobody/no-such-dataset"))
-    for path in (str(tmp_path / "missing.csv"), "./missing", "csv"):  # never a hub name, never the cwd's files
-        with pytest.raises(UsageError, match=r"is neither a local path nor a cached .*no such file or folder"):
+    for path in (
+        str(tmp_path / "missing.csv"),
+        "./missing",
+        "csv",
+    ):  # never a hub name, never the cwd's files
+        with pytest.raises(
+            UsageError, match=r"is neither a local path nor a cached .*no such file or folder"
+        ):
             read(hf(path))
 
 
@@ -352,8 +372,10 @@ def test_fingerprint_from_dataset_fingerprints(tmp_path: Path) -> None:
     saved = hf(tmp_path / "a").fingerprint()
     assert saved.startswith("sha256:") and saved == hf(tmp_path / "a").fingerprint()
     assert saved != hf(tmp_path / "b").fingerprint()
-    assert hf(tmp_path / "a").annotation_files() == [tmp_path / "a" / "dataset_info.json",
-                                                      tmp_path / "a" / "state.json"]
+    assert hf(tmp_path / "a").annotation_files() == [
+        tmp_path / "a" / "dataset_info.json",
+        tmp_path / "a" / "state.json",
+    ]
 
 
 # --- any table round-trips ------------------------------------------------------------------------

@@ -41,9 +41,11 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]], lineterminat
 
 def test_csv_quoted_commas_crlf_and_relative_paths(tmp_path: Path) -> None:
     images = write_images(tmp_path / "images", ["a.jpg", "b.jpg"])
-    rows = [["images/a.jpg", "A dog shakes its head near the shore , a red ball next to it ."],
-            ["images/a.jpg", 'a "quoted" word'],
-            ["images/b.jpg", "  kept as published "]]
+    rows = [
+        ["images/a.jpg", "A dog shakes its head near the shore , a red ball next to it ."],
+        ["images/a.jpg", 'a "quoted" word'],
+        ["images/b.jpg", "  kept as published "],
+    ]
     write_csv(tmp_path / "captions.csv", ["image", "caption"], rows, lineterminator="\r\n")
     assert b"\r\n" in (tmp_path / "captions.csv").read_bytes()
     reader = table_reader(tmp_path / "captions.csv")
@@ -63,10 +65,20 @@ def test_csv_quoted_commas_crlf_and_relative_paths(tmp_path: Path) -> None:
 def test_csv_paths_relative_to_images_and_absolute(tmp_path: Path) -> None:
     write_images(tmp_path / "pics", ["x.jpg"])
     absolute = tmp_path / "elsewhere" / "y.jpg"
-    write_csv(tmp_path / "c.csv", ["file", "text", "key", "part"],
-              [["x.jpg", "one", "7", "val"], [str(absolute), "two", "", "restval"]])
-    reader = table_reader(tmp_path / "c.csv", images=tmp_path / "pics", image_column="file", caption_column="text",
-                          id_column="key", split_column="part", restval="test")
+    write_csv(
+        tmp_path / "c.csv",
+        ["file", "text", "key", "part"],
+        [["x.jpg", "one", "7", "val"], [str(absolute), "two", "", "restval"]],
+    )
+    reader = table_reader(
+        tmp_path / "c.csv",
+        images=tmp_path / "pics",
+        image_column="file",
+        caption_column="text",
+        id_column="key",
+        split_column="part",
+        restval="test",
+    )
     table = read(reader)
     assert table.column("image_path").to_pylist() == [str(tmp_path / "pics" / "x.jpg"), str(absolute)]
     assert table.column("id_hint").to_pylist() == ["7", None]
@@ -80,7 +92,9 @@ def test_csv_paths_relative_to_images_and_absolute(tmp_path: Path) -> None:
 def test_csv_wrong_field_count_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text('image,caption\na.jpg,"two\nlines"\nb.jpg,fine\nc.jpg,one,extra\n')
-    with pytest.raises(SourceError, match=r"bad\.csv:5: expected 2 fields \(image, caption\), found 3") as err:
+    with pytest.raises(
+        SourceError, match=r"bad\.csv:5: expected 2 fields \(image, caption\), found 3"
+    ) as err:
         read(table_reader(path))
     assert err.value.where == 5
 
@@ -120,7 +134,10 @@ def test_tsv_has_no_quoting(tmp_path: Path) -> None:
 def test_real_kaggle_captions_csv(real_data: Path) -> None:
     table = read(table_reader(real_data / "captions.txt"))  # Kaggle's CSV under a .txt name
     assert table.num_rows == 40_455
-    assert "A dog shakes its head near the shore , a red ball next to it ." in table.column("caption").to_pylist()
+    assert (
+        "A dog shakes its head near the shore , a red ball next to it ."
+        in table.column("caption").to_pylist()
+    )
     assert len(set(table.column("file_name").to_pylist())) == 8_091
 
 
@@ -129,14 +146,23 @@ def test_real_kaggle_captions_csv(real_data: Path) -> None:
 
 def test_jsonl_caption_lists(tmp_path: Path) -> None:
     write_images(tmp_path, ["a.jpg", "b.jpg"])
-    lines = [{"image": "a.jpg", "caption": [caption_text(0, n) for n in range(3)], "split": "val", "id": 1},
-             {"image": "b.jpg", "caption": [caption_text(1, 0)], "split": "test", "id": 2}]
+    lines = [
+        {"image": "a.jpg", "caption": [caption_text(0, n) for n in range(3)], "split": "val", "id": 1},
+        {"image": "b.jpg", "caption": [caption_text(1, 0)], "split": "test", "id": 2},
+    ]
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     reader = table_reader(tmp_path / "c.jsonl", split_column="split", id_column="id")
     table = read(reader)
-    assert table.column("caption").to_pylist() == [caption_text(0, n) for n in range(3)] + [caption_text(1, 0)]
+    assert table.column("caption").to_pylist() == [caption_text(0, n) for n in range(3)] + [
+        caption_text(1, 0)
+    ]
     assert table.column("caption_id").to_pylist() == ["0", "1", "2", "0"]
-    assert table.column("location").to_pylist() == ["c.jsonl:1#0", "c.jsonl:1#1", "c.jsonl:1#2", "c.jsonl:2#0"]
+    assert table.column("location").to_pylist() == [
+        "c.jsonl:1#0",
+        "c.jsonl:1#1",
+        "c.jsonl:1#2",
+        "c.jsonl:2#0",
+    ]
     assert table.column("split").to_pylist() == ["val"] * 3 + ["test"]
     assert table.column("id_hint").to_pylist() == ["1"] * 3 + ["2"]
     assert reader.multi_caption() is True
@@ -166,10 +192,12 @@ def test_jsonl_non_object_and_missing_key(tmp_path: Path) -> None:
 
 
 def test_parquet_bytes_column_and_caption_lists(tmp_path: Path) -> None:
-    data = pa.table({
-        "image": pa.array([image_bytes(i) for i in range(3)], pa.binary()),
-        "caption": [["a", "b"], ["c"], ["d", "e", "f"]],
-    })
+    data = pa.table(
+        {
+            "image": pa.array([image_bytes(i) for i in range(3)], pa.binary()),
+            "caption": [["a", "b"], ["c"], ["d", "e", "f"]],
+        }
+    )
     pq.write_table(data, tmp_path / "t.parquet", row_group_size=2)
     reader = table_reader(tmp_path / "t.parquet")
     table = read(reader)

@@ -147,7 +147,12 @@ class HFReader(Reader):
         parts, cols = self._open(), self.columns()
         log.info(
             "hf: %d rows in %s; columns image=%s caption=%s id=%s split=%s",
-            parts.num_rows, ", ".join(p.label for p in parts.parts), cols.image, cols.caption, cols.id, cols.split,
+            parts.num_rows,
+            ", ".join(p.label for p in parts.parts),
+            cols.image,
+            cols.caption,
+            cols.id,
+            cols.split,
         )
         batcher = RowBatcher()
         for row in arrow_rows(parts, cols, images=self.spec.images, restval=self.spec.restval):
@@ -220,7 +225,8 @@ class HFReader(Reader):
         assert image is not None and caption is not None
         listed = is_list(first.schema.field(caption).type)
         caption_id = next(
-            (c for c in CAPTION_ID_COLUMNS if c in names and is_list(first.schema.field(c).type) == listed), None
+            (c for c in CAPTION_ID_COLUMNS if c in names and is_list(first.schema.field(c).type) == listed),
+            None,
         )
         cols = TableColumns(
             image=image,
@@ -251,7 +257,9 @@ def _dataset_parts(obj: Any, base_dir: Path) -> list[ArrowPart]:
         split = str(obj.split) if obj.split is not None else None
         return [DatasetPart(obj, split or "data", split, base_dir)]
     if isinstance(obj, datasets.IterableDataset | datasets.IterableDatasetDict):
-        raise UsageError("streaming (iterable) datasets cannot be read; load the dataset without streaming=True")
+        raise UsageError(
+            "streaming (iterable) datasets cannot be read; load the dataset without streaming=True"
+        )
     raise UsageError(f"not a datasets.Dataset or DatasetDict: {type(obj).__name__}")
 
 
@@ -263,7 +271,9 @@ def _load_cached(name: str) -> Any:
     # Only ``name`` or ``namespace/name`` can be hub datasets; anything else is a path that
     # does not exist, and a packaged builder name ("csv") would read the working directory.
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or name in _PACKAGED_DATASETS_MODULES:
-        raise UsageError(f"{name!r} is neither a local path nor a cached Hugging Face dataset: no such file or folder")
+        raise UsageError(
+            f"{name!r} is neither a local path nor a cached Hugging Face dataset: no such file or folder"
+        )
     try:
         # Offline for this one call: a name that is not cached fails at once instead of downloading.
         with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):

@@ -31,7 +31,13 @@ from .base import ImageUnavailable, Reader, SourceSpec, read_image_file
 log = logging.getLogger(__name__)
 
 #: File suffixes this reader claims, and how each is parsed.
-SUFFIXES: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+SUFFIXES: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
 #: Arrow rows per batch when scanning a table; image bytes are never kept beyond one batch.
 SCAN_BATCH_ROWS = 1024
 #: Row groups larger than this make random image access slow; the reader says so.
@@ -99,7 +105,13 @@ def caption_records(
         for n, value in enumerate(caption):
             text, reject = decode_caption(value)
             cid = str(n) if caption_ids is None or caption_ids[n] is None else str(caption_ids[n])
-            yield {**common, "location": f"{location}#{n}", "caption": text, "caption_id": cid, "reject": reject}
+            yield {
+                **common,
+                "location": f"{location}#{n}",
+                "caption": text,
+                "caption_id": cid,
+                "reject": reject,
+            }
     except BadValue as e:
         raise SourceError(file, where, str(e)) from None
 
@@ -122,8 +134,13 @@ def choose_split(value: Any, default: str, restval: str) -> str:
 
 def is_text(t: pa.DataType) -> bool:
     """Whether values of ``t`` can be captions (text or raw bytes decoded as UTF-8)."""
-    kinds = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary,
-             pa.types.is_null)  # null: a column with no values at all
+    kinds = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+        pa.types.is_null,
+    )  # null: a column with no values at all
     return any(kind(t) for kind in kinds)
 
 
@@ -178,7 +195,9 @@ def py_strings(arr: pa.Array, column: str, file: str) -> list[Any]:
     try:
         return pc.cast(arr, pa.string()).to_pylist()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise UsageError(f"{file}: column {column!r} of type {arr.type} cannot be read as text: {e}") from None
+        raise UsageError(
+            f"{file}: column {column!r} of type {arr.type} cannot be read as text: {e}"
+        ) from None
 
 
 class ArrowPart:
@@ -256,7 +275,9 @@ class Parts:
     def locate(self, index: int) -> tuple[ArrowPart, int]:
         """The part holding global row ``index`` and the row within it."""
         if not 0 <= index < self.num_rows:
-            raise ImageUnavailable("missing_image", f"image index {index} is outside the table ({self.num_rows} rows)")
+            raise ImageUnavailable(
+                "missing_image", f"image index {index} is outside the table ({self.num_rows} rows)"
+            )
         i = bisect.bisect_right(self.starts, index) - 1
         return self.parts[i], index - self.starts[i]
 
@@ -272,7 +293,9 @@ class Parts:
             return value
         if isinstance(value, str) and value:
             return read_image_file(resolve_path(value, images or part.base_dir))
-        raise ImageUnavailable("missing_image", f"{part.label}[{row}]: the image cell holds neither bytes nor a path")
+        raise ImageUnavailable(
+            "missing_image", f"{part.label}[{row}]: the image cell holds neither bytes nor a path"
+        )
 
 
 def arrow_rows(
@@ -287,7 +310,8 @@ def arrow_rows(
             n = batch.num_rows
             captions = py_captions(batch.column(cols.caption))
             ids, splits, cids, names = (
-                _column_strings(batch, c, part.label) for c in (cols.id, cols.split, cols.caption_id, cols.file_name)
+                _column_strings(batch, c, part.label)
+                for c in (cols.id, cols.split, cols.caption_id, cols.file_name)
             )
             has_bytes, paths = _image_refs(batch.column(cols.image))
             for i in range(n):
@@ -301,7 +325,9 @@ def arrow_rows(
                     "id_hint": ids[i],
                     "file_name": names[i] or (os.path.basename(path) if path else None),
                 }
-                yield from caption_records(part.label, row, f"{part.label}[{row}]", captions[i], cids[i], common)
+                yield from caption_records(
+                    part.label, row, f"{part.label}[{row}]", captions[i], cids[i], common
+                )
             local += n
 
 
@@ -323,14 +349,18 @@ def _image_refs(arr: pa.Array) -> tuple[list[bool], list[str | None]]:
 
 def check_columns(schema: pa.Schema, cols: TableColumns, file: str) -> None:
     """UsageError when the image or caption column has a type that cannot mean what it should."""
-    for name, ok, what in ((cols.image, image_type_ok, "an image path, bytes or image struct"),
-                           (cols.caption, caption_type_ok, "text or a list of text")):
+    for name, ok, what in (
+        (cols.image, image_type_ok, "an image path, bytes or image struct"),
+        (cols.caption, caption_type_ok, "text or a list of text"),
+    ):
         t = schema.field(name).type
         if not ok(t):
             raise UsageError(f"{file}: column {name!r} has type {t}; expected {what}")
 
 
-def missing_column(file: str, where: str, what: str, name: str, option: str, columns: Sequence[str]) -> UsageError:
+def missing_column(
+    file: str, where: str, what: str, name: str, option: str, columns: Sequence[str]
+) -> UsageError:
     """The error for a required column that the table does not have, listing those it has."""
     return UsageError(
         f"{file}{where}: no {what} column {name!r}; columns: {', '.join(columns) or '(none)'}; "
@@ -383,7 +413,9 @@ class TableReader(Reader):
     def read(self) -> Iterator[pa.RecordBatch]:
         batcher = RowBatcher()
         if self.kind == "parquet":
-            records = arrow_rows(self._open(), self.columns, images=self.spec.images, restval=self.spec.restval)
+            records = arrow_rows(
+                self._open(), self.columns, images=self.spec.images, restval=self.spec.restval
+            )
         elif self.kind == "jsonl":
             records = self._jsonl_rows()
         else:
@@ -415,16 +447,21 @@ class TableReader(Reader):
             parts = [ParquetPart(f, f.relative_to(root).as_posix(), None, f.parent) for f in files]
             for part in parts:
                 names = part.schema.names
-                for name, what, option in ((self.columns.image, "image", "image-column"),
-                                           (self.columns.caption, "caption", "caption-column"),
-                                           (self.columns.id, "id", "id-column"),
-                                           (self.columns.split, "split", "split-column")):
+                for name, what, option in (
+                    (self.columns.image, "image", "image-column"),
+                    (self.columns.caption, "caption", "caption-column"),
+                    (self.columns.id, "id", "id-column"),
+                    (self.columns.split, "split", "split-column"),
+                ):
                     if name is not None and name not in names:
                         raise missing_column(str(part.path), "", what, name, option, names)
                 check_columns(part.schema, self.columns, str(part.path))
                 if part.largest_row_group > LARGE_ROW_GROUP:
-                    log.warning("%s: row groups of up to %d rows; reading one image reads its whole row group",
-                                part.path, part.largest_row_group)
+                    log.warning(
+                        "%s: row groups of up to %d rows; reading one image reads its whole row group",
+                        part.path,
+                        part.largest_row_group,
+                    )
             self._parts = Parts(parts)
         return self._parts
 
@@ -457,12 +494,17 @@ class TableReader(Reader):
             try:
                 header = [h.strip() for h in next(reader)]
             except StopIteration:
-                raise SourceError(file, 1, "empty file; a header row naming the columns is required") from None
+                raise SourceError(
+                    file, 1, "empty file; a header row naming the columns is required"
+                ) from None
             except csv.Error as e:
                 raise SourceError(file, reader.line_num, f"bad CSV: {e}") from None
-            for name, what, option in ((cols.image, "image", "image-column"),
-                                       (cols.caption, "caption", "caption-column"),
-                                       (cols.id, "id", "id-column"), (cols.split, "split", "split-column")):
+            for name, what, option in (
+                (cols.image, "image", "image-column"),
+                (cols.caption, "caption", "caption-column"),
+                (cols.id, "id", "id-column"),
+                (cols.split, "split", "split-column"),
+            ):
                 if name is not None and name not in header:
                     raise missing_column(file, ":1", what, name, option, header)
             at = {name: header.index(name) for name in cols.names()}
@@ -479,11 +521,16 @@ class TableReader(Reader):
                     continue
                 if len(fields) != len(header):
                     raise SourceError(
-                        file, start, f"expected {len(header)} fields ({', '.join(header)}), found {len(fields)}"
+                        file,
+                        start,
+                        f"expected {len(header)} fields ({', '.join(header)}), found {len(fields)}",
                     )
                 common = self._common(
-                    file, start, fields[at[cols.image]],
-                    fields[at[cols.id]] if cols.id else None, fields[at[cols.split]] if cols.split else None,
+                    file,
+                    start,
+                    fields[at[cols.image]],
+                    fields[at[cols.id]] if cols.id else None,
+                    fields[at[cols.split]] if cols.split else None,
                 )
                 caption = fields[at[cols.caption]]
                 yield from caption_records(file, start, f"{self.path.name}:{start}", caption, None, common)
@@ -506,12 +553,19 @@ class TableReader(Reader):
     def _jsonl_rows(self) -> Iterator[dict[str, Any]]:
         file, cols = str(self.path), self.columns
         for line, record in self._jsonl_records():
-            for name, what, option in ((cols.image, "image", "image-column"),
-                                       (cols.caption, "caption", "caption-column")):
+            for name, what, option in (
+                (cols.image, "image", "image-column"),
+                (cols.caption, "caption", "caption-column"),
+            ):
                 if name not in record:
                     raise missing_column(file, f":{line}", what, name, option, list(record))
             common = self._common(
-                file, line, record[cols.image],
-                record.get(cols.id) if cols.id else None, record.get(cols.split) if cols.split else None,
+                file,
+                line,
+                record[cols.image],
+                record.get(cols.id) if cols.id else None,
+                record.get(cols.split) if cols.split else None,
             )
-            yield from caption_records(file, line, f"{self.path.name}:{line}", record[cols.caption], None, common)
+            yield from caption_records(
+                file, line, f"{self.path.name}:{line}", record[cols.caption], None, common
+            )
