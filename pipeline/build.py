@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError
-from .executors import make_executor
+from .executors import Executor, make_executor
 from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
@@ -81,14 +81,14 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
 
     state = out / STATE
     resumed = (state / "state.json").is_file()
-    if resumed:
-        planned, rejects, report, n_rows = _load_plan(state)
-        log.info("resuming the unfinished build in %s", out)
-    else:
-        planned, rejects, report, n_rows = _plan(reader, config, progress)
-        _save_plan(state, identity, planned, rejects, report, n_rows)
-
-    results, reused = _write_shards(out, reader, fmt, planned, config, progress)
+    with contextlib.closing(make_executor(config.executor, config.workers)) as executor:
+        if resumed:
+            planned, rejects, report, n_rows = _load_plan(state)
+            log.info("resuming the unfinished build in %s", out)
+        else:
+            planned, rejects, report, n_rows = _plan(reader, config, executor, progress)
+            _save_plan(state, identity, planned, rejects, report, n_rows)
+        results, reused = _write_shards(out, reader, fmt, planned, config, executor, progress)
     write_index(out, planned, results)
     write_rejects(out, rejects)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
@@ -163,12 +163,13 @@ def _clean(out: Path) -> None:
         shard.unlink()
 
 
-def _plan(reader: Reader, config: BuildConfig, progress: Progress) -> tuple[pa.Table, pa.Table, dict[str, Any], int]:
+def _plan(
+    reader: Reader, config: BuildConfig, executor: Executor, progress: Progress
+) -> tuple[pa.Table, pa.Table, dict[str, Any], int]:
     """read → probe → resolve → plan, with the reject budget checked before writing."""
     batches = list(reader.read())
     rows = pa.Table.from_batches(batches, schema=CAPTION_ROWS)
     log.info("read %d caption rows", rows.num_rows)
-    executor = make_executor(config.executor, config.workers)
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
@@ -246,7 +247,13 @@ def _finished(out: Path, name: str) -> ShardResult | None:
 
 
 def _write_shards(
-    out: Path, reader: Reader, fmt: str, planned: pa.Table, config: BuildConfig, progress: Progress
+    out: Path,
+    reader: Reader,
+    fmt: str,
+    planned: pa.Table,
+    config: BuildConfig,
+    executor: Executor,
+    progress: Progress,
 ) -> tuple[dict[str, ShardResult], int]:
     tasks = _shard_tasks(out, reader, fmt, planned, config.resize)
     results: dict[str, ShardResult] = {}
@@ -260,7 +267,6 @@ def _write_shards(
     reused = len(results)
     if reused:
         log.info("reusing %d finished shards, writing %d", reused, len(todo))
-    executor = make_executor(config.executor, min(config.workers, max(1, len(todo))))
     try:
         with progress("writing shards", len(todo)) as advance:
             for result in executor.map_unordered(write_shard, todo):

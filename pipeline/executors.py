@@ -22,9 +22,11 @@ R = TypeVar("R")
 
 
 class Executor(Protocol):
-    """Maps ``fn`` over ``tasks``, yielding results in completion order."""
+    """Maps ``fn`` over ``tasks``, yielding results in completion order; ``close`` frees its workers."""
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
+
+    def close(self) -> None: ...
 
 
 class SerialExecutor:
@@ -34,17 +36,34 @@ class SerialExecutor:
         for task in tasks:
             yield fn(task)
 
+    def close(self) -> None:
+        pass
+
 
 class ProcessExecutor:
-    """A pool of ``workers`` spawn-started processes, at most ``2 * workers`` tasks in flight."""
+    """A pool of ``workers`` spawn-started processes, kept for every map until ``close``;
+    at most ``2 * workers`` tasks in flight, so the task list is never pickled whole."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the parent holds Arrow and datasets thread pools.
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
         pending: set[Future[R]] = set()
         todo = iter(tasks)
-        pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        pool = self._get_pool()
         try:
             while True:
                 while len(pending) < 2 * self.workers:
@@ -57,9 +76,10 @@ class ProcessExecutor:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
-        finally:
+        except BaseException:
             # On error or interrupt: drop queued tasks, wait for running ones to stop.
-            pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
+            raise
 
 
 class RayExecutor:
@@ -95,6 +115,9 @@ class RayExecutor:
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        pass  # the Ray cluster outlives the build
 
 
 def make_executor(name: str, workers: int) -> Executor:

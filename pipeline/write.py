@@ -83,7 +83,7 @@ def done_path(out: Path, name: str) -> Path:
 
 
 def sample_members(
-    spec: SampleSpec, data: bytes, fmt: str, width: int, height: int, source_format: str
+    spec: SampleSpec, data: bytes, digest: str, fmt: str, width: int, height: int, source_format: str
 ) -> dict[str, bytes]:
     """The members of one sample: image, JSON metadata, captions as text."""
     ext = EXTENSIONS[fmt]
@@ -102,7 +102,7 @@ def sample_members(
         "caption_ids": list(spec.caption_ids),
         "width": width,
         "height": height,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": digest,
         "source": source,
     }
     # One caption per line: a caption's own line breaks become spaces here (the JSON keeps them).
@@ -141,13 +141,14 @@ def write_shard(task: ShardTask) -> ShardResult:
                             f"image of {spec.image_id} ({spec.image_path or f'row {spec.image_index}'}) changed "
                             "since the build read it; rebuild with --overwrite"
                         )
-                    fmt, width, height = spec.format, spec.width, spec.height
+                    digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
                     if task.resize is not None:
                         data, fmt, width, height = resize(data, task.resize)
-                    members = sample_members(spec, data, fmt, width, height, task.source_format)
+                        digest = hashlib.sha256(data).hexdigest()
+                    members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
                     for name in sorted(members):
                         _add(tar, name, members[name])
-                    entries.append((spec.key, hashlib.sha256(data).hexdigest(), width, height, EXTENSIONS[fmt]))
+                    entries.append((spec.key, digest, width, height, EXTENSIONS[fmt]))
                     captions += len(spec.captions)
             f.flush()
             os.fsync(f.fileno())

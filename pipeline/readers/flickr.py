@@ -164,12 +164,17 @@ class FlickrReader(Reader):
 
     @classmethod
     def sniff(cls, path: Path) -> bool:
-        """A ``.txt``/``.token``/``.csv`` file whose first line fits one of the layouts."""
+        """A ``.txt``/``.token``/``.csv`` file whose first line fits one of the layouts.
+
+        A ``.csv`` with the generic header ``image,caption`` is left to the ``table``
+        reader: Kaggle publishes that layout as ``captions.txt``.
+        """
         if path.suffix.lower() not in _SUFFIXES or not path.is_file():
             return False
         with open(path, "rb") as f:
             head = f.read(4096)
-        return layout_of(head.split(b"\n", 1)[0].decode("utf-8", "replace")) is not None
+        layout = layout_of(head.split(b"\n", 1)[0].decode("utf-8", "replace"))
+        return layout is not None and not (layout == "captions" and path.suffix.lower() == ".csv")
 
     def multi_caption(self) -> bool:
         return True
