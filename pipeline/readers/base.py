@@ -8,6 +8,7 @@ into the image's bytes. Readers must be picklable: shard-writing workers receive
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ class ImageUnavailable(CapshardError):
     def __init__(self, reason: str, message: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[ImageUnavailable], tuple[str, str]]:
+        # Raised in pool workers: it must survive the trip back to the parent process.
+        return type(self), (self.reason, str(self))
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,25 @@ class Reader:
         """The stored bytes of an image reference; raises ``ImageUnavailable``."""
         if image_path is None:
             raise ImageUnavailable("missing_image", f"{self.name} rows carry no embedded image bytes")
-        return read_image_file(image_path)
+        return read_image_file(self.checked_image_path(image_path))
+
+    def checked_image_path(self, image_path: str) -> str:
+        """``image_path``, refused (``path_outside_images``) when it leaves ``spec.images``.
+
+        Annotation files are data: a name like ``../../etc/passwd`` must not make a build read,
+        and publish in a shard, a file outside the image folder the user named. ``..`` is
+        resolved on the path's text; symlinks inside the folder are followed (the folder is
+        the user's own). Without ``spec.images`` there is no folder to stay in.
+        """
+        if self.spec.images is None:
+            return image_path
+        root = os.path.abspath(self.spec.images)
+        path = os.path.normpath(os.path.join(root, image_path))
+        if os.path.commonpath([root, path]) != root:
+            raise ImageUnavailable(
+                "path_outside_images", f"image path {image_path} is outside the image folder {root}"
+            )
+        return path
 
     def multi_caption(self) -> bool:
         """True when the source is known to carry several captions per image (Flickr, COCO,
