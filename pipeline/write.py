@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError
+from .errors import IntegrityError, OutputError
 from .media import EXTENSIONS, resize
-from .readers import Reader
+from .readers import ImageUnavailable, Reader
 
 #: Fixed member mtime (2020-01-01 UTC): same input, same bytes, whatever the clock says.
 MTIME = 1577836800
@@ -125,7 +125,12 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 def write_shard(task: ShardTask) -> ShardResult:
-    """Write one shard atomically and record it as done."""
+    """Write one shard atomically and record it as done.
+
+    The ``done`` record is written before the rename, so a shard under its final name
+    always has a record that matches it, whenever the process is killed. An OS error on
+    the output (full disk, read-only folder) is an :class:`OutputError` naming the shard.
+    """
     out = Path(task.out)
     final = out / task.name
     tmp = out / f".{task.name}{TMP_MARK}{os.getpid()}"
@@ -135,12 +140,7 @@ def write_shard(task: ShardTask) -> ShardResult:
         with open(tmp, "wb") as f:
             with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for spec in task.samples:
-                    data = task.reader.open_image(spec.image_path, spec.image_index)
-                    if hashlib.sha256(data).hexdigest() != spec.sha256:
-                        raise IntegrityError(
-                            f"image of {spec.image_id} ({spec.image_path or f'row {spec.image_index}'}) changed "
-                            "since the build read it; rebuild with --overwrite"
-                        )
+                    data = _stored_image(task, spec)
                     digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
                     if task.resize is not None:
                         data, fmt, width, height = resize(data, task.resize)
@@ -153,14 +153,31 @@ def write_shard(task: ShardTask) -> ShardResult:
             f.flush()
             os.fsync(f.fileno())
         digest, size = file_sha256(tmp)
+        result = ShardResult(task.name, len(task.samples), captions, size, digest, tuple(entries))
+        write_json_atomic(done_path(out, task.name), asdict(result))
         os.replace(tmp, final)
-    except BaseException:
+        fsync_dir(out)
+    except OSError as e:
+        if e.errno is None:  # a codec's error (Pillow raises OSError), not the output's
+            raise
+        raise OutputError(f"cannot write shard {task.name} in {out}: {e.strerror}") from None
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out)
-    result = ShardResult(task.name, len(task.samples), captions, size, digest, tuple(entries))
-    write_json_atomic(done_path(out, task.name), asdict(result))
     return result
+
+
+def _stored_image(task: ShardTask, spec: SampleSpec) -> bytes:
+    """The image bytes the probe hashed; the build fails if they vanished or changed since."""
+    where = spec.image_path or f"row {spec.image_index}"
+    try:
+        data = task.reader.open_image(spec.image_path, spec.image_index)
+    except ImageUnavailable as e:
+        raise IntegrityError(f"image of {spec.image_id} ({where}) can no longer be read: {e}") from None
+    if hashlib.sha256(data).hexdigest() != spec.sha256:
+        raise IntegrityError(
+            f"image of {spec.image_id} ({where}) changed since the build read it; rebuild with --overwrite"
+        )
+    return data
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
