@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -19,8 +19,10 @@ class CaptionsPerImage(click.ParamType):
 
     name = "K|all"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if isinstance(value, int) or value == "all":
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | Literal["all"]:
+        if value == "all":
+            return "all"
+        if isinstance(value, int) and value >= 1:
             return value
         try:
             k = int(value)
@@ -76,7 +78,7 @@ def smoke_train(
     steps: int,
     batch_size: int,
     temperature: float,
-    captions_per_image: int | str,
+    captions_per_image: int | Literal["all"],
     seed: int,
     device: str,
     log_every: int,
@@ -125,8 +127,8 @@ def smoke_train(
         click.echo(_summary(result, min_gap, plot))
     if not passed:
         raise GapTooSmall(
-            f"smoke-train: final gap {result.final.gap:.3f} is not above --min-gap {min_gap}"
-            + ("" if control else "; the batches may lack their positives (see capshard diagnose)")
+            f"smoke-train: final gap {result.final.gap:.3f} is not above --min-gap {min_gap} "
+            "(train longer with --steps, or check the batches' positives with capshard diagnose)"
         )
 
 
