@@ -246,7 +246,8 @@ texts = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_siz
 def write_table(folder: Path, fmt: str, records: list[tuple[str, list[str] | str]]) -> Path:
     path = folder / f"captions.{fmt}"
     if fmt == "csv":
-        write_csv(path, ["image", "caption"], [[image, str(caption)] for image, caption in records])
+        # "\r\n" terminators make csv.writer quote any caption holding "\r" or "\n".
+        write_csv(path, ["image", "caption"], [[image, str(caption)] for image, caption in records], "\r\n")
     elif fmt == "jsonl":
         path.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n" for i, c in records))
     else:

@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 
 from ..errors import UsageError
 from ..schema import RowBatcher
-from .base import ImageUnavailable, Reader, SourceSpec, read_image_file
-from .table import (
+from .arrow import (
     ArrowPart,
     ParquetPart,
     Parts,
@@ -33,6 +32,7 @@ from .table import (
     is_list,
     missing_column,
 )
+from .base import ImageUnavailable, Reader, SourceSpec, read_image_file
 
 log = logging.getLogger(__name__)
 
