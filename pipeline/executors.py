@@ -10,8 +10,12 @@ what is written.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+import os
+import signal
+import sys
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
@@ -24,7 +28,7 @@ R = TypeVar("R")
 class Executor(Protocol):
     """Maps ``fn`` over ``tasks``, yielding results in completion order; ``close`` frees its workers."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]: ...
 
     def close(self) -> None: ...
 
@@ -32,7 +36,7 @@ class Executor(Protocol):
 class SerialExecutor:
     """Runs every task in this process, in order."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
         for task in tasks:
             yield fn(task)
 
@@ -52,7 +56,9 @@ class ProcessExecutor:
         if self._pool is None:
             # spawn, not fork: the parent holds Arrow and datasets thread pools.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+            )
         return self._pool
 
     def close(self) -> None:
@@ -60,7 +66,25 @@ class ProcessExecutor:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def _kill(self) -> None:
+        """Stop now: drop queued tasks and kill the running ones (on error, interrupt or early close).
+
+        ProcessPoolExecutor only waits for running tasks (``terminate_workers`` comes in
+        Python 3.14), which can take minutes per shard; so its processes are killed, then
+        reaped by ``shutdown``. Temporary files they leave are the caller's to remove, which
+        is safe once this returns: no worker is left to write.
+        """
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        processes = list(pool._processes.values())
+        for process in processes:
+            process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for process in processes:
+            process.join()
+
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
         pending: set[Future[R]] = set()
         todo = iter(tasks)
         pool = self._get_pool()
@@ -77,9 +101,25 @@ class ProcessExecutor:
                 for future in done:
                     yield future.result()
         except BaseException:
-            # On error or interrupt: drop queued tasks, wait for running ones to stop.
-            self.close()
+            self._kill()
             raise
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker set-up: signals are the parent's business.
+
+    Ctrl-C reaches the whole process group and ``kill`` may too; the parent alone handles
+    them (it kills its workers and removes their temporary files), so workers ignore
+    SIGINT and SIGTERM. On Linux a worker also dies with its parent (``PR_SET_PDEATHSIG``),
+    so a ``kill -9`` of the build leaves no orphan writing into the output folder.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 class RayExecutor:
@@ -95,7 +135,7 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
         remote = self.ray.remote(fn)
         pending: list[Any] = []
         todo = iter(tasks)
