@@ -87,10 +87,12 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
             log.info("resuming the unfinished build in %s", out)
         else:
             planned, rejects, report, n_rows = _plan(reader, config, executor, progress)
-            _save_plan(state, identity, planned, rejects, report, n_rows)
+            with _output_errors(out):
+                _save_plan(state, identity, planned, rejects, report, n_rows)
         results, reused = _write_shards(out, reader, fmt, planned, config, executor, progress)
-    write_index(out, planned, results)
-    write_rejects(out, rejects)
+    with _output_errors(out):
+        write_index(out, planned, results)
+        write_rejects(out, rejects)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
     version = config.version or identity["fingerprint"].split(":")[-1][:12]
     manifest = manifest_dict(
@@ -105,7 +107,8 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         n_rows=n_rows,
     )
     _check_accounting(manifest)
-    write_manifest(out, manifest)
+    with _output_errors(out):
+        write_manifest(out, manifest)
     shutil.rmtree(state, ignore_errors=True)
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
@@ -134,8 +137,10 @@ def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
             )
         if not same or overwrite:
             _clean(out)
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
+    elif out.is_dir() and not overwrite and any(not _leftover(p) for p in out.iterdir()):
         raise OutputError(f"{out} is not empty and holds no capshard build; choose an empty or new --out")
+    elif out.is_dir():
+        _clean(out)  # what a run killed while planning, or stopped by the reject budget, left
     try:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(f".*{TMP_MARK}*"):
@@ -143,6 +148,22 @@ def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
     except OSError as e:
         raise OutputError(f"cannot write to {out}: {e.strerror}") from None
     return None
+
+
+def _leftover(path: Path) -> bool:
+    """Whether ``path`` is something a capshard run leaves before its plan is saved."""
+    return path.name in (STATE, REJECTS) or TMP_MARK in path.name
+
+
+@contextlib.contextmanager
+def _output_errors(out: Path) -> Iterator[None]:
+    """Turn an OS error while writing into ``out`` (full disk, read-only folder) into one OutputError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
 
 
 def _identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +199,8 @@ def _plan(
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
-        write_rejects(config.out, rejects)
+        with _output_errors(config.out):
+            write_rejects(config.out, rejects)
         top = pc.value_counts(rejects["reason"]).to_pylist()
         top.sort(key=lambda v: -v["counts"])
         reasons = ", ".join(f"{v['values']}: {v['counts']}" for v in top[:3])
@@ -268,12 +290,14 @@ def _write_shards(
     if reused:
         log.info("reusing %d finished shards, writing %d", reused, len(todo))
     try:
-        with progress("writing shards", len(todo)) as advance:
-            for result in executor.map_unordered(write_shard, todo):
+        # closing(): on an interrupt the executor stops its workers before the clean-up below.
+        written = contextlib.closing(executor.map_unordered(write_shard, todo))
+        with progress("writing shards", len(todo)) as advance, written as each:
+            for result in each:
                 results[result.name] = result
                 advance(1)
     finally:
-        for stale in out.glob(f".*{TMP_MARK}*"):
+        for stale in [*out.glob(f".*{TMP_MARK}*"), *(out / STATE / "done").glob(f".*{TMP_MARK}*")]:
             stale.unlink(missing_ok=True)
     return results, reused
 
