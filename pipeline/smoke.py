@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CapshardError, UsageError
-from .loader import make_loader
+from .loader import CaptionLoader, make_loader
 from .losses import batch_positive_mask, multi_positive_info_nce
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def smoke_train(config: SmokeConfig, on_log: Callable[[int, Figures], None] | No
             if step == config.steps:
                 break
         if seen == 0:
-            raise CapshardError(
+            raise UsageError(
                 f"split {config.split!r} of {config.source} gives no batch of {config.batch_size}; lower --batch-size"
             )
     final = _evaluate(model, loader, epoch, config.eval_batches)
@@ -363,7 +363,7 @@ def smoke_train(config: SmokeConfig, on_log: Callable[[int, Figures], None] | No
     return SmokeResult(config, step, epoch, seconds, len(model.vocab), final, points)
 
 
-def _evaluate(model: _Model, loader: Any, epoch: int, max_batches: int) -> Figures:
+def _evaluate(model: _Model, loader: CaptionLoader, epoch: int, max_batches: int) -> Figures:
     """Figures of up to ``max_batches`` batches of epoch ``epoch``, without updates."""
     total = _Pairs()
     loader.set_epoch(epoch)

@@ -130,6 +130,8 @@ def test_a_short_run_learns_the_sample(sample_build: Path) -> None:
         (["--captions-per-image", "0"], 2, "captions-per-image"),
         (["--device", "cuda"], 2, "CUDA is not available"),
         (["--device", "warp-drive"], 2, "unknown device"),
+        (["--batch-size", "500"], 2, "lower --batch-size"),
+        (["--split", "nope"], 2, "nope"),
     ],
 )
 def test_user_errors_are_one_line(
