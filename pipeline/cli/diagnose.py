@@ -1,0 +1,95 @@
+"""``capshard diagnose DIR``: read a build through the loader and check its positives.
+
+Exit 0 when the batches carry the positives asked for; 1 with the likely cause otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..diagnose import DiagnoseReport, DiagnosisFailed
+from ..diagnose import diagnose as run_diagnose
+from .options import json_option
+
+
+class CaptionsPerImage(click.ParamType):
+    """A positive int or ``all``."""
+
+    name = "K|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "all":
+            return value
+        try:
+            k = int(value)
+        except ValueError:
+            k = 0
+        if k < 1:
+            self.fail(f"{value!r} is not a positive number of captions or 'all'", param, ctx)
+        return k
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="train", help="Split to read.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per batch.")
+@click.option("--captions-per-image", type=CaptionsPerImage(), default="1", help="K captions per image, or all.")
+@click.option("--epoch", type=click.IntRange(min=0), default=0, help="Epoch to read (order, captions).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Loader seed.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")
+@click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Stop after this many batches.")
+@json_option
+def diagnose(
+    build_dir: Path,
+    split: str,
+    batch_size: int,
+    captions_per_image: int | str,
+    epoch: int,
+    seed: int,
+    workers: int,
+    max_batches: int | None,
+    as_json: bool,
+) -> None:
+    """Read BUILD_DIR through the loader and check the batches carry the positives asked for."""
+    report = run_diagnose(
+        build_dir,
+        split=split,
+        batch_size=batch_size,
+        captions_per_image=captions_per_image,  # type: ignore[arg-type]
+        epoch=epoch,
+        seed=seed,
+        num_workers=workers,
+        max_batches=max_batches,
+    )
+    click.echo(json.dumps(report.to_dict()) if as_json else render(report))
+    if not report.ok:
+        raise DiagnosisFailed(report.problems[0])
+
+
+def render(r: DiagnoseReport) -> str:
+    """The report as a few lines a person reads."""
+
+    def spread(s: Any) -> str:
+        return f"{s.min:g} .. {s.max:g} (mean {s.mean:g})"
+
+    lines = [
+        f"{r.source} split {r.split}: {r.batches} of {r.batches_per_epoch} batches read, "
+        f"batch size {r.batch_size}, captions per image {r.captions_per_image}, epoch {r.epoch}",
+        f"  images per batch        {spread(r.images_per_batch)}",
+        f"  captions per batch      {spread(r.captions_per_batch)}",
+        f"  positives per caption   {spread(r.positives_per_caption)}",
+        "  group sizes seen        " + (", ".join(f"{s}: {n}" for s, n in r.group_sizes.items()) or "none"),
+        f"  images repeated         {r.images_repeated_in_batch} in a batch, {r.images_repeated_in_epoch} in the epoch",
+        f"  images sharing a group  {r.images_sharing_a_group}",
+        "  samples skipped         " + (", ".join(f"{k}: {v}" for k, v in r.skipped.items()) or "0"),
+    ]
+    lines.extend(f"  note: {n}" for n in r.notes)
+    if r.ok:
+        lines.append(f"OK: {r.images} images and {r.captions} captions; every caption has the positives asked for")
+    else:
+        lines.extend(f"PROBLEM: {p}" for p in r.problems)
+    return "\n".join(lines)

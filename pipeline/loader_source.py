@@ -1,0 +1,318 @@
+"""Where the loader's shards come from: a build's manifest or a list of shard URLs.
+
+:func:`resolve_source` turns what the user passed into a :class:`ShardSet`: the shards of
+one split, each with its sample count (needed to plan an epoch without reading), and,
+when a manifest describes it, its size and sha256.
+
+* A build directory (local, or a remote URL such as ``s3://bucket/build``) is read
+  through its ``manifest.json``.
+* Shard URLs may be local paths, ``file://`` URLs, brace patterns (``train-{000..009}.tar``),
+  globs, or remote URLs (``http(s)://``, ``s3://``, ``gs://``, anything ``fsspec`` knows).
+  Remote bytes are read through ``fsspec`` only: no shell, no ``curl`` command line, so
+  no URL is ever interpreted by a shell. A ``manifest.json`` beside the shards, when
+  present, supplies counts and checksums; otherwise each shard's samples are counted
+  from its tar headers once, at construction.
+
+:class:`ShardOpener` opens a shard for reading and, with ``verify="sha256"``, refuses one
+whose bytes do not match the manifest (:class:`~pipeline.errors.IntegrityError`). A
+process hashes a shard the first time it opens it and remembers the file's size and
+mtime, so later epochs do not hash again.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+from urllib.parse import urlparse
+
+import braceexpand
+
+from . import FORMAT_VERSION
+from .errors import IntegrityError, SourceError, UsageError
+from .loader_decode import member_key
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+VERIFY_MODES = ("sha256", "size", "none")
+Verify = Literal["sha256", "size", "none"]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard: where it is and what the manifest says it holds (``None``: not known)."""
+
+    url: str
+    name: str
+    images: int
+    captions: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one split, in manifest (or listed) order."""
+
+    shards: tuple[ShardInfo, ...]
+    split: str | None
+    root: str | None = None
+    manifest: dict[str, Any] | None = field(default=None, compare=False)
+
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.shards)
+
+    def fingerprint(self) -> str:
+        """A short hash of the shard list and counts: a resumed loader must see the same."""
+        h = hashlib.sha256()
+        for s in self.shards:
+            h.update(f"{s.name}\0{s.images}\0{s.sha256 or ''}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def is_remote(url: str) -> bool:
+    """True for ``scheme://`` URLs other than ``file://`` (a one-letter scheme is a drive)."""
+    scheme = urlparse(url).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def _local_path(url: str) -> str:
+    return urlparse(url).path if url.startswith("file://") else url
+
+
+def _open_remote(url: str) -> IO[bytes]:
+    import fsspec
+
+    try:
+        return fsspec.open(url, "rb").open()
+    except ImportError as e:
+        raise UsageError(f"cannot read {url}: {e} (install the fsspec backend for this scheme)") from None
+
+
+def _read_json(url: str) -> dict[str, Any] | None:
+    """A JSON document at ``url``, or None when there is none."""
+    try:
+        if is_remote(url):
+            with _open_remote(url) as f:
+                data = f.read()
+        else:
+            data = Path(_local_path(url)).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise SourceError(url, f"line {e.lineno}", f"not valid JSON: {e.msg}") from None
+    if not isinstance(doc, dict):
+        raise SourceError(url, "top level", "a manifest must be a JSON object")
+    return doc
+
+
+def _check_manifest(doc: dict[str, Any], url: str) -> None:
+    fmt = doc.get("format")
+    if fmt != FORMAT_VERSION:
+        raise SourceError(url, "format", f"expected {FORMAT_VERSION!r}, found {fmt!r}")
+    if not isinstance(doc.get("splits"), dict):
+        raise SourceError(url, "splits", "missing or not an object")
+
+
+def _shard_entries(doc: dict[str, Any], split: str, url: str) -> list[dict[str, Any]]:
+    splits = doc["splits"]
+    if split not in splits:
+        names = ", ".join(sorted(splits)) or "none"
+        raise UsageError(f"split {split!r} is not in {url} (splits: {names})")
+    shards = splits[split].get("shards")
+    if not isinstance(shards, list):
+        raise SourceError(url, f"splits.{split}.shards", "missing or not a list")
+    return shards
+
+
+def _info(url: str, entry: dict[str, Any]) -> ShardInfo:
+    return ShardInfo(
+        url=url,
+        name=str(entry["name"]),
+        images=int(entry["images"]),
+        captions=int(entry["captions"]) if "captions" in entry else None,
+        bytes=int(entry["bytes"]) if "bytes" in entry else None,
+        sha256=str(entry["sha256"]) if "sha256" in entry else None,
+    )
+
+
+def _join(root: str, name: str) -> str:
+    return posixpath.join(root.rstrip("/"), name) if is_remote(root) else str(Path(_local_path(root)) / name)
+
+
+def _looks_like_shards(text: str) -> bool:
+    return text.endswith(".tar") or any(c in text for c in "{*?[")
+
+
+def resolve_source(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None) -> ShardSet:
+    """The shards of ``split`` in ``source`` (a build directory or shard URLs)."""
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if text.endswith(MANIFEST):
+            return _from_build(text[: -len(MANIFEST)].rstrip("/") or ".", split)
+        if is_remote(text) and not _looks_like_shards(text):
+            return _from_build(text, split)
+        if not is_remote(text) and Path(_local_path(text)).is_dir():
+            return _from_build(text, split)
+        return _from_urls([text], split)
+    urls = [os.fspath(s) for s in source]
+    if not urls:
+        raise UsageError("no shards given: the source list is empty")
+    return _from_urls(urls, split)
+
+
+def _from_build(root: str, split: str | None) -> ShardSet:
+    url = _join(root, MANIFEST)
+    doc = _read_json(url)
+    if doc is None:
+        raise UsageError(f"{root} is not a capshard build: it has no {MANIFEST} (is the build finished?)")
+    _check_manifest(doc, url)
+    if split is None:
+        if len(doc["splits"]) != 1:
+            raise UsageError(f"give a split to read from {root} (splits: {', '.join(sorted(doc['splits']))})")
+        split = next(iter(doc["splits"]))
+    shards = tuple(_info(_join(root, str(e["name"])), e) for e in _shard_entries(doc, split, url))
+    if not shards:
+        raise UsageError(f"split {split!r} of {root} has no shards")
+    return ShardSet(shards, split, root, doc)
+
+
+def expand_urls(urls: Sequence[str]) -> list[str]:
+    """Brace patterns and globs expanded, in the given order (globs sorted)."""
+    out: list[str] = []
+    for pattern in urls:
+        for url in braceexpand.braceexpand(pattern):
+            if not any(c in url for c in "*?["):
+                out.append(url)
+                continue
+            if is_remote(url):
+                import fsspec
+
+                _fs, _, paths = fsspec.get_fs_token_paths(url)
+                protocol = urlparse(url).scheme
+                matches = sorted(f"{protocol}://{p}" if "://" not in p else p for p in paths)
+            else:
+                matches = sorted(glob.glob(_local_path(url)))
+            if not matches:
+                raise UsageError(f"no shard matches {url}")
+            out.extend(matches)
+    return out
+
+
+def _from_urls(patterns: Sequence[str], split: str | None) -> ShardSet:
+    urls = expand_urls(patterns)
+    if split is not None:
+        urls = [u for u in urls if posixpath.basename(_local_path(u)).startswith(f"{split}-")]
+        if not urls:
+            raise UsageError(f"none of the given shards belongs to split {split!r} (names {split}-NNNNNN.tar)")
+    known: dict[str, dict[str, Any]] = {}
+    parents = (posixpath.dirname(u) if is_remote(u) else str(Path(_local_path(u)).parent) for u in urls)
+    for parent in dict.fromkeys(parents):
+        url = _join(parent, MANIFEST)
+        doc = _read_json(url)
+        if doc is None:
+            continue
+        _check_manifest(doc, url)
+        for s in doc["splits"].values():
+            for e in s.get("shards", []):
+                known[_join(parent, str(e["name"]))] = e
+    shards = []
+    for u in urls:
+        entry = known.get(u if is_remote(u) else str(Path(_local_path(u))))
+        if entry is not None:
+            shards.append(_info(u, entry))
+        else:
+            log.info("%s: no manifest describes it; counting its samples from the tar headers", u)
+            shards.append(ShardInfo(u, posixpath.basename(_local_path(u)), count_samples(u)))
+    return ShardSet(tuple(shards), split, None, None)
+
+
+def count_samples(url: str) -> int:
+    """Samples in a shard, from its member names only (member data is skipped, not read)."""
+    keys = 0
+    last = None
+    with open_url(url) as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                for member in tar:
+                    parsed = member_key(member.name) if member.isreg() else None
+                    if parsed is not None and parsed[0] != last:
+                        keys, last = keys + 1, parsed[0]
+        except (tarfile.TarError, EOFError, OSError) as e:
+            log.warning("%s: unreadable after %d samples (%s); counting those", url, keys, e)
+    return keys
+
+
+def open_url(url: str) -> IO[bytes]:
+    """A seekable binary file for a local path or remote URL."""
+    if is_remote(url):
+        return _open_remote(url)
+    return open(_local_path(url), "rb")
+
+
+def check_local_sizes(shards: ShardSet) -> None:
+    """Refuse, before any worker starts, a local shard that is missing or has the wrong size."""
+    for s in shards.shards:
+        if is_remote(s.url):
+            continue
+        path = Path(_local_path(s.url))
+        if not path.is_file():
+            raise IntegrityError(f"shard {s.name} is missing: {path}")
+        if s.bytes is not None and (size := path.stat().st_size) != s.bytes:
+            raise IntegrityError(
+                f"shard {s.name} has {size} bytes but the manifest says {s.bytes}: "
+                "truncated or replaced; run `capshard verify` on the build"
+            )
+
+
+@dataclass
+class ShardOpener:
+    """Opens shards for reading, verifying their sha256 against the manifest first."""
+
+    verify: Verify = "sha256"
+    _verified: set[tuple[str, int, int]] = field(default_factory=set, repr=False)
+
+    def open(self, shard: ShardInfo) -> IO[bytes]:
+        """A seekable file of ``shard``; raises IntegrityError when its bytes are not the manifest's."""
+        if self.verify != "sha256" or shard.sha256 is None:
+            return open_url(shard.url)
+        if is_remote(shard.url):
+            # One read serves both the hash and the tar reader.
+            with open_url(shard.url) as f:
+                data = f.read()
+            self._compare(shard, hashlib.sha256(data).hexdigest())
+            return io.BytesIO(data)
+        path = _local_path(shard.url)
+        f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
+        st = os.fstat(f.fileno())
+        stamp = (path, st.st_size, st.st_mtime_ns)
+        if stamp not in self._verified:
+            try:
+                self._compare(shard, hashlib.file_digest(f, "sha256").hexdigest())
+            except BaseException:
+                f.close()
+                raise
+            self._verified.add(stamp)
+            f.seek(0)
+        return f
+
+    @staticmethod
+    def _compare(shard: ShardInfo, digest: str) -> None:
+        if digest != shard.sha256:
+            raise IntegrityError(
+                f"shard {shard.name} ({shard.url}): sha256 {digest[:12]}… does not match the manifest's "
+                f"{(shard.sha256 or '')[:12]}…; it is corrupt or from another build (run `capshard verify`)"
+            )
