@@ -26,16 +26,19 @@ epoch, each rank of ``W`` owns ``N // W`` consecutive samples of that order (at 
 ``W - 1`` samples of the split left out per epoch, different ones each epoch; no
 padding), and with ``drop_last`` (default) up to ``batch_size - 1`` more per rank. So
 every rank yields exactly ``len(loader)`` batches, no image twice per epoch across all
-ranks, and no image twice in a batch. Rank and world size come from
-``torch.distributed`` when it is initialised. ``set_epoch`` works like
-``DistributedSampler.set_epoch``.
+ranks, and no image twice in a batch. Each DataLoader worker reads its own stretch of
+shards and shuffles it in windows of ``shuffle_window`` images. The batches are a
+function of (seed, epoch, rank, world size, batch size, workers, window). Rank and
+world size come from ``torch.distributed`` when it is initialised. ``set_epoch``
+works like ``DistributedSampler.set_epoch``.
 
-Resume: ``state_dict()`` records the epoch and the batches yielded in it;
+Resume: ``state_dict()`` records the epoch and the batches yielded in it (JSON-safe);
 ``load_state_dict`` makes the next iteration yield exactly the batches the
-uninterrupted loader would have yielded after those; workers start at the shard and
-offset of their first remaining batch (earlier shards are not opened, earlier samples
-of that shard cost only their tar headers). The state checks that the shards and the
-options that shape the epoch are the same.
+uninterrupted loader would have yielded after those. Each worker starts at the shuffle
+window of its first remaining batch: shards before it are not opened, samples before
+it in its first shard cost only their tar headers, and nothing already yielded is
+decoded again. The state checks that the shards and the options that shape the epoch
+are the same.
 
 Errors: a sample that cannot be used (corrupt image, bad JSON, truncated shard) is
 skipped and counted in :attr:`CaptionLoader.counters` (``handler="warn"``, the
@@ -68,7 +71,7 @@ __all__ = ["CaptionLoader", "make_loader", "positive_mask"]
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-DEFAULT_SHUFFLE_WINDOW = 2000
+DEFAULT_SHUFFLE_WINDOW = 1000
 PLAN_FIELDS = ("seed", "rank", "world_size", "batch_size", "num_workers", "window_batches", "shuffle", "drop_last")
 
 

@@ -14,24 +14,24 @@ The scheme, per epoch ``e``:
    ``[r·L, (r+1)·L)`` with ``L = N // W``. The last ``N mod W`` (≤ ``W - 1``) positions
    of the order are left out this epoch; the shard permutation changes which. Ranges
    are disjoint, so no image is read twice in an epoch across ranks, and every rank
-   owns the same number of samples, so every rank yields the same number of batches.
-3. **Windows.** A rank's ``L`` positions are cut into shuffle windows of ``k`` whole
-   batches (``k·batch_size`` positions); each window is permuted with a generator
-   seeded by ``(seed, e, W, r, window)``. Batch ``b`` is a slice of window ``b // k``,
-   so a batch never spans two windows and is known without reading anything.
-   With ``drop_last`` the last ``L mod batch_size`` positions of the last window (after
-   its permutation) are left out; without it the last batch is short.
-4. **Workers.** The ``B`` batches of a rank are split into ``num_workers`` contiguous
-   runs whose lengths differ by at most one (the longer runs first). torch's
-   ``DataLoader`` takes one batch from each worker in turn, so the ``n``-th batch a rank
-   yields is batch ``n // nw`` of worker ``n % nw``'s run: the mapping that lets a
-   resumed loader skip exactly the first ``n`` batches. (A resumed loader's DataLoader
-   starts its round again at worker 0, so there DataLoader worker ``i`` plays worker
-   ``(i + n) % nw`` of the plan.)
+   owns the same number of samples, so every rank yields the same number of batches
+   ``B`` (``L // batch_size`` with ``drop_last``, which leaves out the last
+   ``L mod batch_size`` positions of the rank's range; else ``⌈L / batch_size⌉``).
+3. **Workers.** The ``B`` batches are split into ``num_workers`` contiguous runs whose
+   lengths differ by at most one (the longer runs first), and each worker owns the
+   positions of its run: one contiguous stretch of the global order, read by it alone.
+   torch's ``DataLoader`` takes one batch from each worker in turn, so the ``n``-th
+   batch a rank yields is batch ``n // nw`` of worker ``n % nw``'s run: the mapping
+   that lets a resumed loader skip exactly the first ``n`` batches. (A resumed loader's
+   DataLoader starts its round again at worker 0, so there DataLoader worker ``i``
+   plays worker ``(i + n) % nw`` of the plan.)
+4. **Windows.** A worker's positions are cut into shuffle windows of ``k`` whole
+   batches (``k·batch_size`` positions), each permuted with a generator seeded by
+   ``(seed, e, W, r, nw, worker, window)``; a batch is a slice of one window, so it is
+   known before anything is read, and a worker holds one window of undecoded samples.
 
-A worker reads one contiguous stretch of the global order: the windows that hold its
-batches. Neighbouring workers may both read a window that straddles their boundary;
-each keeps only its own batches.
+So the batches depend on (seed, epoch, rank, world size, batch size, number of workers,
+window); a resumed loader must use the same values.
 """
 
 from __future__ import annotations
@@ -81,13 +81,26 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Window:
+    """Shuffle window ``index`` of a worker: positions ``[lo, hi)``, holding ``batches``."""
+
+    index: int
+    lo: int
+    hi: int
+    batches: range
+
+
+@dataclass(frozen=True)
 class WorkerPlan:
     """What one worker does in one epoch."""
 
+    worker: int
     batches: range
     """Rank-local batch indices this worker yields, in order (resumed ones already skipped)."""
+    windows: tuple[Window, ...]
+    """Its windows from the one holding its first remaining batch on."""
     segments: tuple[Segment, ...]
-    """The stretch of shards it reads, in order."""
+    """The stretch of shards those windows cover, in order."""
 
 
 def samples_per_rank(total: int, world_size: int) -> int:
@@ -147,37 +160,47 @@ class EpochPlan:
         self._starts = [0, *accumulate(self.counts[int(i)] for i in self.order)]
         self.per_rank = samples_per_rank(self.total, config.world_size)
         self.n_batches = batches_per_rank(self.per_rank, config.batch_size, config.drop_last)
-        self.window = config.window_batches * config.batch_size
-        self._offset = config.rank * self.per_rank
-
-    @property
-    def samples_used(self) -> int:
+        self.samples_used = min(self.per_rank, self.n_batches * config.batch_size)
         """Samples this rank yields this epoch (before any read errors)."""
-        return min(self.per_rank, self.n_batches * self.config.batch_size)
+        self._offset = config.rank * self.per_rank
 
     @property
     def left_out(self) -> int:
         """Samples of the split that no rank yields this epoch."""
         return self.total - self.config.world_size * self.samples_used
 
-    def window_permutation(self, window: int) -> np.ndarray:
-        """Rank-local positions of ``window`` in the order its batches take them."""
-        lo = window * self.window
-        hi = min(lo + self.window, self.per_rank)
-        if not self.config.shuffle:
-            return np.arange(lo, hi)
+    def worker_of(self, batch: int) -> int:
+        """The worker whose run holds ``batch``."""
+        if not 0 <= batch < self.n_batches:
+            raise IndexError(f"batch {batch} is not in [0, {self.n_batches})")
+        base, extra = divmod(self.n_batches, self.config.num_workers)
+        long_runs = extra * (base + 1)
+        return batch // (base + 1) if batch < long_runs else extra + (batch - long_runs) // base
+
+    def window(self, worker: int, index: int) -> Window:
+        """Window ``index`` of ``worker``'s run."""
         c = self.config
-        rng = np.random.default_rng(
-            np.random.SeedSequence([c.seed, self.epoch, c.world_size, c.rank, window, _WINDOW_TAG])
-        )
-        return lo + rng.permutation(hi - lo)
+        run = worker_batches(self.n_batches, c.num_workers, worker)
+        first = run.start + index * c.window_batches
+        batches = range(first, min(first + c.window_batches, run.stop))
+        if not batches:
+            raise IndexError(f"worker {worker} has no window {index}")
+        return Window(index, first * c.batch_size, min(batches.stop * c.batch_size, self.samples_used), batches)
+
+    def window_permutation(self, worker: int, window: Window) -> np.ndarray:
+        """Rank-local positions of ``window`` in the order its batches take them."""
+        if not self.config.shuffle:
+            return np.arange(window.lo, window.hi)
+        c = self.config
+        key = [c.seed, self.epoch, c.world_size, c.rank, c.num_workers, worker, window.index, _WINDOW_TAG]
+        return window.lo + np.random.default_rng(np.random.SeedSequence(key)).permutation(window.hi - window.lo)
 
     def batch_positions(self, batch: int, permutation: np.ndarray | None = None) -> np.ndarray:
         """Rank-local positions of batch ``batch`` (pass its window's permutation to reuse it)."""
-        if not 0 <= batch < self.n_batches:
-            raise IndexError(f"batch {batch} is not in [0, {self.n_batches})")
-        window, slot = divmod(batch, self.config.window_batches)
-        perm = self.window_permutation(window) if permutation is None else permutation
+        worker = self.worker_of(batch)
+        run = worker_batches(self.n_batches, self.config.num_workers, worker)
+        index, slot = divmod(batch - run.start, self.config.window_batches)
+        perm = self.window_permutation(worker, self.window(worker, index)) if permutation is None else permutation
         lo = slot * self.config.batch_size
         return perm[lo : lo + self.config.batch_size]
 
@@ -193,8 +216,7 @@ class EpochPlan:
         g, end = self._offset + lo, self._offset + hi
         i = bisect.bisect_right(self._starts, g) - 1
         while g < end:
-            shard_end = self._starts[i + 1]
-            stop = min(end, shard_end)
+            stop = min(end, self._starts[i + 1])
             if stop > g:
                 out.append(Segment(int(self.order[i]), g - self._starts[i], stop - self._starts[i], g - self._offset))
             g = stop
@@ -202,18 +224,16 @@ class EpochPlan:
         return tuple(out)
 
     def worker(self, worker: int, done: int = 0) -> WorkerPlan:
-        """Worker ``worker``'s batches and reads, after the rank already yielded ``done`` batches."""
+        """Plan worker ``worker``'s batches, windows and reads, after the rank yielded ``done`` batches."""
         c = self.config
         run = worker_batches(self.n_batches, c.num_workers, worker)
         skip = min(len(run), batches_done_by_worker(done, c.num_workers, worker))
         batches = range(run.start + skip, run.stop)
         if not batches:
-            return WorkerPlan(batches, ())
-        first = batches.start // c.window_batches
-        last = (batches.stop - 1) // c.window_batches
-        lo = first * self.window
-        hi = min((last + 1) * self.window, self.per_rank)
-        return WorkerPlan(batches, self.segments(lo, hi))
+            return WorkerPlan(worker, batches, (), ())
+        first = skip // c.window_batches
+        windows = tuple(self.window(worker, j) for j in range(first, (len(run) - 1) // c.window_batches + 1))
+        return WorkerPlan(worker, batches, windows, self.segments(windows[0].lo, windows[-1].hi))
 
 
 def _stable_hash(seed: int, text: str) -> int:

@@ -196,14 +196,15 @@ def expand_urls(urls: Sequence[str]) -> list[str]:
     for pattern in urls:
         for url in braceexpand.braceexpand(pattern):
             if not any(c in url for c in "*?["):
+                if not is_remote(url) and not Path(_local_path(url)).exists():
+                    raise UsageError(f"no such shard or build directory: {url}")
                 out.append(url)
                 continue
             if is_remote(url):
                 import fsspec
 
-                _fs, _, paths = fsspec.get_fs_token_paths(url)
-                protocol = urlparse(url).scheme
-                matches = sorted(f"{protocol}://{p}" if "://" not in p else p for p in paths)
+                fs, _, paths = fsspec.get_fs_token_paths(url)
+                matches = sorted(fs.unstrip_protocol(p) for p in paths)
             else:
                 matches = sorted(glob.glob(_local_path(url)))
             if not matches:

@@ -8,9 +8,9 @@ and the stretch of shards they live in, and runs a webdataset ``DataPipeline``:
 
 1. ``read``: the segments of its stretch, in order, through the verifying opener and
    :func:`~pipeline.loader_decode.read_segment` (images and JSON only, size caps);
-2. ``select``: collects one shuffle window at a time and emits the samples of this
-   worker's batches in batch order, each followed by an end-of-batch marker; samples
-   a shard error made unreadable are counted here, once, by the worker that needed them;
+2. ``select``: collects one shuffle window at a time and emits the samples of its
+   batches in batch order, each followed by an end-of-batch marker; samples a shard
+   error made unreadable are counted here;
 3. ``webdataset.decode`` with the image and JSON handlers only (no default decoders);
 4. ``webdataset.map``: checks the metadata, picks the captions for this epoch, applies
    the caption transform;
@@ -101,22 +101,19 @@ def read(shards: tuple[ShardInfo, ...], segments: tuple[Segment, ...], opener: S
 
 def select(plan: EpochPlan, work: WorkerPlan, policy: ErrorPolicy) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """Stage: the samples of this worker's batches, in batch order, each batch closed by a marker."""
-    k = plan.config.window_batches
 
     def stage(samples: Iterator[Sample]) -> Iterator[Sample]:
         ahead: Sample | None = None
-        for window in range(work.batches.start // k, (work.batches.stop - 1) // k + 1):
-            hi = min((window + 1) * plan.window, plan.per_rank)
+        for window in work.windows:
             got: dict[int, Sample] = {}
             while True:
                 if ahead is None:
                     ahead = next(samples, None)
-                if ahead is None or ahead["__pos__"] >= hi:
+                if ahead is None or ahead["__pos__"] >= window.hi:
                     break
                 got[ahead["__pos__"]], ahead = ahead, None
-            perm = plan.window_permutation(window)
-            mine = range(max(work.batches.start, window * k), min(work.batches.stop, (window + 1) * k))
-            for batch in mine:
+            perm = plan.window_permutation(work.worker, window)
+            for batch in range(max(work.batches.start, window.batches.start), window.batches.stop):
                 for slot, pos in enumerate(plan.batch_positions(batch, perm).tolist()):
                     sample = got.get(pos)
                     if sample is None:

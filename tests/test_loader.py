@@ -6,6 +6,7 @@ import glob
 from collections import defaultdict
 from pathlib import Path
 
+import fsspec
 import loader_fixtures as fx
 import pytest
 import synth
@@ -85,17 +86,20 @@ def test_same_epoch_same_batches_other_epoch_other_order(five: Path) -> None:
     assert signature(make_loader(five, split="train", batch_size=6, image_size=8, seed=8)) != first
 
 
-def test_dataloader_workers_give_the_same_batches(five: Path) -> None:
-    alone = signature(make_loader(five, split="train", batch_size=4, captions_per_image=2, image_size=8))
-    loader = make_loader(five, split="train", batch_size=4, captions_per_image=2, image_size=8, num_workers=2)
-    assert len(loader) == len(alone) == FIVE_IMAGES // 4
-    for epoch in (0, 0):  # persistent workers, iterated twice
+def test_dataloader_workers(five: Path) -> None:
+    options = {"split": "train", "batch_size": 4, "captions_per_image": 2, "image_size": 8, "shuffle_window": 8}
+    in_process = signature(make_loader(five, **options))  # type: ignore[arg-type]
+    assert signature(make_loader(five, num_workers=1, **options)) == in_process  # type: ignore[arg-type]
+    loader = make_loader(five, num_workers=2, **options)  # type: ignore[arg-type]
+    assert len(loader) == FIVE_IMAGES // 4
+    first = signature(loader)
+    assert len(first) == len(loader)
+    assert signature(loader) == first  # persistent workers, same epoch again
+    assert signature(make_loader(five, num_workers=2, **options)) == first  # type: ignore[arg-type]
+    for epoch in (1, 2):
         loader.set_epoch(epoch)
-        got = signature(loader)
-        assert sorted(got) == sorted(alone)
-    loader.set_epoch(1)
-    ids = [i for b in loader for i in b["image_id"]]
-    assert len(ids) == len(set(ids)) == FIVE_IMAGES
+        ids = [i for b in loader for i in b["image_id"]]
+        assert len(ids) == len(set(ids)) == FIVE_IMAGES
 
 
 def test_transforms_run_on_the_image_and_each_caption(five: Path) -> None:
@@ -152,6 +156,8 @@ def test_user_errors_are_clear(five: Path, tmp_path: Path) -> None:
         make_loader(five, split="train", batch_size=4, captions_per_image=0)
     with pytest.raises(UsageError, match="batch_size"):
         make_loader(five, split="train", batch_size=0)
+    with pytest.raises(UsageError, match=r"no such shard or build directory: .*flikr30k"):
+        make_loader(str(tmp_path / "flikr30k"), split="train", batch_size=4)
     with pytest.raises(UsageError, match="no shard matches"):
         make_loader(str(tmp_path / "nothing-*.tar"), split=None, batch_size=4)
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -189,3 +195,32 @@ def test_all_gathered_groups_keep_the_mask_right(five: Path) -> None:
     gathered = {"image_group": torch.cat([a["image_group"], b["image_group"]]),
                 "match_id": torch.cat([a["match_id"], b["match_id"]])}
     assert torch.equal(positive_mask(gathered), torch.eye(8, dtype=torch.bool).repeat_interleave(5, dim=1))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_remote_sources_read_through_fsspec(five: Path, workers: int) -> None:
+    fs = fsspec.filesystem("memory")
+    root = f"capshard-{workers}"
+    for p in five.iterdir():
+        if p.is_file():
+            fs.pipe(f"/{root}/{p.name}", p.read_bytes())
+    try:
+        local = signature(make_loader(five, split="train", batch_size=5, image_size=8, num_workers=workers))
+        remote = make_loader(f"memory://{root}", split="train", batch_size=5, image_size=8, num_workers=workers)
+        assert signature(remote) == local
+        pattern = make_loader(f"memory://{root}/train-*.tar", split="train", batch_size=5, image_size=8,
+                              num_workers=workers)
+        assert [s.sha256 for s in pattern.shards.shards] == [s.sha256 for s in remote.shards.shards]
+        assert signature(pattern) == local
+    finally:
+        fs.rm(f"/{root}", recursive=True)
+
+
+def test_spawned_workers_follow_set_epoch(five: Path) -> None:
+    options = {"split": "train", "batch_size": 6, "image_size": 8}
+    reference = make_loader(five, **options)  # type: ignore[arg-type]
+    spawned = make_loader(five, num_workers=1, multiprocessing_context="spawn", **options)  # type: ignore[arg-type]
+    for epoch in (0, 3):
+        reference.set_epoch(epoch)
+        spawned.set_epoch(epoch)
+        assert signature(spawned) == signature(reference)

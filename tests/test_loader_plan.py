@@ -66,22 +66,27 @@ def test_every_rank_same_batches_no_sample_twice(job: tuple[list[int], PlanConfi
 
 @settings(max_examples=150, deadline=None)
 @given(jobs())
-def test_workers_cover_the_batches_and_read_them(job: tuple[list[int], PlanConfig, int]) -> None:
+def test_workers_read_their_own_stretch_and_nothing_else(job: tuple[list[int], PlanConfig, int]) -> None:
     counts, config, epoch = job
     plan = EpochPlan(counts, config, epoch)
     nw = config.num_workers
     runs = [worker_batches(plan.n_batches, nw, w) for w in range(nw)]
     assert [b for r in runs for b in r] == list(range(plan.n_batches))
     assert max(map(len, runs)) - min(map(len, runs)) <= 1
+    read_by: dict[int, int] = {}
     for w in range(nw):
         work = plan.worker(w)
         assert work.batches == runs[w]
         readable = {s.position + i for s in work.segments for i in range(s.stop - s.start)}
+        assert not readable & set(read_by), "two workers read the same sample"
+        read_by.update(dict.fromkeys(readable, w))
         for seg in work.segments:
             for i in range(seg.stop - seg.start):
                 assert plan.locate(seg.position + i) == (seg.shard, seg.start + i)
         for b in work.batches:
+            assert plan.worker_of(b) == w
             assert set(plan.batch_positions(b).tolist()) <= readable
+    assert len(read_by) == plan.samples_used
 
 
 @settings(max_examples=150, deadline=None)
