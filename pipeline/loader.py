@@ -250,7 +250,7 @@ def make_loader(
     handler: Handler = "warn",
     verify: Verify = "sha256",
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_pixels: int | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int = 2,
     multiprocessing_context: str | None = None,
@@ -273,7 +273,8 @@ def make_loader(
         rank, world_size: only when ``torch.distributed`` is not initialised.
         handler: ``"warn"``, ``"skip"``, ``"raise"`` or ``callable(exception) -> bool``.
         verify: ``"sha256"`` (each process hashes a shard on first open), ``"size"``, ``"none"``.
-        max_member_bytes, max_image_pixels: caps applied before reading or decoding.
+        max_member_bytes, max_image_pixels: caps applied before reading or decoding; the
+            pixel cap defaults to the build's ``--max-pixels`` (from the manifest), else 100 MP.
         pin_memory: default: when CUDA is available.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -292,12 +293,15 @@ def make_loader(
         raise UsageError(f"handler must be one of {', '.join(HANDLER_NAMES)} or a callable, not {handler!r}")
     if num_workers < 0 or seed < 0 or shuffle_window < 1 or prefetch_factor < 1:
         raise UsageError("num_workers and seed must be >= 0; shuffle_window and prefetch_factor >= 1")
-    if min(max_member_bytes, max_image_pixels) < 1:
+    if max_member_bytes < 1 or (max_image_pixels is not None and max_image_pixels < 1):
         raise UsageError("max_member_bytes and max_image_pixels must be >= 1")
     the_rank, the_world = _distributed(rank, world_size)
     if the_world < 1 or not 0 <= the_rank < the_world:
         raise UsageError(f"rank {the_rank} is not in [0, world_size={the_world})")
     shards = resolve_source(source, split)
+    if max_image_pixels is None:
+        built_with = ((shards.manifest or {}).get("options") or {}).get("max_pixels")
+        max_image_pixels = built_with if isinstance(built_with, int) and built_with > 0 else DEFAULT_MAX_PIXELS
     if verify != "none":
         check_local_sizes(shards)
     plan = PlanConfig(

@@ -150,6 +150,17 @@ def test_a_checksum_mismatch_is_refused_whatever_the_handler(five: Path, tmp_pat
     assert len(list(make_loader(build, split="train", batch_size=4, verify="size", image_size=8))) == 15
 
 
+def test_the_pixel_cap_follows_the_build(five: Path, tmp_path: Path) -> None:
+    build = copy_build(five, tmp_path)
+    doc = fx.manifest(build)
+    doc["options"]["max_pixels"] = 500  # below the 32x24 test images
+    (build / "manifest.json").write_text(json.dumps(doc))
+    loader = make_loader(build, split="train", batch_size=4, handler="skip", image_size=8)
+    assert sum(len(b["image_id"]) for b in loader) == 0 and loader.counters == {"decompression_bomb": 60}
+    wider = make_loader(build, split="train", batch_size=4, handler="skip", image_size=8, max_image_pixels=768)
+    assert sum(len(b["image_id"]) for b in wider) == 60
+
+
 def test_a_truncated_shard_is_refused_or_its_rest_counted(five: Path, tmp_path: Path) -> None:
     build = copy_build(five, tmp_path)
     shard = fx.shard_paths(build)[2]
