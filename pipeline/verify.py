@@ -15,11 +15,10 @@ followed; JSON members are refused above a size and nesting cap before parsing.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-import os
 import re
 import tarfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +37,8 @@ from .write import TMP_MARK
 MAX_IMAGE_BYTES = 256 << 20
 #: Largest ``.json``/``.txt`` member, manifest or rejects line read (bytes).
 MAX_TEXT_BYTES = 16 << 20
+#: Largest manifest read (bytes): about a million shards.
+MAX_MANIFEST_BYTES = 256 << 20
 #: Deepest JSON nesting accepted; capshard's own JSON is 3 levels deep.
 MAX_JSON_DEPTH = 16
 
@@ -136,14 +137,13 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
         raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
     problems: list[Problem] = []
     try:
-        manifest = _load_json(manifest_path.read_bytes(), MANIFEST)
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{MANIFEST} is larger than the cap of {MAX_MANIFEST_BYTES} bytes")
+        manifest = _load_json(manifest_path.read_bytes(), MANIFEST, MAX_MANIFEST_BYTES)
         listed = _listed_shards(manifest)
     except ValueError as e:
         return VerifyReport(build_dir, (), (Problem(MANIFEST, "damaged", str(e)),), {})
-    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
-    formats = tuple(options.get("image_formats") or DEFAULT_FORMATS)
-    max_pixels = int(options.get("max_pixels") or DEFAULT_MAX_PIXELS)
-
+    formats, max_pixels = _image_options(manifest)
     reports: dict[str, ShardReport] = {}
     tasks = []
     for name in listed:
@@ -169,6 +169,18 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
     problems.extend(p for s in shards for p in s.problems)
     counts = _check_build(build_dir, manifest, shards, problems)
     return VerifyReport(build_dir, shards, tuple(problems), counts)
+
+
+def _image_options(manifest: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    """The build's image formats and pixel cap, but only within what capshard stores: a
+    manifest must not be able to enable another Pillow plug-in (EPS would run Ghostscript)."""
+    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
+    listed = options.get("image_formats") if isinstance(options, dict) else None
+    formats = tuple(f for f in listed if f in EXTENSIONS) if isinstance(listed, list) else ()
+    max_pixels = options.get("max_pixels") if isinstance(options, dict) else None
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+        max_pixels = DEFAULT_MAX_PIXELS
+    return formats or DEFAULT_FORMATS, max_pixels
 
 
 def check_shard(task: _ShardTask) -> ShardReport:
@@ -358,10 +370,10 @@ def _check_meta(meta: Any) -> None:
         raise ValueError("json source.row_ids is not one row id per caption")
 
 
-def _load_json(data: bytes, what: str) -> Any:
+def _load_json(data: bytes, what: str, cap: int = MAX_TEXT_BYTES) -> Any:
     """Parse JSON that may be hostile: size and nesting are checked before parsing."""
-    if len(data) > MAX_TEXT_BYTES:
-        raise ValueError(f"{what} has {len(data)} bytes, over the cap of {MAX_TEXT_BYTES}")
+    if len(data) > cap:
+        raise ValueError(f"{what} has {len(data)} bytes, over the cap of {cap}")
     depth = 0
     for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
         depth += 1 if bracket.group() in (b"[", b"{") else -1
@@ -380,6 +392,9 @@ def _listed_shards(manifest: Any) -> dict[str, dict[str, Any]]:
     splits, counts = manifest.get("splits"), manifest.get("counts")
     if not isinstance(splits, dict) or not isinstance(counts, dict):
         raise ValueError("manifest has no splits or counts")
+    for what in ("rows", "images", "captions", "rejected_rows"):
+        if not isinstance(counts.get(what), int) or isinstance(counts[what], bool) or counts[what] < 0:
+            raise ValueError(f"manifest counts.{what} is not a count")
     listed: dict[str, dict[str, Any]] = {}
     for split in splits.values():
         for entry in split.get("shards", []) if isinstance(split, dict) else []:
@@ -425,18 +440,42 @@ def _check_build(build_dir: Path, manifest: dict[str, Any], shards: tuple[ShardR
     if found["captions"] + found["rejected_rows"] != found["rows"]:
         problems.append(Problem("build", "accounting", f"{found['captions']} rows in shards + "
                                 f"{found['rejected_rows']} rejected != counts.rows {found['rows']}"))
-    seen = Counter(r for _, s in samples.values() for r in s.row_ids)
-    seen.update(rejected)
-    lost = found["rows"] - sum(1 for r in seen if 0 <= r < found["rows"])
-    if lost:
+    _check_row_ids(found["rows"], [r for _, s in samples.values() for r in s.row_ids], rejected, problems)
+    return found
+
+
+def _check_row_ids(rows: int, in_shards: list[int], rejected: list[int], problems: list[Problem]) -> None:
+    """Every row id 0..rows-1 exactly once over the shards and the rejects.
+
+    One byte per row; when the manifest claims more rows than there are row ids, only the
+    ids found are counted, so a lying ``counts.rows`` cannot make this allocate.
+    """
+    ids = list(itertools.chain(in_shards, rejected))
+    size = min(rows, len(ids))
+    seen = bytearray(size)
+    stray: list[int] = []
+    beyond: dict[int, int] = {}  # ids in size..rows-1 (only when rows > len(ids))
+    for row_id in ids:
+        if 0 <= row_id < size:
+            seen[row_id] = min(seen[row_id] + 1, 2)
+        elif size <= row_id < rows:
+            beyond[row_id] = beyond.get(row_id, 0) + 1
+        else:
+            stray.append(row_id)
+    if lost := rows - (size - seen.count(0)) - len(beyond):
         problems.append(Problem("build", "accounting", f"{lost} input rows are in no shard and no line of {REJECTS}"))
-    if twice := sorted(r for r, n in seen.items() if n > 1):
-        problems.append(Problem("build", "accounting", f"{len(twice)} input rows are counted twice "
-                                                       f"(row ids {', '.join(map(str, twice[:5]))})"))
-    if stray := sorted(r for r in seen if not 0 <= r < found["rows"]):
+    if twice := seen.count(2) + sum(n > 1 for n in beyond.values()):
+        first: list[int] = []
+        at = seen.find(2)
+        while at >= 0 and len(first) < 5:
+            first.append(at)
+            at = seen.find(2, at + 1)
+        first += sorted(r for r, n in beyond.items() if n > 1)[: 5 - len(first)]
+        problems.append(Problem("build", "accounting", f"{twice} input rows are counted twice "
+                                                       f"(row ids {', '.join(map(str, first))})"))
+    if stray:
         problems.append(Problem("build", "accounting", f"{len(stray)} row ids are outside 0..rows-1 "
                                                        f"(e.g. {', '.join(map(str, stray[:5]))})"))
-    return found
 
 
 def _check_index(
@@ -473,11 +512,12 @@ def _reject_row_ids(build_dir: Path, problems: list[Problem]) -> list[int]:
     if not path.is_file():
         problems.append(Problem(REJECTS, "missing", "not on disk"))
         return row_ids
-    if os.path.getsize(path) > 64 * MAX_TEXT_BYTES:
-        problems.append(Problem(REJECTS, "damaged", "larger than any rejects report"))
-        return row_ids
     with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
+        # readline with a cap: a file without line breaks is never held whole.
+        for n, line in enumerate(iter(lambda: f.readline(MAX_TEXT_BYTES + 1), b""), 1):
+            if len(line) > MAX_TEXT_BYTES:
+                problems.append(Problem(REJECTS, "damaged", f"line {n} is longer than {MAX_TEXT_BYTES} bytes"))
+                break
             try:
                 record = _load_json(line, f"line {n}")
                 if not isinstance(record, dict) or not isinstance(record.get("reason"), str):

@@ -130,6 +130,14 @@ def test_tampered_accounting_is_found(built: Path) -> None:
     problems = [p.line() for p in verify(built).problems]
     assert any(p.startswith("build: accounting: 1 input rows are counted twice") for p in problems), problems
 
+    (built / "rejects.jsonl").write_text("\n".join(rejects) + "\n")
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["counts"]["rows"] = 10**15  # a lying manifest must not make verify allocate a petabyte
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    problems = [p.line() for p in verify(built).problems]
+    assert f"build: accounting: 33 rows in shards + 3 rejected != counts.rows {10**15}" in problems
+    assert f"build: accounting: {10**15 - 36} input rows are in no shard and no line of rejects.jsonl" in problems
+
 
 def test_a_hostile_shard_is_reported_member_by_member_and_nothing_is_written(built: Path, tmp_path: Path) -> None:
     name = "train-000000.tar"
