@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -251,3 +252,17 @@ def test_verify_reads_only(built: Path) -> None:
         os.chmod(p, 0o444)
     assert verify(built, workers=2).ok
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in built.iterdir()} == before
+
+
+def test_no_code_path_can_run_shard_content() -> None:
+    """The guard behind SECURITY.md: nothing in the package unpickles, torch.loads, extracts
+    a tar to disk, evaluates text or hands a string to a shell."""
+    forbidden = re.compile(
+        r"import pickle|from pickle|pickle\.loads?\(|torch\.load\(|\.extractall\(|\.extract\(|shell\s*=\s*True"
+        r"|os\.system\(|os\.popen\(|\beval\(|\bexec\(|yaml\.load\("
+    )
+    package = Path(__file__).resolve().parents[1] / "pipeline"
+    found = [f"{p.relative_to(package)}:{n}: {line.strip()}"
+             for p in sorted(package.rglob("*.py"))
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if forbidden.search(line)]
+    assert found == []
