@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synth import REAL_DATA  # noqa: E402
+from synth import REAL_DATA
 
 
 @pytest.fixture
