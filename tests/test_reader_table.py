@@ -84,9 +84,13 @@ def test_csv_paths_relative_to_images_and_absolute(tmp_path: Path) -> None:
     assert table.column("id_hint").to_pylist() == ["7", None]
     assert table.column("split").to_pylist() == ["val", "test"]
     assert reader.id_column() == "key"
+    # With --images, every image must be inside that folder: an absolute path elsewhere is refused.
     with pytest.raises(ImageUnavailable) as err:
         reader.open_image(str(absolute), None)
-    assert err.value.reason == "missing_image"
+    assert err.value.reason == "path_outside_images"
+    assert table_reader(tmp_path / "c.csv", image_column="file", caption_column="text").open_image(
+        str(tmp_path / "pics" / "x.jpg"), None
+    ) == image_bytes(0)
 
 
 def test_csv_wrong_field_count_names_file_and_line(tmp_path: Path) -> None:
@@ -273,3 +277,15 @@ def test_any_table_round_trips(fmt: str, captions: list[str], lists: bool) -> No
     assert table.column("row_id").to_pylist() == list(range(len(expected)))
     images = [image for image, cap in records for _ in (cap if isinstance(cap, list) else [cap])]
     assert table.column("file_name").to_pylist() == images
+
+
+def test_paths_that_leave_the_images_folder_are_refused(tmp_path: Path) -> None:
+    write_images(tmp_path / "images", ["ok.jpg"])
+    (tmp_path / "secret.jpg").write_bytes(image_bytes(99))
+    write_csv(tmp_path / "pairs.csv", ["image", "caption"], [["ok.jpg", "fine"], ["../secret.jpg", "sneaky"]])
+    reader = table_reader(tmp_path / "pairs.csv", images=tmp_path / "images")
+    rows = read(reader).to_pylist()
+    assert reader.open_image(rows[0]["image_path"], None) == image_bytes(0)
+    with pytest.raises(ImageUnavailable) as err:
+        reader.open_image(rows[1]["image_path"], None)
+    assert err.value.reason == "path_outside_images"

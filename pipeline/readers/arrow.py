@@ -266,8 +266,14 @@ class Parts:
         i = bisect.bisect_right(self.starts, index) - 1
         return self.parts[i], index - self.starts[i]
 
-    def image_bytes(self, column: str, index: int, images: Path | None) -> bytes:
-        """The stored bytes of the image cell at global row ``index``."""
+    def image_bytes(
+        self,
+        column: str,
+        index: int,
+        images: Path | None,
+        open_path: Callable[[str], bytes] = read_image_file,
+    ) -> bytes:
+        """The stored bytes of the image cell at global row ``index``; a path cell is read with ``open_path``."""
         part, row = self.locate(index)
         value = part.cell(column, row)
         if isinstance(value, dict):
@@ -277,7 +283,7 @@ class Parts:
         if isinstance(value, bytes):
             return value
         if isinstance(value, str) and value:
-            return read_image_file(resolve_path(value, images or part.base_dir))
+            return open_path(resolve_path(value, images or part.base_dir))
         raise ImageUnavailable("missing_image", f"{part.label}[{row}]: the image cell holds neither bytes nor a path")
 
 

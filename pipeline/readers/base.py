@@ -77,6 +77,10 @@ class Reader:
         """The stored bytes of an image reference; raises ``ImageUnavailable``."""
         if image_path is None:
             raise ImageUnavailable("missing_image", f"{self.name} rows carry no embedded image bytes")
+        return self.read_image(image_path)
+
+    def read_image(self, image_path: str) -> bytes:
+        """The bytes of an image file named by the source, refused when it leaves ``spec.images``."""
         return read_image_file(self.checked_image_path(image_path))
 
     def checked_image_path(self, image_path: str) -> str:
@@ -92,9 +96,7 @@ class Reader:
         root = os.path.abspath(self.spec.images)
         path = os.path.normpath(os.path.join(root, image_path))
         if os.path.commonpath([root, path]) != root:
-            raise ImageUnavailable(
-                "path_outside_images", f"image path {image_path} is outside the image folder {root}"
-            )
+            raise ImageUnavailable("path_outside_images", f"image path {image_path} is outside the image folder {root}")
         return path
 
     def multi_caption(self) -> bool:

@@ -32,7 +32,7 @@ from .arrow import (
     is_list,
     missing_column,
 )
-from .base import ImageUnavailable, Reader, SourceSpec, read_image_file
+from .base import ImageUnavailable, Reader, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +165,10 @@ class HFReader(Reader):
 
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
-            return read_image_file(image_path)
+            return self.read_image(image_path)
         if image_index is None:
             raise ImageUnavailable("missing_image", "the row names no image")
-        return self._open().image_bytes(self.columns().image, image_index, self.spec.images)
+        return self._open().image_bytes(self.columns().image, image_index, self.spec.images, self.read_image)
 
     # --- opening
 
@@ -257,9 +257,7 @@ def _dataset_parts(obj: Any, base_dir: Path) -> list[ArrowPart]:
         split = str(obj.split) if obj.split is not None else None
         return [DatasetPart(obj, split or "data", split, base_dir)]
     if isinstance(obj, datasets.IterableDataset | datasets.IterableDatasetDict):
-        raise UsageError(
-            "streaming (iterable) datasets cannot be read; load the dataset without streaming=True"
-        )
+        raise UsageError("streaming (iterable) datasets cannot be read; load the dataset without streaming=True")
     raise UsageError(f"not a datasets.Dataset or DatasetDict: {type(obj).__name__}")
 
 
@@ -271,9 +269,7 @@ def _load_cached(name: str) -> Any:
     # Only ``name`` or ``namespace/name`` can be hub datasets; anything else is a path that
     # does not exist, and a packaged builder name ("csv") would read the working directory.
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or name in _PACKAGED_DATASETS_MODULES:
-        raise UsageError(
-            f"{name!r} is neither a local path nor a cached Hugging Face dataset: no such file or folder"
-        )
+        raise UsageError(f"{name!r} is neither a local path nor a cached Hugging Face dataset: no such file or folder")
     try:
         # Offline for this one call: a name that is not cached fails at once instead of downloading.
         with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):

@@ -32,7 +32,7 @@ from .arrow import (
     missing_column,
     resolve_path,
 )
-from .base import ImageUnavailable, Reader, SourceSpec, read_image_file
+from .base import ImageUnavailable, Reader, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ class TableReader(Reader):
 
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
-            return read_image_file(image_path)
+            return self.read_image(image_path)
         if image_index is not None and self.kind == "parquet":
-            return self._open().image_bytes(self.columns.image, image_index, self.spec.images)
+            return self._open().image_bytes(self.columns.image, image_index, self.spec.images, self.read_image)
         raise ImageUnavailable("missing_image", f"{self.path}: the record names no image")
 
     # --- parquet
