@@ -45,9 +45,7 @@ def detect(spec: SourceSpec) -> str:
     for name in DETECT_ORDER:
         if READERS[name].sniff(path):
             return name
-    raise UsageError(
-        f"cannot tell the format of {path}; pass --format with one of: {', '.join(sorted(READERS))}"
-    )
+    raise UsageError(f"cannot tell the format of {path}; pass --format with one of: {', '.join(sorted(READERS))}")
 
 
 __all__ = ["DETECT_ORDER", "READERS", "ImageUnavailable", "Reader", "SourceSpec", "detect", "get_reader"]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from ..errors import CapshardError
+from ..schema import batches_from_rows
 
 
 class ImageUnavailable(CapshardError):
@@ -66,7 +67,11 @@ class Reader:
         return False
 
     def read(self) -> Iterator[pa.RecordBatch]:
-        """Caption rows in ``CAPTION_ROWS`` schema, row ids 0..N-1 in reading order.
+        """Caption rows in ``CAPTION_ROWS`` schema, row ids 0..N-1 in reading order."""
+        yield from batches_from_rows(self.rows())
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """One dict of ``CAPTION_ROWS`` fields (without ``row_id``) per caption record, in source order.
 
         A malformed annotation raises ``SourceError`` naming file and line, except for a
         format's documented quirks, which the reader handles.

@@ -27,10 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from ..errors import SourceError, UsageError
-from ..schema import RowBatcher
 from .base import Reader, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -146,7 +143,7 @@ class CocoReader(Reader):
     def id_column(self) -> str | None:
         return "image_id"
 
-    def read(self) -> Iterator[pa.RecordBatch]:
+    def rows(self) -> Iterator[dict[str, Any]]:
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the coco format needs the captions JSON file as its source")
@@ -155,7 +152,6 @@ class CocoReader(Reader):
         files = self._file_names(doc, path)
         split = split_from_file_name(path.name)
         logger.info("%s: split %r, inferred from the file name", path.name, split)
-        batcher = RowBatcher()
         unknown = 0
         for i, ann in enumerate(json_list(doc, "annotations", path)):
             where = f"annotations[{i}]"
@@ -171,7 +167,7 @@ class CocoReader(Reader):
                 unknown += 1
             elif text is None:
                 reject = "caption_not_utf8"
-            batch = batcher.add(
+            yield (
                 {
                     "location": f"{path.name}:{where}",
                     "caption": text,
@@ -183,13 +179,8 @@ class CocoReader(Reader):
                     "reject": reject,
                 }
             )
-            if batch is not None:
-                yield batch
         if unknown:
             logger.warning("%s: %d annotations name an image_id that is not in 'images'", path.name, unknown)
-        last = batcher.flush()
-        if last is not None:
-            yield last
 
     @staticmethod
     def _file_names(doc: Any, path: Path) -> dict[int | str, str]:

@@ -31,12 +31,9 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple, TextIO
-
-import pyarrow as pa
+from typing import Any, NamedTuple, TextIO
 
 from ..errors import SourceError, UsageError
-from ..schema import RowBatcher
 from .base import Reader
 from .coco import checked_caption, images_root
 
@@ -182,7 +179,7 @@ class FlickrReader(Reader):
     def id_column(self) -> str | None:
         return None
 
-    def read(self) -> Iterator[pa.RecordBatch]:
+    def rows(self) -> Iterator[dict[str, Any]]:
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the flickr format needs the caption file as its source")
@@ -190,7 +187,6 @@ class FlickrReader(Reader):
         splits = self._split_lists()
         layout = self._layout(path)
         logger.info("%s: %s layout", path.name, layout)
-        batcher = RowBatcher()
         unlisted: set[str] = set()
         seen: set[str] = set()
         for rec in _PARSERS[layout](path):
@@ -207,7 +203,7 @@ class FlickrReader(Reader):
             if reject is None and caption is None:
                 reject = "caption_not_utf8"
             seen.add(rec.name)
-            batch = batcher.add(
+            yield (
                 {
                     "location": f"{path.name}:{rec.line}",
                     "caption": caption,
@@ -218,12 +214,7 @@ class FlickrReader(Reader):
                     "reject": reject,
                 }
             )
-            if batch is not None:
-                yield batch
         self._log_split_coverage(path, splits, seen, unlisted)
-        last = batcher.flush()
-        if last is not None:
-            yield last
 
     @staticmethod
     def _layout(path: Path) -> str:

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..schema import RowBatcher
 from .arrow import (
     ArrowPart,
     ParquetPart,
@@ -143,7 +142,7 @@ class HFReader(Reader):
 
     # --- rows and images
 
-    def read(self) -> Iterator[pa.RecordBatch]:
+    def rows(self) -> Iterator[dict[str, Any]]:
         parts, cols = self._open(), self.columns()
         log.info(
             "hf: %d rows in %s; columns image=%s caption=%s id=%s split=%s",
@@ -154,14 +153,7 @@ class HFReader(Reader):
             cols.id,
             cols.split,
         )
-        batcher = RowBatcher()
-        for row in arrow_rows(parts, cols, images=self.spec.images, restval=self.spec.restval):
-            batch = batcher.add(row)
-            if batch is not None:
-                yield batch
-        last = batcher.flush()
-        if last is not None:
-            yield last
+        yield from arrow_rows(parts, cols, images=self.spec.images, restval=self.spec.restval)
 
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:

@@ -23,10 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from ..errors import SourceError, UsageError
-from ..schema import RowBatcher
 from .base import Reader
 from .coco import checked_caption, checked_name, id_field, images_root, json_field, json_list, load_json
 
@@ -66,13 +63,12 @@ class KarpathyReader(Reader):
             return None
         return "cocoid" if b'"cocoid"' in head else "imgid"
 
-    def read(self) -> Iterator[pa.RecordBatch]:
+    def rows(self) -> Iterator[dict[str, Any]]:
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the karpathy format needs the dataset_*.json file as its source")
         path = Path(self.spec.path)
         doc = load_json(path)
-        batcher = RowBatcher()
         no_sentences: list[str] = []
         id_columns: set[str] = set()
         for i, image in enumerate(json_list(doc, "images", path)):
@@ -101,7 +97,7 @@ class KarpathyReader(Reader):
                     raise SourceError(path, s_where, f"'raw' must be a string, found {raw!r}")
                 text = checked_caption(raw)
                 sentid = id_field(sentence, "sentid", path, s_where) if "sentid" in sentence else None
-                batch = batcher.add(
+                yield (
                     {
                         **common,
                         "location": f"{path.name}:{s_where}",
@@ -110,8 +106,6 @@ class KarpathyReader(Reader):
                         "reject": "caption_not_utf8" if text is None else None,
                     }
                 )
-                if batch is not None:
-                    yield batch
         self._id_column = "cocoid" if "cocoid" in id_columns else "imgid" if id_columns else None
         if no_sentences:
             logger.warning(
@@ -120,9 +114,6 @@ class KarpathyReader(Reader):
                 len(no_sentences),
                 ", ".join(no_sentences[:5]),
             )
-        last = batcher.flush()
-        if last is not None:
-            yield last
 
     def _split(self, image: dict[str, Any], path: Path, where: str) -> str | None:
         if "split" not in image:

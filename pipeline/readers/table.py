@@ -15,10 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pyarrow as pa
-
 from ..errors import SourceError, UsageError
-from ..schema import RowBatcher
 from .arrow import (
     LARGE_ROW_GROUP,
     ParquetPart,
@@ -85,22 +82,14 @@ class TableReader(Reader):
             return first is not None and isinstance(first[1].get(self.columns.caption), list)
         return False
 
-    def read(self) -> Iterator[pa.RecordBatch]:
-        batcher = RowBatcher()
+    def rows(self) -> Iterator[dict[str, Any]]:
         if self.kind == "parquet":
             records = arrow_rows(self._open(), self.columns, images=self.spec.images, restval=self.spec.restval)
         elif self.kind == "jsonl":
             records = self._jsonl_rows()
         else:
             records = self._csv_rows("\t" if self.kind == "tsv" else ",")
-        for row in records:
-            batch = batcher.add(row)
-            if batch is not None:
-                yield batch
-        last = batcher.flush()
-        if last is not None:
-            yield last
-        log.info("table: read %d caption rows from %s", batcher.next_row_id, self.path)
+        yield from records
 
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
