@@ -84,7 +84,7 @@ def test_cli_exit_codes_and_json(five: Path, single: Path) -> None:
         "group them (check the manifest's resolution report and the --id strategy)"
     ]
     usage = capshard("diagnose", str(five), "--captions-per-image", "none")
-    assert usage.returncode == 2 and "'none' is not a positive number of captions or 'all'" in usage.stderr
+    assert usage.returncode == 2 and "'none' is neither a positive integer nor 'all'" in usage.stderr
     missing = capshard("diagnose", str(five), "--split", "val")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         f"capshard: error: split 'val' is not in {five / 'manifest.json'} (splits: train)"

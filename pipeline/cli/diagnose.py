@@ -13,24 +13,7 @@ import click
 
 from ..diagnose import DiagnoseReport, DiagnosisFailed
 from ..diagnose import diagnose as run_diagnose
-from .options import json_option
-
-
-class CaptionsPerImage(click.ParamType):
-    """A positive int or ``all``."""
-
-    name = "K|all"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if isinstance(value, int) or value == "all":
-            return value
-        try:
-            k = int(value)
-        except ValueError:
-            k = 0
-        if k < 1:
-            self.fail(f"{value!r} is not a positive number of captions or 'all'", param, ctx)
-        return k
+from .options import CaptionsPerImage, json_option
 
 
 @click.command(context_settings={"show_default": True})

@@ -58,6 +58,23 @@ class SplitFile(click.ParamType):
         return split, path
 
 
+class CaptionsPerImage(click.ParamType):
+    """``--captions-per-image``: a positive integer K, or ``all``."""
+
+    name = "K|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if value == "all" or (isinstance(value, int) and value >= 1):
+            return value
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            k = 0
+        if k < 1:
+            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
+        return k
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """A click progress bar on stderr (only drawn on a terminal)."""

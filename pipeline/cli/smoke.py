@@ -11,26 +11,7 @@ import click
 
 from ..smoke import Figures, GapTooSmall, SmokeConfig, SmokeResult, write_plot
 from ..smoke import smoke_train as run_smoke
-from .options import json_option
-
-
-class CaptionsPerImage(click.ParamType):
-    """A positive integer or ``all``."""
-
-    name = "K|all"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | Literal["all"]:
-        if value == "all":
-            return "all"
-        if isinstance(value, int) and value >= 1:
-            return value
-        try:
-            k = int(value)
-        except ValueError:
-            k = 0
-        if k < 1:
-            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
-        return k
+from .options import CaptionsPerImage, json_option
 
 
 @click.command("smoke-train")
