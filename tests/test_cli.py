@@ -73,6 +73,8 @@ def test_usage_errors_exit_2_in_one_line(tmp_path: Path) -> None:
     assert "--id must be one of auto, content, filename or column:NAME" in line
     line = _one_line_error(capshard("build", "--max-images-per-shard", "0", cwd=tmp_path), 2)
     assert "max-images-per-shard" in line
+    line = _one_line_error(capshard("build", "--sample-images", "20000", cwd=tmp_path), 2)
+    assert "--sample-images" in line and "3<=x<=10000" in line
     line = _one_line_error(capshard("inspect", str(tmp_path), cwd=tmp_path), 2)
     assert "holds no finished build" in line
 

@@ -38,3 +38,9 @@ def test_an_unknown_file_lists_the_formats(tmp_path: Path) -> None:
     (tmp_path / "notes.md").write_text("# hello\n")
     with pytest.raises(UsageError, match="pass --format with one of: coco, flickr, hf, karpathy, table"):
         detect(SourceSpec(path=str(tmp_path / "notes.md")))
+
+
+def test_a_missing_file_is_named_and_a_bare_name_is_a_hub_name(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"captions\.json does not exist"):
+        detect(SourceSpec(path=str(tmp_path / "captions.json")))
+    assert detect(SourceSpec(path="nlphuji/flickr30k")) == "hf"

@@ -13,6 +13,7 @@ from ..build import build as run_build
 from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, BuildConfig
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import READERS, SourceSpec, detect
+from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
 from .options import ByteSize, SplitFile, json_option, progress_bar
 
 SAMPLE_OUT = Path("shards") / "sample"
@@ -96,7 +97,7 @@ SAMPLE_OUT = Path("shards") / "sample"
 @click.option("--dataset-version", help="Dataset version for the manifest. Default: from the source fingerprint.")
 @click.option(
     "--sample-images",
-    type=click.IntRange(min=3),
+    type=click.IntRange(min=3, max=SAMPLE_MAX_IMAGES),
     default=300,
     help="Images in the embedded sample (only without SOURCE).",
 )

@@ -40,7 +40,9 @@ def detect(spec: SourceSpec) -> str:
         raise UsageError("no source given")
     path = Path(spec.path)
     if not path.exists():
-        # Not a local path: a hub name for the hf reader, resolved offline through datasets.
+        if path.suffix or spec.path.startswith(("/", ".", "~")) or spec.path.count("/") > 1:
+            raise UsageError(f"{spec.path} does not exist")
+        # Not a local path: a hub name ("owner/name") for the hf reader, resolved offline.
         return "hf"
     for name in DETECT_ORDER:
         if READERS[name].sniff(path):
