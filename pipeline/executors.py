@@ -78,6 +78,9 @@ class ProcessExecutor:
             return
         pool, self._pool = self._pool, None
         processes = list(pool._processes.values())
+        # Tasks still queued for the killed workers may fill the pipe; without this, Python
+        # < 3.11.4 waits forever for the queue's feeder thread when the pool shuts down.
+        pool._call_queue.cancel_join_thread()  # type: ignore[attr-defined]
         for process in processes:
             process.kill()
         pool.shutdown(wait=True, cancel_futures=True)
