@@ -81,7 +81,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
 
     state = out / STATE
     resumed = (state / "state.json").is_file()
-    with contextlib.closing(make_executor(config.executor, config.workers)) as executor:
+    with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
         if resumed:
             planned, rejects, report, n_rows = _load_plan(state)
             log.info("resuming the unfinished build in %s", out)
@@ -89,7 +89,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
             planned, rejects, report, n_rows = _plan(reader, config, executor, progress)
             with _output_errors(out):
                 _save_plan(state, identity, planned, rejects, report, n_rows)
-        results, reused = _write_shards(out, reader, fmt, planned, config, executor, progress)
+        results, reused = _write_shards(out, fmt, planned, config, executor, progress)
     with _output_errors(out):
         write_index(out, planned, results)
         write_rejects(out, rejects)
@@ -231,7 +231,7 @@ def _load_plan(state: Path) -> tuple[pa.Table, pa.Table, dict[str, Any], int]:
     return planned, rejects, saved["report"], saved["rows"]
 
 
-def _shard_tasks(out: Path, reader: Reader, fmt: str, planned: pa.Table, resize: int | None) -> list[ShardTask]:
+def _shard_tasks(out: Path, fmt: str, planned: pa.Table, resize: int | None) -> list[ShardTask]:
     samples: dict[str, list[SampleSpec]] = {}
     for r in planned.to_pylist():
         samples.setdefault(r["shard"], []).append(
@@ -253,7 +253,7 @@ def _shard_tasks(out: Path, reader: Reader, fmt: str, planned: pa.Table, resize:
                 file_name=r["file_name"],
             )
         )
-    return [ShardTask(name, str(out), tuple(s), reader, fmt, resize) for name, s in sorted(samples.items())]
+    return [ShardTask(name, str(out), tuple(s), fmt, resize) for name, s in sorted(samples.items())]
 
 
 def _finished(out: Path, name: str) -> ShardResult | None:
@@ -270,14 +270,13 @@ def _finished(out: Path, name: str) -> ShardResult | None:
 
 def _write_shards(
     out: Path,
-    reader: Reader,
     fmt: str,
     planned: pa.Table,
     config: BuildConfig,
     executor: Executor,
     progress: Progress,
 ) -> tuple[dict[str, ShardResult], int]:
-    tasks = _shard_tasks(out, reader, fmt, planned, config.resize)
+    tasks = _shard_tasks(out, fmt, planned, config.resize)
     results: dict[str, ShardResult] = {}
     todo = []
     for task in tasks:

@@ -1,7 +1,9 @@
 """Executors: run independent tasks (probe chunks, shard writes) in parallel.
 
-An executor maps a picklable top-level function over picklable tasks and yields the
-results as they complete. ``serial`` runs in-process (``--workers 1``), ``process`` uses a
+An executor maps a picklable top-level function ``fn(context, task)`` over picklable
+tasks and yields the results as they complete. The *context* (the build's reader, which
+may hold a whole in-memory dataset) is sent to each worker once, when it starts, not
+with every task. ``serial`` runs in-process (``--workers 1``), ``process`` uses a
 spawn-started process pool on this machine, ``ray`` runs the same tasks on a Ray
 cluster (``pip install 'capshard[ray]'``; ``RAY_ADDRESS`` selects the cluster as Ray
 documents). Results are keyed by the task, so the order of completion never changes
@@ -23,12 +25,18 @@ from .errors import UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: A task function: ``fn(context, task)``.
+TaskFn = Callable[[Any, T], R]
+
+#: The context of this worker process, installed once by the pool's initializer.
+_worker_context: Any = None
 
 
 class Executor(Protocol):
-    """Maps ``fn`` over ``tasks``, yielding results in completion order; ``close`` frees its workers."""
+    """Maps ``fn(context, task)`` over ``tasks``, yielding results in completion order;
+    ``close`` frees its workers."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]: ...
+    def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]: ...
 
     def close(self) -> None: ...
 
@@ -36,9 +44,12 @@ class Executor(Protocol):
 class SerialExecutor:
     """Runs every task in this process, in order."""
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
+    def __init__(self, context: Any = None) -> None:
+        self.context = context
+
+    def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         for task in tasks:
-            yield fn(task)
+            yield fn(self.context, task)
 
     def close(self) -> None:
         pass
@@ -48,8 +59,9 @@ class ProcessExecutor:
     """A pool of ``workers`` spawn-started processes, kept for every map until ``close``;
     at most ``2 * workers`` tasks in flight, so the task list is never pickled whole."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, context: Any = None) -> None:
         self.workers = workers
+        self.context = context
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -57,7 +69,10 @@ class ProcessExecutor:
             # spawn, not fork: the parent holds Arrow and datasets thread pools.
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(os.getpid(), self.context),
             )
         return self._pool
 
@@ -87,7 +102,7 @@ class ProcessExecutor:
         for process in processes:
             process.join()
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
+    def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         pending: set[Future[R]] = set()
         todo = iter(tasks)
         pool = self._get_pool()
@@ -97,7 +112,7 @@ class ProcessExecutor:
                     task = next(todo, None)
                     if task is None:
                         break
-                    pending.add(pool.submit(fn, task))
+                    pending.add(pool.submit(_run_in_worker, fn, task))
                 if not pending:
                     break
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -108,7 +123,15 @@ class ProcessExecutor:
             raise
 
 
-def _init_worker(parent: int) -> None:
+def _run_in_worker(fn: TaskFn[T, R], task: T) -> R:
+    return fn(_worker_context, task)
+
+
+def _run_on_ray(fn: TaskFn[T, R], context: Any, task: T) -> R:
+    return fn(context, task)
+
+
+def _init_worker(parent: int, context: Any) -> None:
     """Pool worker set-up: signals are the parent's business.
 
     Ctrl-C reaches the whole process group and ``kill`` may too; the parent alone handles
@@ -116,6 +139,8 @@ def _init_worker(parent: int) -> None:
     SIGINT and SIGTERM. On Linux a worker also dies with its parent (``PR_SET_PDEATHSIG``),
     so a ``kill -9`` of the build leaves no orphan writing into the output folder.
     """
+    global _worker_context
+    _worker_context = context
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform == "linux":
@@ -128,7 +153,7 @@ def _init_worker(parent: int) -> None:
 class RayExecutor:
     """The same tasks as Ray remote functions on the cluster ``ray.init()`` connects to."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, context: Any = None) -> None:
         try:
             import ray
         except ImportError:
@@ -137,9 +162,10 @@ class RayExecutor:
         self.workers = workers
         if not ray.is_initialized():
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        self.context_ref = ray.put(context)  # stored once in the object store
 
-    def map_unordered(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Generator[R, None, None]:
-        remote = self.ray.remote(fn)
+    def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
+        remote = self.ray.remote(_run_on_ray)
         pending: list[Any] = []
         todo = iter(tasks)
         limit = 2 * max(self.workers, int(self.ray.cluster_resources().get("CPU", 1)))
@@ -149,7 +175,7 @@ class RayExecutor:
                     task = next(todo, None)
                     if task is None:
                         break
-                    pending.append(remote.remote(task))
+                    pending.append(remote.remote(fn, self.context_ref, task))
                 if not pending:
                     break
                 done, pending = self.ray.wait(pending, num_returns=1)
@@ -163,10 +189,10 @@ class RayExecutor:
         pass  # the Ray cluster outlives the build
 
 
-def make_executor(name: str, workers: int) -> Executor:
-    """The executor for ``--executor NAME`` and ``--workers N``."""
+def make_executor(name: str, workers: int, context: Any = None) -> Executor:
+    """The executor for ``--executor NAME`` and ``--workers N``; tasks get ``context`` first."""
     if name == "ray":
-        return RayExecutor(workers)
+        return RayExecutor(workers, context)
     if name == "process":
-        return SerialExecutor() if workers <= 1 else ProcessExecutor(workers)
+        return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context)
     raise UsageError(f"unknown executor {name!r}; valid: process, ray")

@@ -38,21 +38,20 @@ CHUNK = 256
 
 @dataclass(frozen=True)
 class ProbeTask:
-    """One chunk of image references for one worker."""
+    """One chunk of image references for one worker (the reader comes as the worker's context)."""
 
-    reader: Reader
     refs: tuple[tuple[str | None, int | None], ...]
     formats: tuple[str, ...]
     max_pixels: int
 
 
-def probe_chunk(task: ProbeTask) -> list[dict[str, Any]]:
+def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
     """Probe each reference of the chunk; failures become rows with a reason."""
     out = []
     for path, index in task.refs:
         row: dict[str, Any] = {"image_path": path, "image_index": index}
         try:
-            data = task.reader.open_image(path, index)
+            data = reader.open_image(path, index)
             info = probe(data, formats=task.formats, max_pixels=task.max_pixels)
         except (ImageUnavailable, BadImage) as e:
             row.update(image_reason=e.reason, image_detail=str(e))
@@ -91,7 +90,7 @@ def probe_images(
     def tasks() -> Iterator[ProbeTask]:
         for start in range(0, len(paths), CHUNK):
             chunk = tuple(zip(paths[start : start + CHUNK], indices[start : start + CHUNK], strict=True))
-            yield ProbeTask(reader, chunk, formats, max_pixels)
+            yield ProbeTask(chunk, formats, max_pixels)
 
     results: list[dict[str, Any]] = []
     for part in executor.map_unordered(probe_chunk, tasks()):

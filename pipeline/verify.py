@@ -183,7 +183,7 @@ def _image_options(manifest: dict[str, Any]) -> tuple[tuple[str, ...], int]:
     return formats or DEFAULT_FORMATS, max_pixels
 
 
-def check_shard(task: _ShardTask) -> ShardReport:
+def check_shard(_context: None, task: _ShardTask) -> ShardReport:
     """Read one shard as a stream and check every member and sample (runs in a worker)."""
     problems: list[Problem] = []
     samples: list[SampleInfo] = []

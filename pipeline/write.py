@@ -50,12 +50,11 @@ class SampleSpec:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything needed to write one shard, picklable."""
+    """Everything needed to write one shard, picklable (the reader comes as the worker's context)."""
 
     name: str
     out: str
     samples: tuple[SampleSpec, ...]
-    reader: Reader
     source_format: str
     resize: int | None
 
@@ -124,7 +123,7 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def write_shard(task: ShardTask) -> ShardResult:
+def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     """Write one shard atomically and record it as done.
 
     The ``done`` record is written before the rename, so a shard under its final name
@@ -140,7 +139,7 @@ def write_shard(task: ShardTask) -> ShardResult:
         with open(tmp, "wb") as f:
             with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for spec in task.samples:
-                    data = _stored_image(task, spec)
+                    data = _stored_image(reader, spec)
                     digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
                     if task.resize is not None:
                         data, fmt, width, height = resize(data, task.resize)
@@ -166,11 +165,11 @@ def write_shard(task: ShardTask) -> ShardResult:
     return result
 
 
-def _stored_image(task: ShardTask, spec: SampleSpec) -> bytes:
+def _stored_image(reader: Reader, spec: SampleSpec) -> bytes:
     """The image bytes the probe hashed; the build fails if they vanished or changed since."""
     where = spec.image_path or f"row {spec.image_index}"
     try:
-        data = task.reader.open_image(spec.image_path, spec.image_index)
+        data = reader.open_image(spec.image_path, spec.image_index)
     except ImageUnavailable as e:
         raise IntegrityError(f"image of {spec.image_id} ({where}) can no longer be read: {e}") from None
     if hashlib.sha256(data).hexdigest() != spec.sha256:

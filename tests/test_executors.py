@@ -14,7 +14,7 @@ from pipeline.executors import make_executor
 from pipeline.readers import SourceSpec
 
 
-def _square(x: int) -> int:
+def _square(_context: None, x: int) -> int:
     return x * x
 
 
