@@ -13,40 +13,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import os
 import platform
-import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image
+from flickr_like import make_dataset
 
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.readers import SourceSpec
-
-
-def make_dataset(root: Path, n_images: int) -> tuple[Path, Path]:
-    """A Flickr8k-style token file and a folder of 320x240 photos-like JPEGs (~15 KB)."""
-    rng = random.Random(0)
-    images = root / "images"
-    images.mkdir(parents=True)
-    lines = []
-    for i in range(n_images):
-        name = f"{1000000 + i}_{i:04x}.jpg"
-        img = Image.effect_noise((320, 240), 40 + i % 30).convert("RGB")
-        img = Image.blend(img, Image.new("RGB", img.size, (rng.randrange(256), 90, 160)), 0.6)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
-        (images / name).write_bytes(buf.getvalue())
-        lines += [f"{name}#{n}\tcaption {n} of picture {i} ." for n in range(5)]
-    token = root / "Flickr8k.token.txt"
-    token.write_text("\n".join(lines) + "\n")
-    return token, images
 
 
 def hand_written(token: Path, images: Path, out: Path) -> None:
@@ -83,7 +62,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        token, images = make_dataset(root, args.images)
+        token, images = make_dataset(root, args.images, (320, 240), 85)
         spec = SourceSpec(path=str(token), images=images)
         hand_written(token, images, root / "warm")  # warm the page cache for everyone
         shutil.rmtree(root / "warm")

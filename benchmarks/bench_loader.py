@@ -21,12 +21,10 @@ checksums), then the timed epochs, interleaved round by round.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
 import platform
-import random
 import statistics
 import tarfile
 import tempfile
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
+from flickr_like import make_dataset
 from torch.utils.data import DataLoader
 
 from pipeline.build import build
@@ -48,26 +46,6 @@ from pipeline.loader_decode import decode_image
 from pipeline.readers import SourceSpec
 
 SIZE = 224
-
-
-def make_dataset(root: Path, n_images: int) -> tuple[Path, Path]:
-    """A Flickr8k-style token file and a folder of 500x375 photo-like JPEGs."""
-    rng = random.Random(0)
-    images = root / "images"
-    images.mkdir(parents=True)
-    lines = []
-    for i in range(n_images):
-        name = f"{1000000 + i}_{i:04x}.jpg"
-        img = Image.effect_noise((500, 375), 30 + i % 40).convert("RGB")
-        tint = Image.linear_gradient("L").resize((500, 375)).convert("RGB")
-        img = Image.blend(img, Image.blend(tint, Image.new("RGB", img.size, (rng.randrange(256), 90, 160)), 0.5), 0.6)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        (images / name).write_bytes(buf.getvalue())
-        lines += [f"{name}#{n}\tcaption {n} of picture {i} ." for n in range(5)]
-    token = root / "Flickr8k.token.txt"
-    token.write_text("\n".join(lines) + "\n")
-    return token, images
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -153,7 +131,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        token, images = make_dataset(root / "src", args.images)
+        token, images = make_dataset(root / "src", args.images, (500, 375), 90)
         out = root / "build"
         build(SourceSpec(path=str(token), images=images),
               BuildConfig(out=out, max_images_per_shard=args.per_shard, workers=os.cpu_count() or 1))

@@ -69,6 +69,8 @@ def nlphuji_dataset(n_images: int, splits: Sequence[str] = ("train", "val", "tes
     """An in-memory ``datasets.Dataset`` in the nlphuji/flickr30k schema (HF split 'test')."""
     import datasets
 
+    from pipeline import sample
+
     rows = {
         "image": [{"bytes": image_bytes(i), "path": f"{1000 + i}.jpg"} for i in range(n_images)],
         "caption": [[caption_text(i, n) for n in range(captions)] for i in range(n_images)],
@@ -77,17 +79,7 @@ def nlphuji_dataset(n_images: int, splits: Sequence[str] = ("train", "val", "tes
         "img_id": [str(i) for i in range(n_images)],
         "filename": [f"{1000 + i}.jpg" for i in range(n_images)],
     }
-    features = datasets.Features(
-        {
-            "image": datasets.Image(),
-            "caption": datasets.Sequence(datasets.Value("string")),
-            "sentids": datasets.Sequence(datasets.Value("string")),
-            "split": datasets.Value("string"),
-            "img_id": datasets.Value("string"),
-            "filename": datasets.Value("string"),
-        }
-    )
-    return datasets.Dataset.from_dict(rows, features=features, split="test")
+    return datasets.Dataset.from_dict(rows, features=sample.FEATURES, split="test")
 
 
 def flattened_dataset(n_images: int, captions: int = 5, seed: int = 0):  # type: ignore[no-untyped-def]
