@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from . import FORMAT_VERSION
 from .config import BuildConfig
-from .errors import BuildError, OutputError
+from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
 from .plan import plan_shards
@@ -72,6 +72,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         "format_version": FORMAT_VERSION,
         "format": fmt,
         "fingerprint": reader.fingerprint(),
+        "reading": spec.reading_options(),
         "options": config.output_options(),
     }
     out = config.out
@@ -171,6 +172,7 @@ def _identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
         "format_version": manifest.get("format"),
         "format": manifest.get("source", {}).get("format"),
         "fingerprint": manifest.get("source", {}).get("fingerprint"),
+        "reading": manifest.get("source", {}).get("reading"),
         "options": manifest.get("options"),
     }
 
@@ -195,6 +197,11 @@ def _plan(
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
             refs, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
+        )
+    if config.id_column is not None and reader.id_column() != config.id_column:
+        raise UsageError(
+            f"--id {config.id}: this {reader.name} source has no id column {config.id_column!r}"
+            + (f" (its id column is {reader.id_column()!r})" if reader.id_column() else " (it has none)")
         )
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     n_rows, rejects = resolution.n_rows, resolution.rejects

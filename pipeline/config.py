@@ -8,7 +8,6 @@ build in ``--out`` is the same build (no-op) or a different one (error).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ LEAK_POLICIES = ("fail", "reject")
 EXECUTOR_NAMES = ("process", "ray")
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 DEFAULT_MAX_CAPTION_CHARS = 2000
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +57,8 @@ class BuildConfig:
         for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.seed < 0:
+            raise UsageError("--seed must be 0 or more")
         if self.resize is not None and self.resize < 8:
             raise UsageError("--resize must be at least 8 pixels")
         if not 0.0 <= self.max_reject_fraction <= 1.0:
@@ -82,10 +82,3 @@ class BuildConfig:
             "max_pixels": self.max_pixels,
             "image_formats": list(self.image_formats),
         }
-
-
-def check_split_name(split: str, where: str) -> str:
-    """Split names become file-name prefixes: letters, digits and ``_`` only."""
-    if not _SPLIT_NAME.match(split):
-        raise UsageError(f"{where}: split name {split!r} must use only letters, digits and '_'")
-    return split

@@ -16,11 +16,26 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import FORMAT_VERSION, __version__
+from .errors import IntegrityError
 from .write import ShardResult, write_bytes_atomic, write_json_atomic
 
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
+
+#: Top-level keys every manifest has (DESIGN.md).
+MANIFEST_KEYS = (
+    "format",
+    "name",
+    "version",
+    "source",
+    "options",
+    "counts",
+    "splits",
+    "groups",
+    "resolution",
+    "rejects",
+)
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -98,7 +113,12 @@ def manifest_dict(
         "name": name,
         "version": version,
         "tool": f"capshard {__version__}",
-        "source": {"path": source_path, "format": identity["format"], "fingerprint": identity["fingerprint"]},
+        "source": {
+            "path": source_path,
+            "format": identity["format"],
+            "fingerprint": identity["fingerprint"],
+            "reading": identity["reading"],
+        },
         "options": identity["options"],
         "counts": {
             "rows": n_rows,
@@ -123,6 +143,15 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise IntegrityError(f"{path} cannot be read: {e}") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(data, dict) or k not in data]
+    if missing or data.get("format") != FORMAT_VERSION:
+        raise IntegrityError(
+            f"{path} is not a {FORMAT_VERSION} manifest"
+            + (f" (missing {', '.join(missing)})" if missing else f" (format {data.get('format')!r})")
+        )
+    return dict(data)

@@ -64,6 +64,7 @@ from .loader_decode import DEFAULT_MAX_MEMBER_BYTES, HANDLER_NAMES, Caps, Handle
 from .loader_plan import EpochPlan, PlanConfig
 from .loader_source import VERIFY_MODES, ShardSet, Verify, check_local_sizes, resolve_source
 from .loader_worker import ShardStream, StreamConfig, _identity
+from .losses import positive_mask
 from .media import DEFAULT_MAX_PIXELS
 
 __all__ = ["CaptionLoader", "make_loader", "positive_mask"]
@@ -73,17 +74,6 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 DEFAULT_SHUFFLE_WINDOW = 1000
 PLAN_FIELDS = ("seed", "rank", "world_size", "batch_size", "num_workers", "window_batches", "shuffle", "drop_last")
-
-
-def positive_mask(batch: dict[str, Any]) -> torch.Tensor:
-    """The ``[P, C]`` boolean mask of positives: image ``p`` and caption ``c`` show the
-    same picture (``image_group[p] == match_id[c]``). Negative group ids (padding from an
-    all-gather, say) are positives of nothing."""
-    group, match = batch["image_group"], batch["match_id"]
-    if not isinstance(group, torch.Tensor) or not isinstance(match, torch.Tensor):
-        raise TypeError("batch['image_group'] and batch['match_id'] must be tensors")
-    group, match = group.reshape(-1, 1), match.reshape(1, -1)
-    return (group == match) & (group >= 0) & (match >= 0)
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -12,15 +12,18 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-__all__ = ["batch_positive_mask", "multi_positive_info_nce"]
+__all__ = ["multi_positive_info_nce", "positive_mask"]
 
 
-def batch_positive_mask(batch: Mapping[str, object]) -> torch.Tensor:
-    """The ``[P, C]`` mask of a loader batch: ``image_group[p] == match_id[c]``."""
-    image_group, match_id = batch["image_group"], batch["match_id"]
-    if not isinstance(image_group, torch.Tensor) or not isinstance(match_id, torch.Tensor):
+def positive_mask(batch: Mapping[str, object]) -> torch.Tensor:
+    """The ``[P, C]`` boolean mask of positives: image ``p`` and caption ``c`` show the
+    same picture (``image_group[p] == match_id[c]``). Negative group ids (padding from an
+    all-gather, say) are positives of nothing. ``pipeline.loader`` re-exports this."""
+    group, match = batch["image_group"], batch["match_id"]
+    if not isinstance(group, torch.Tensor) or not isinstance(match, torch.Tensor):
         raise TypeError("batch['image_group'] and batch['match_id'] must be tensors")
-    return image_group.reshape(-1, 1) == match_id.reshape(1, -1)
+    group, match = group.reshape(-1, 1), match.reshape(1, -1)
+    return (group == match) & (group >= 0) & (match >= 0)
 
 
 def multi_positive_info_nce(
@@ -69,7 +72,7 @@ def multi_positive_info_nce(
         ValueError: shapes disagree, the temperature is not positive, or no row of the
             mask has a positive.
     """
-    mask = batch_positive_mask(batch_or_mask) if isinstance(batch_or_mask, Mapping) else batch_or_mask
+    mask = positive_mask(batch_or_mask) if isinstance(batch_or_mask, Mapping) else batch_or_mask
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
             f"embeddings must be [P, D] and [C, D], got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"

@@ -93,7 +93,7 @@ def _classify_unidentified(data: bytes, formats: tuple[str, ...]) -> tuple[str, 
     try:
         # Header only: which format is it, to say why it is refused.
         other_format = Image.open(io.BytesIO(data)).format
-    except Exception:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         other_format = None
     if other_format:
         return (

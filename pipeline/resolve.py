@@ -45,6 +45,8 @@ REJECT_SCHEMA = pa.schema(
 #: Which split keeps a leaked image under ``--on-leak reject``: evaluation splits first.
 SPLIT_PRIORITY = {"test": 0, "val": 1, "validation": 1, "dev": 1, "train": 2}
 MAX_KEY = 80
+#: Split names become shard-file prefixes: letters, digits and ``_`` only.
+SPLIT_NAME = r"^[A-Za-z0-9_]+$"
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -89,8 +91,12 @@ def resolve(
     rows = rows.set_column(rows.schema.get_field_index("caption"), "caption", caption)
     length = pc.utf8_length(caption)
     no_ref = pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"]))
+    none = pa.scalar(None, pa.string())
+    good_split = pc.match_substring_regex(rows["split"], SPLIT_NAME)
     reason = pc.coalesce(
         rows["reject"],
+        pc.if_else(pc.is_null(rows["split"]), pa.scalar("no_split"), none),
+        pc.if_else(good_split, none, pa.scalar("bad_split_name")),
         pc.if_else(no_ref, pa.scalar("missing_image"), pa.scalar(None, pa.string())),
         rows["image_reason"],
         pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), pa.scalar(None, pa.string())),
@@ -348,6 +354,10 @@ def _reject_record(row: dict[str, Any], config: BuildConfig) -> dict[str, Any]:
         detail = f"caption has {len(row['caption'])} characters, over the cap of {config.max_caption_chars}"
     elif reason == "empty_caption":
         detail = "caption is empty after stripping whitespace"
+    elif reason == "no_split":
+        detail = "the source gives this row no split"
+    elif reason == "bad_split_name":
+        detail = f"split {row['split']!r} is not a name of letters, digits and '_' (it names shard files)"
     elif reason in ("no_file_name", "no_image_id"):
         detail = f"--id {config.id} needs a value, and this row has none"
     else:

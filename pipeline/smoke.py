@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import CapshardError, UsageError
 from .loader import CaptionLoader, make_loader
-from .losses import batch_positive_mask, multi_positive_info_nce
+from .losses import multi_positive_info_nce, positive_mask
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class _Model:
         ids, offsets = self.vocab.encode(list(batch["caption"]))
         u = self.image(images.to(self.device))
         v = self.text(ids.to(self.device), offsets.to(self.device))
-        true_mask = batch_positive_mask(batch).to(self.device)
+        true_mask = positive_mask(batch).to(self.device)
         if self.config.simulate_loop_counter_ids:
             # The bug: one "image" per caption (its image repeated), a fresh id for each.
             caption_image = batch["caption_image"].to(self.device)

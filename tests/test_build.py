@@ -293,3 +293,68 @@ def test_the_etl_never_imports_torch(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
+
+
+def test_reading_options_are_part_of_the_build_identity(tmp_path: Path) -> None:
+    write_images(tmp_path / "img", ["a.jpg", "b.jpg"])
+    (tmp_path / "pairs.csv").write_text("path,text,text2\na.jpg,cap a,other a\nb.jpg,cap b,other b\n")
+    spec = SourceSpec(
+        path=str(tmp_path / "pairs.csv"), images=tmp_path / "img", image_column="path", caption_column="text"
+    )
+    build(spec, BuildConfig(out=tmp_path / "b", workers=1))
+    other = SourceSpec(
+        path=str(tmp_path / "pairs.csv"), images=tmp_path / "img", image_column="path", caption_column="text2"
+    )
+    with pytest.raises(OutputError, match="different input or options"):
+        build(other, BuildConfig(out=tmp_path / "b", workers=1))
+    rebuilt = build(other, BuildConfig(out=tmp_path / "b", workers=1, overwrite=True))
+    assert rebuilt.manifest["source"]["reading"]["caption_column"] == "text2"
+    captions = sorted(c for s in all_samples(rebuilt.out).values() for c in json.loads(s["json"])["captions"])
+    assert captions == ["other a", "other b"]
+
+
+def test_splits_that_cannot_name_shards_are_rejected_rows(tmp_path: Path) -> None:
+    write_images(tmp_path / "img", [f"{i}.jpg" for i in range(12)])
+    splits = ["train"] * 10 + ["../escape", "my split"]
+    rows = "".join(f"{i}.jpg,caption {i},{s}\n" for i, s in enumerate(splits))
+    (tmp_path / "pairs.csv").write_text("image,caption,split\n" + rows)
+    spec = SourceSpec(path=str(tmp_path / "pairs.csv"), images=tmp_path / "img", split_column="split")
+    m = build(spec, BuildConfig(out=tmp_path / "b", workers=1, max_reject_fraction=0.5)).manifest
+    assert m["rejects"]["by_reason"] == {"bad_split_name": 2}
+    assert set(m["splits"]) == {"train"}
+    assert not (tmp_path / "escape-000000.tar").exists()
+
+
+def test_karpathy_image_without_split_is_a_rejected_row(tmp_path: Path) -> None:
+    write_images(tmp_path / "img", ["a.jpg", "b.jpg"])
+    images = [
+        {"filename": "a.jpg", "imgid": 0, "split": "train", "sentences": [{"raw": "x", "sentid": 0}]},
+        {"filename": "b.jpg", "imgid": 1, "sentences": [{"raw": "y", "sentid": 1}]},
+    ]
+    (tmp_path / "dataset_x.json").write_text(json.dumps({"images": images, "dataset": "x"}))
+    spec = SourceSpec(path=str(tmp_path / "dataset_x.json"), images=tmp_path / "img")
+    m = build(spec, BuildConfig(out=tmp_path / "b", workers=1, max_reject_fraction=0.5)).manifest
+    assert m["rejects"]["by_reason"] == {"no_split": 1}
+
+
+def test_an_id_column_the_source_does_not_have_is_a_usage_error(tmp_path: Path) -> None:
+    from pipeline.errors import UsageError
+
+    token, images = flickr_source(tmp_path, 3)
+    with pytest.raises(UsageError, match="no id column 'img_id'"):
+        build(
+            SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1, id="column:img_id")
+        )
+
+
+def test_a_damaged_manifest_is_one_clear_error(tmp_path: Path) -> None:
+    from pipeline.errors import IntegrityError
+
+    token, images = flickr_source(tmp_path, 3)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{")
+    with pytest.raises(IntegrityError, match=r"manifest\.json cannot be read"):
+        build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1))
+    (tmp_path / "b" / "manifest.json").write_text('{"format": "capshard/1"}')
+    with pytest.raises(IntegrityError, match="missing name"):
+        build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1))

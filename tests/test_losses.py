@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.losses import batch_positive_mask, multi_positive_info_nce
+from pipeline.losses import multi_positive_info_nce, positive_mask
 
 
 def direct_loss(image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, t: float) -> float:
@@ -62,7 +62,7 @@ def test_matches_the_direct_computation_on_loader_batches(
 ) -> None:
     b = random_batch(seed, n_images, max_captions)
     got = multi_positive_info_nce(b["image_emb"], b["text_emb"], b, t)
-    mask = batch_positive_mask(b)
+    mask = positive_mask(b)
     assert mask.shape == (n_images, len(b["caption_image"]))
     assert got.item() == pytest.approx(direct_loss(b["image_emb"], b["text_emb"], mask, t), rel=1e-9, abs=1e-9)
 
@@ -145,7 +145,7 @@ def test_large_logits_stay_finite(dtype: torch.dtype) -> None:
     assert text.grad is not None and torch.isfinite(text.grad).all()
     assert image.grad.dtype == dtype
     # Logits up to 100: the reference in float64 agrees.
-    ref = direct_loss(image.detach().double(), text.detach().double(), batch_positive_mask(batch), 0.01)
+    ref = direct_loss(image.detach().double(), text.detach().double(), positive_mask(batch), 0.01)
     assert loss.item() == pytest.approx(ref, rel=2e-2)
 
 
@@ -166,3 +166,12 @@ def test_refuses_what_cannot_be_a_loss(mask: torch.Tensor, t: float | torch.Tens
 def test_embedding_widths_must_agree() -> None:
     with pytest.raises(ValueError, match="embeddings"):
         multi_positive_info_nce(torch.randn(2, 4), torch.randn(2, 5), torch.eye(2, dtype=torch.bool), 0.1)
+
+
+def test_negative_groups_are_positives_of_nothing() -> None:
+    from pipeline.loader import positive_mask as loader_mask
+
+    batch = {"image_group": torch.tensor([3, -1]), "match_id": torch.tensor([3, -1])}
+    expected = torch.tensor([[True, False], [False, False]])
+    assert torch.equal(positive_mask(batch), expected)
+    assert loader_mask is positive_mask

@@ -63,7 +63,7 @@ SAMPLE_OUT = Path("shards") / "sample"
     default="fail",
     help="An image in two splits: fail, or keep it in its evaluation split and reject the other rows.",
 )
-@click.option("--seed", type=int, default=0, help="Seed of the per-split shuffle.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the per-split shuffle.")
 @click.option("--max-images-per-shard", type=click.IntRange(min=1), default=1000)
 @click.option("--max-shard-bytes", type=ByteSize(), default=DEFAULT_MAX_SHARD_BYTES, help="e.g. 512MB, 1GiB.")
 @click.option("--resize", type=click.IntRange(min=8), help="Re-encode so the shorter side is at most N pixels.")

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from ..resolve import SPLIT_NAME
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
     "": 1,
@@ -52,6 +54,8 @@ class SplitFile(click.ParamType):
         split, sep, file = str(value).partition("=")
         if not sep or not split or not file:
             self.fail(f"{value!r} is not SPLIT=FILE (e.g. train=Flickr_8k.trainImages.txt)", param, ctx)
+        if not re.fullmatch(SPLIT_NAME, split):
+            self.fail(f"split name {split!r} must use only letters, digits and '_'", param, ctx)
         path = Path(file)
         if not path.is_file():
             self.fail(f"split list {file} does not exist", param, ctx)

@@ -51,6 +51,17 @@ class SourceSpec:
     dataset: Any = field(default=None, compare=False, repr=False)
     name: str | None = None
 
+    def reading_options(self) -> dict[str, Any]:
+        """The options that change what is read from the source (part of a build's identity)."""
+        return {
+            "image_column": self.image_column,
+            "caption_column": self.caption_column,
+            "id_column": self.id_column,
+            "split_column": self.split_column,
+            "restval": self.restval,
+            "split_files": [[split, Path(f).name] for split, f in self.split_files],
+        }
+
 
 class Reader:
     """Base of all readers; subclasses set ``name`` and implement the methods below."""

@@ -30,6 +30,7 @@ from .arrow import (
     resolve_path,
 )
 from .base import ImageUnavailable, Reader, SourceSpec
+from .coco import checked_caption
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,9 @@ class TableReader(Reader):
     def _common(self, file: str, line: int, image: Any, ident: Any, split: Any) -> dict[str, Any]:
         if image is not None and not isinstance(image, str):
             raise SourceError(file, line, f"image is a {type(image).__name__}, not a path")
-        if image:
-            try:
-                image.encode("utf-8")
-            except UnicodeEncodeError:
-                raise SourceError(file, line, "image path is not valid UTF-8") from None
+        for what, value in (("image path", image), ("id", ident), ("split", split)):
+            if isinstance(value, str) and checked_caption(value) is None:
+                raise SourceError(file, line, f"{what} is not valid UTF-8")
         base = self.spec.images or self.path.parent
         return {
             "split": choose_split(split, "train", self.spec.restval),
