@@ -40,6 +40,7 @@ import braceexpand
 from . import FORMAT_VERSION
 from .errors import IntegrityError, SourceError, UsageError
 from .loader_decode import member_key
+from .plan import SHARD_NAME
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,10 @@ def _shard_entries(doc: dict[str, Any], split: str, url: str) -> list[dict[str, 
     shards = splits[split].get("shards")
     if not isinstance(shards, list):
         raise SourceError(url, f"splits.{split}.shards", "missing or not a list")
+    for i, entry in enumerate(shards):
+        # A manifest is data: a name like "../x" or "/etc/passwd" must not choose what is read.
+        if not isinstance(entry, dict) or not SHARD_NAME.fullmatch(str(entry.get("name"))):
+            raise SourceError(url, f"splits.{split}.shards[{i}]", "not a shard entry named SPLIT-NNNNNN.tar")
     return shards
 
 

@@ -10,6 +10,7 @@ bound in practice). The plan is data: every later stage can run anywhere from it
 
 from __future__ import annotations
 
+import re
 import zlib
 
 import numpy as np
@@ -20,6 +21,10 @@ from .config import BuildConfig
 
 #: Tar overhead of one sample (3 headers plus padding) and a generous JSON/text allowance.
 SAMPLE_OVERHEAD = 3 * 512 + 3 * 511
+
+
+#: Every shard file name a build writes: ``{split}-{000000}.tar``, split of ``[A-Za-z0-9_]``.
+SHARD_NAME = re.compile(r"[A-Za-z0-9_]+-[0-9]{6}\.tar")
 
 
 def shard_name(split: str, number: int) -> str:

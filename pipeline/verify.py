@@ -30,6 +30,7 @@ from .errors import UsageError
 from .executors import make_executor
 from .finalize import INDEX, MANIFEST, REJECTS
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, EXTENSIONS, BadImage, probe
+from .plan import SHARD_NAME
 from .resolve import sanitize_key
 from .write import TMP_MARK
 
@@ -43,7 +44,6 @@ MAX_MANIFEST_BYTES = 256 << 20
 MAX_JSON_DEPTH = 16
 
 _MEMBER = re.compile(r"([A-Za-z0-9_-]{1,200})\.(jpg|png|webp|json|txt)")
-_SHARD = re.compile(r"[A-Za-z0-9_]+-[0-9]{6}\.tar")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
@@ -147,7 +147,7 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
     reports: dict[str, ShardReport] = {}
     tasks = []
     for name in listed:
-        if not _SHARD.fullmatch(name):
+        if not SHARD_NAME.fullmatch(name):
             problems.append(Problem(MANIFEST, "damaged", f"lists a shard with an unsafe name {ascii(name)[:120]}"))
         elif not (build_dir / name).is_file():
             reports[name] = ShardReport(name, "missing", problems=(Problem(name, "missing", f"listed in {MANIFEST}, "

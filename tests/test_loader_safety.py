@@ -197,3 +197,14 @@ def test_counters_travel_from_workers(tmp_path: Path) -> None:
     assert sorted(ids) == ["0", "1", "2", "3", "4", "6", "7"]
     assert loader.counters == {"corrupt_image": 1}
     assert loader.state_dict()["counters"] == {"corrupt_image": 1}
+
+
+def test_manifest_shard_names_cannot_point_outside_the_build(five: Path, tmp_path: Path) -> None:
+    from pipeline.errors import SourceError
+
+    build = copy_build(five, tmp_path)
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["name"] = "../../etc/passwd"
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SourceError, match=r"shards\[0\]: not a shard entry named SPLIT-NNNNNN\.tar"):
+        make_loader(build, split="train", batch_size=4, image_size=8)
