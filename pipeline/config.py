@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .executors import EXECUTORS
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 ID_STRATEGIES = ("auto", "content", "filename")
 LEAK_POLICIES = ("fail", "reject")
-EXECUTOR_NAMES = ("process", "ray")
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 DEFAULT_MAX_CAPTION_CHARS = 2000
 
@@ -52,8 +52,8 @@ class BuildConfig:
             )
         if self.on_leak not in LEAK_POLICIES:
             raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
-        if self.executor not in EXECUTOR_NAMES:
-            raise UsageError(f"--executor must be one of {', '.join(EXECUTOR_NAMES)}, not {self.executor!r}")
+        if self.executor not in EXECUTORS:
+            raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
         for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")

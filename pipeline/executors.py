@@ -189,10 +189,18 @@ class RayExecutor:
         pass  # the Ray cluster outlives the build
 
 
+def _local(workers: int, context: Any) -> Executor:
+    return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context)
+
+
+#: ``--executor`` name -> factory taking (workers, context).
+EXECUTORS: dict[str, Callable[[int, Any], Executor]] = {"process": _local, "ray": RayExecutor}
+
+
 def make_executor(name: str, workers: int, context: Any = None) -> Executor:
     """The executor for ``--executor NAME`` and ``--workers N``; tasks get ``context`` first."""
-    if name == "ray":
-        return RayExecutor(workers, context)
-    if name == "process":
-        return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context)
-    raise UsageError(f"unknown executor {name!r}; valid: process, ray")
+    try:
+        factory = EXECUTORS[name]
+    except KeyError:
+        raise UsageError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}") from None
+    return factory(workers, context)

@@ -10,7 +10,8 @@ import click
 
 from ..build import BuildResult
 from ..build import build as run_build
-from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, BuildConfig
+from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, LEAK_POLICIES, BuildConfig
+from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import READERS, SourceSpec, detect
 from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
@@ -59,7 +60,7 @@ SAMPLE_OUT = Path("shards") / "sample"
 )
 @click.option(
     "--on-leak",
-    type=click.Choice(["fail", "reject"]),
+    type=click.Choice(LEAK_POLICIES),
     default="fail",
     help="An image in two splits: fail, or keep it in its evaluation split and reject the other rows.",
 )
@@ -88,7 +89,7 @@ SAMPLE_OUT = Path("shards") / "sample"
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
 @click.option(
     "--executor",
-    type=click.Choice(["process", "ray"]),
+    type=click.Choice(list(EXECUTORS)),
     default="process",
     help="Where shard tasks run: a local process pool, or a Ray cluster.",
 )
