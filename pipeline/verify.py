@@ -14,14 +14,10 @@ followed; JSON members are refused above a size and nesting cap before parsing.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-import re
-import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -29,67 +25,19 @@ from . import FORMAT_VERSION
 from .errors import UsageError
 from .executors import make_executor
 from .finalize import INDEX, MANIFEST, REJECTS
-from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, EXTENSIONS, BadImage, probe
+from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, EXTENSIONS
 from .plan import SHARD_NAME
-from .resolve import sanitize_key
+from .verify_shard import (
+    MAX_MANIFEST_BYTES,
+    MAX_TEXT_BYTES,
+    Problem,
+    SampleInfo,
+    ShardCheck,
+    ShardReport,
+    check_shard,
+    load_json_capped,
+)
 from .write import TMP_MARK
-
-#: Largest image member read (bytes); larger ones are reported unread.
-MAX_IMAGE_BYTES = 256 << 20
-#: Largest ``.json``/``.txt`` member, manifest or rejects line read (bytes).
-MAX_TEXT_BYTES = 16 << 20
-#: Largest manifest read (bytes): about a million shards.
-MAX_MANIFEST_BYTES = 256 << 20
-#: Deepest JSON nesting accepted; capshard's own JSON is 3 levels deep.
-MAX_JSON_DEPTH = 16
-
-_MEMBER = re.compile(r"([A-Za-z0-9_-]{1,200})\.(jpg|png|webp|json|txt)")
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
-_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hard link", tarfile.CHRTYPE: "character device",
-          tarfile.BLKTYPE: "block device", tarfile.FIFOTYPE: "fifo", tarfile.DIRTYPE: "directory"}
-_IMAGE_EXTS = {ext: fmt for fmt, ext in EXTENSIONS.items()}
-_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
-             tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_SPARSE)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong: ``where`` is a shard name or a build file; ``kind`` a short code."""
-
-    where: str
-    kind: str
-    detail: str
-
-    def line(self) -> str:
-        return f"{self.where}: {self.kind}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class SampleInfo:
-    """What a shard's sample says about itself, for the build-wide checks."""
-
-    key: str
-    position: int
-    captions: int
-    sha256: str | None
-    width: int | None
-    height: int | None
-    row_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ShardReport:
-    """One shard: ``status`` is ``ok``, ``damaged``, ``missing`` or ``extra``."""
-
-    name: str
-    status: str
-    images: int = 0
-    captions: int = 0
-    bytes: int = 0
-    sha256: str | None = None
-    problems: tuple[Problem, ...] = ()
-    samples: tuple[SampleInfo, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -112,21 +60,17 @@ class VerifyReport:
             "build": str(self.build_dir),
             "counts": self.counts,
             "shards": [
-                {"name": s.name, "status": s.status, "images": s.images, "captions": s.captions,
-                 "problems": [p.line() for p in s.problems]}
+                {
+                    "name": s.name,
+                    "status": s.status,
+                    "images": s.images,
+                    "captions": s.captions,
+                    "problems": [p.line() for p in s.problems],
+                }
                 for s in self.shards
             ],
             "problems": [{"where": p.where, "kind": p.kind, "detail": p.detail} for p in self.problems],
         }
-
-
-@dataclass(frozen=True)
-class _ShardTask:
-    path: str
-    name: str
-    formats: tuple[str, ...]
-    max_pixels: int
-    decode: bool
 
 
 def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> VerifyReport:
@@ -139,7 +83,7 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
     try:
         if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
             raise ValueError(f"{MANIFEST} is larger than the cap of {MAX_MANIFEST_BYTES} bytes")
-        manifest = _load_json(manifest_path.read_bytes(), MANIFEST, MAX_MANIFEST_BYTES)
+        manifest = load_json_capped(manifest_path.read_bytes(), MANIFEST, MAX_MANIFEST_BYTES)
         listed = _listed_shards(manifest)
     except ValueError as e:
         return VerifyReport(build_dir, (), (Problem(MANIFEST, "damaged", str(e)),), {})
@@ -150,10 +94,11 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
         if not SHARD_NAME.fullmatch(name):
             problems.append(Problem(MANIFEST, "damaged", f"lists a shard with an unsafe name {ascii(name)[:120]}"))
         elif not (build_dir / name).is_file():
-            reports[name] = ShardReport(name, "missing", problems=(Problem(name, "missing", f"listed in {MANIFEST}, "
-                                                                                            "not on disk"),))
+            reports[name] = ShardReport(
+                name, "missing", problems=(Problem(name, "missing", f"listed in {MANIFEST}, not on disk"),)
+            )
         else:
-            tasks.append(_ShardTask(str(build_dir / name), name, formats, max_pixels, decode))
+            tasks.append(ShardCheck(str(build_dir / name), name, formats, max_pixels, decode))
     executor = make_executor("process", max(1, min(workers, len(tasks))))
     try:
         for report in executor.map_unordered(check_shard, tasks):
@@ -162,8 +107,9 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
         executor.close()
     for path in sorted(build_dir.iterdir()):
         if path.name not in listed and (path.suffix == ".tar" or TMP_MARK in path.name):
-            reports[path.name] = ShardReport(path.name, "extra", problems=(
-                Problem(path.name, "extra", f"not listed in {MANIFEST}"),))
+            reports[path.name] = ShardReport(
+                path.name, "extra", problems=(Problem(path.name, "extra", f"not listed in {MANIFEST}"),)
+            )
 
     shards = tuple(reports[n] for n in sorted(reports))
     problems.extend(p for s in shards for p in s.problems)
@@ -181,208 +127,6 @@ def _image_options(manifest: dict[str, Any]) -> tuple[tuple[str, ...], int]:
     if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
         max_pixels = DEFAULT_MAX_PIXELS
     return formats or DEFAULT_FORMATS, max_pixels
-
-
-def check_shard(_context: None, task: _ShardTask) -> ShardReport:
-    """Read one shard as a stream and check every member and sample (runs in a worker)."""
-    problems: list[Problem] = []
-    samples: list[SampleInfo] = []
-    end = 0
-    with open(task.path, "rb") as raw:
-        stream = _HashingReader(raw)
-        try:
-            # typeshed wants a full file object; stream mode only calls read().
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_PlainTarInfo) as tar:  # type: ignore[call-overload]
-                _walk(task, tar, samples, problems)
-                end = tar.offset
-        except (tarfile.TarError, EOFError, OSError) as e:
-            problems.append(Problem(task.name, "damaged", f"not a readable tar: {e}"))
-        stream.drain()
-        if end and not _zeros_from(raw, end):
-            # tarfile ends an archive quietly at a header it cannot read.
-            problems.append(Problem(task.name, "damaged", f"unreadable tar header at byte {end}; "
-                                                          "tar readers see nothing after it"))
-    captions = sum(s.captions for s in samples)
-    return ShardReport(task.name, "damaged" if problems else "ok", len(samples), captions, stream.size,
-                       stream.hash.hexdigest(), tuple(problems), tuple(samples))
-
-
-def _walk(task: _ShardTask, tar: tarfile.TarFile, samples: list[SampleInfo], problems: list[Problem]) -> None:
-    """Group consecutive members by key into samples and check each sample."""
-    members: dict[str, bytes] = {}
-    key: str | None = None
-    seen: set[str] = set()
-    for member in tar:
-        tar.members = []  # type: ignore[attr-defined]  # stream mode would keep every header in memory
-        found = _read_member(tar, member, task.name, problems)
-        if found is None:
-            continue
-        (member_key, ext), payload = found
-        if member_key != key:
-            if key is not None:
-                samples.append(_check_sample(task, key, len(samples), members, problems))
-            key, members = member_key, {}
-            if key in seen:
-                problems.append(Problem(task.name, "damaged", f"sample {key}: its members are not together"))
-            seen.add(key)
-        if ext in members:
-            problems.append(Problem(task.name, "damaged", f"sample {key}: two {ext} members"))
-        members[ext] = payload
-    if key is not None:
-        samples.append(_check_sample(task, key, len(samples), members, problems))
-
-
-def _zeros_from(raw: IO[bytes], offset: int) -> bool:
-    """Whether the file holds only zero bytes from ``offset`` on (end-of-archive padding)."""
-    raw.seek(offset)
-    while chunk := raw.read(1 << 20):
-        if chunk.strip(b"\0"):
-            return False
-    return True
-
-
-class _PlainTarInfo(tarfile.TarInfo):
-    """capshard writes plain USTAR: an extended header is refused before its data is read."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED:
-            raise _Refused(f"extended header (type {self.type!r}, {self.size} bytes) refused; shards are plain USTAR")
-        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
-        return result
-
-
-class _Refused(tarfile.TarError):
-    pass
-
-
-class _HashingReader:
-    """A read-only file object that hashes and counts what passes through it."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Read (and hash) what tarfile left unread: end-of-archive padding, or what follows an error."""
-        while self.read(1 << 20):
-            pass
-
-
-def _read_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str, problems: list[Problem]
-) -> tuple[tuple[str, str], bytes] | None:
-    """``((key, ext), bytes)`` of a member that is safe to read, else ``None`` and a problem."""
-    shown = ascii(member.name)[:120]
-    m = _MEMBER.fullmatch(member.name)
-    if not member.isreg():
-        kind = _KINDS.get(member.type, f"member of type {member.type!r}")
-        problems.append(Problem(shard, "damaged", f"member {shown} is a {kind}, not a regular file; not read"))
-        return None
-    if m is None:
-        problems.append(Problem(shard, "damaged", f"member name {shown} is not KEY.jpg|png|webp|json|txt; not read"))
-        return None
-    cap = MAX_IMAGE_BYTES if m.group(2) in _IMAGE_EXTS else MAX_TEXT_BYTES
-    if member.size > cap:
-        problems.append(Problem(shard, "damaged", f"member {shown} declares {member.size} bytes, over the cap of "
-                                                  f"{cap}; not read"))
-        return None
-    f = tar.extractfile(member)
-    data = f.read() if f is not None else b""
-    if len(data) != member.size:
-        raise tarfile.ReadError(f"member {shown} is truncated")
-    return (m.group(1), m.group(2)), data
-
-
-def _check_sample(
-    task: _ShardTask, key: str, position: int, members: dict[str, bytes], problems: list[Problem]
-) -> SampleInfo:
-    """Check one sample's members against each other; returns what it says about itself."""
-    found = len(problems)
-
-    def bad(detail: str) -> None:
-        problems.append(Problem(task.name, "damaged", f"sample {key}: {detail}"))
-
-    images = [ext for ext in members if ext in _IMAGE_EXTS]
-    missing = [ext for ext in ("json", "txt") if ext not in members] + ([] if images else ["image"])
-    if missing or len(images) > 1:
-        bad(f"members {sorted(members)}; expected one image, json and txt")
-    meta: dict[str, Any] = {}
-    if "json" in members:
-        try:
-            meta = _load_json(members["json"], "json member")
-            _check_meta(meta)
-        except ValueError as e:
-            bad(str(e))
-            meta = {}
-    captions = meta.get("captions") or []
-    if meta and sanitize_key(meta["image_id"]) != key:
-        bad(f"key does not belong to image_id {ascii(meta['image_id'])[:80]}")
-    if "txt" in members and meta:
-        try:
-            lines = members["txt"].decode("utf-8").splitlines()
-        except UnicodeDecodeError:
-            lines = None
-        if lines != [" ".join(c.splitlines()) for c in captions]:
-            bad(f"txt does not hold the {len(captions)} captions of the json")
-    sha = None
-    if images:
-        data = members[images[0]]
-        sha = hashlib.sha256(data).hexdigest()
-        if meta and meta["sha256"] != sha:
-            bad(f"{images[0]} bytes do not match the sha256 in its json")
-        try:
-            info = probe(data, formats=task.formats, max_pixels=task.max_pixels, decode=task.decode)
-            if EXTENSIONS.get(info.format) != images[0]:
-                bad(f"{images[0]} member holds a {info.format} image")
-            elif meta and (info.width, info.height) != (meta["width"], meta["height"]):
-                bad(f"image is {info.width}x{info.height}, its json says {meta['width']}x{meta['height']}")
-        except BadImage as e:
-            bad(f"{images[0]} is not a readable image ({e.reason}: {e})")
-    row_ids = tuple(meta["source"]["row_ids"]) if meta else ()
-    if len(problems) > found:
-        sha = None
-    return SampleInfo(key, position, len(captions), sha, meta.get("width"), meta.get("height"), row_ids)
-
-
-def _check_meta(meta: Any) -> None:
-    """The shape of a sample's JSON (DESIGN.md); ValueError naming the first field that is off."""
-    if not isinstance(meta, dict):
-        raise ValueError("json is not an object")
-    types: dict[str, type | tuple[type, ...]] = {"image_id": str, "group": int, "split": str, "captions": list,
-                                                 "caption_ids": list, "width": int, "height": int, "sha256": str,
-                                                 "source": dict}
-    for name, kind in types.items():
-        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
-            raise ValueError(f"json field {name!r} is missing or not a {getattr(kind, '__name__', kind)}")
-    if not meta["captions"] or not all(isinstance(c, str) for c in meta["captions"]):
-        raise ValueError("json captions are not a non-empty list of text")
-    row_ids = meta["source"].get("row_ids")
-    if not isinstance(row_ids, list) or len(row_ids) != len(meta["captions"]) or not all(
-        isinstance(r, int) and not isinstance(r, bool) for r in row_ids
-    ):
-        raise ValueError("json source.row_ids is not one row id per caption")
-
-
-def _load_json(data: bytes, what: str, cap: int = MAX_TEXT_BYTES) -> Any:
-    """Parse JSON that may be hostile: size and nesting are checked before parsing."""
-    if len(data) > cap:
-        raise ValueError(f"{what} has {len(data)} bytes, over the cap of {cap}")
-    depth = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if bracket.group() in (b"[", b"{") else -1
-        if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{what} is not valid JSON: {str(e)[:120]}") from None
 
 
 def _listed_shards(manifest: Any) -> dict[str, dict[str, Any]]:
@@ -408,18 +152,27 @@ def _against_manifest(report: ShardReport, entry: dict[str, Any]) -> ShardReport
     """Add the differences between what a shard holds and what the manifest says."""
     name, problems = report.name, list(report.problems)
     if report.sha256 != entry.get("sha256") or report.bytes != entry.get("bytes"):
-        problems.insert(0, Problem(name, "damaged", f"sha256 {report.sha256} ({report.bytes} bytes) differs from the "
-                                                    f"manifest's {entry.get('sha256')} ({entry.get('bytes')} bytes)"))
+        problems.insert(
+            0,
+            Problem(
+                name,
+                "damaged",
+                f"sha256 {report.sha256} ({report.bytes} bytes) differs from the "
+                f"manifest's {entry.get('sha256')} ({entry.get('bytes')} bytes)",
+            ),
+        )
     for what, have in (("images", report.images), ("captions", report.captions)):
         if have != entry.get(what):
             problems.append(Problem(name, "damaged", f"holds {have} {what}, the manifest says {entry.get(what)}"))
     status = "damaged" if problems else "ok"
-    return ShardReport(name, status, report.images, report.captions, report.bytes, report.sha256, tuple(problems),
-                       report.samples)
+    return ShardReport(
+        name, status, report.images, report.captions, report.bytes, report.sha256, tuple(problems), report.samples
+    )
 
 
-def _check_build(build_dir: Path, manifest: dict[str, Any], shards: tuple[ShardReport, ...],
-                 problems: list[Problem]) -> dict[str, int]:
+def _check_build(
+    build_dir: Path, manifest: dict[str, Any], shards: tuple[ShardReport, ...], problems: list[Problem]
+) -> dict[str, int]:
     """Index, rejects and the row accounting; appends problems, returns the counts found."""
     samples = {s.key: (shard.name, s) for shard in shards for s in shard.samples}
     _check_index(build_dir, samples, {s.name for s in shards if s.status == "missing"}, problems)
@@ -435,11 +188,18 @@ def _check_build(build_dir: Path, manifest: dict[str, Any], shards: tuple[ShardR
         problems.append(Problem("build", "damaged", "a sample key appears in more than one shard"))
     for what in ("images", "captions", "rejected_rows"):
         if found[what] != counts.get(what):
-            problems.append(Problem(MANIFEST, "accounting", f"counts.{what} is {counts.get(what)}, "
-                                                            f"the build holds {found[what]}"))
+            problems.append(
+                Problem(MANIFEST, "accounting", f"counts.{what} is {counts.get(what)}, the build holds {found[what]}")
+            )
     if found["captions"] + found["rejected_rows"] != found["rows"]:
-        problems.append(Problem("build", "accounting", f"{found['captions']} rows in shards + "
-                                f"{found['rejected_rows']} rejected != counts.rows {found['rows']}"))
+        problems.append(
+            Problem(
+                "build",
+                "accounting",
+                f"{found['captions']} rows in shards + "
+                f"{found['rejected_rows']} rejected != counts.rows {found['rows']}",
+            )
+        )
     _check_row_ids(found["rows"], [r for _, s in samples.values() for r in s.row_ids], rejected, problems)
     return found
 
@@ -471,11 +231,19 @@ def _check_row_ids(rows: int, in_shards: list[int], rejected: list[int], problem
             first.append(at)
             at = seen.find(2, at + 1)
         first += sorted(r for r, n in beyond.items() if n > 1)[: 5 - len(first)]
-        problems.append(Problem("build", "accounting", f"{twice} input rows are counted twice "
-                                                       f"(row ids {', '.join(map(str, first))})"))
+        problems.append(
+            Problem(
+                "build", "accounting", f"{twice} input rows are counted twice (row ids {', '.join(map(str, first))})"
+            )
+        )
     if stray:
-        problems.append(Problem("build", "accounting", f"{len(stray)} row ids are outside 0..rows-1 "
-                                                       f"(e.g. {', '.join(map(str, stray[:5]))})"))
+        problems.append(
+            Problem(
+                "build",
+                "accounting",
+                f"{len(stray)} row ids are outside 0..rows-1 (e.g. {', '.join(map(str, stray[:5]))})",
+            )
+        )
 
 
 def _check_index(
@@ -500,8 +268,13 @@ def _check_index(
         want = (shard, sample.position, sample.captions, sample.width, sample.height)
         have = (row.get("shard"), row.get("position"), row.get("captions"), row.get("width"), row.get("height"))
         if want != have or (sample.sha256 is not None and sample.sha256 != row.get("sha256")):
-            problems.append(Problem(INDEX, "damaged", f"row of {key} says shard, position, captions, size {have}; "
-                                                      f"the shard holds {want}"))
+            problems.append(
+                Problem(
+                    INDEX,
+                    "damaged",
+                    f"row of {key} says shard, position, captions, size {have}; the shard holds {want}",
+                )
+            )
     for key in sorted(set(samples) - keys)[:20]:
         problems.append(Problem(INDEX, "damaged", f"has no row for sample {key} of {samples[key][0]}"))
 
@@ -519,7 +292,7 @@ def _reject_row_ids(build_dir: Path, problems: list[Problem]) -> list[int]:
                 problems.append(Problem(REJECTS, "damaged", f"line {n} is longer than {MAX_TEXT_BYTES} bytes"))
                 break
             try:
-                record = _load_json(line, f"line {n}")
+                record = load_json_capped(line, f"line {n}")
                 if not isinstance(record, dict) or not isinstance(record.get("reason"), str):
                     raise ValueError(f"line {n} has no reason")
                 row_id = record.get("row_id")
