@@ -9,7 +9,8 @@ input row id in exactly one sample or one line of ``rejects.jsonl``.
 Shards are treated as hostile input. Nothing is ever extracted or written; only regular
 file members named ``KEY.EXT`` are read, each after a size check; extended (pax/GNU)
 headers, links, devices and names such as ``../x`` or ``/etc/x`` are reported, never
-followed; JSON members are refused above a size and nesting cap before parsing.
+followed; JSON members are refused above a size and nesting cap before parsing
+(those per-shard checks are :mod:`pipeline.verify_shard`, run in parallel workers).
 """
 
 from __future__ import annotations

@@ -92,6 +92,8 @@ class ShardReport:
 
 @dataclass(frozen=True)
 class ShardCheck:
+    """One shard to check, with the image options of its build (picklable, for workers)."""
+
     path: str
     name: str
     formats: tuple[str, ...]
