@@ -296,3 +296,21 @@ def test_images_folder_that_is_itself_a_symlink_is_the_users_choice(tmp_path: Pa
     os.symlink(real, tmp_path / "images", target_is_directory=True)
     reader = FlickrReader(SourceSpec(path=str(tmp_path / "t.token"), images=tmp_path / "images"))
     assert reader.open_image(str(tmp_path / "images" / "a.jpg"), None) == image_bytes(0)
+
+
+@pytest.mark.timeout(60)
+def test_links_through_links_are_resolved_to_the_end(tmp_path: Path) -> None:
+    images = hostile_folder(tmp_path, fifo_targets=False)
+    os.symlink("store", images / "in")  # inside, to a folder...
+    os.symlink("../../outside/secret.jpg", images / "store" / "out.jpg")  # ...holding a link out
+    os.symlink("store/../../outside/sub", images / "dotted")  # a target that climbs with ..
+    os.symlink("loop", images / "loop")
+    reader = FlickrReader(SourceSpec(path=str(tmp_path / "t.token"), images=images))
+    for name in ("in/out.jpg", "store/out.jpg", "dotted/x.jpg"):
+        with pytest.raises(ImageUnavailable) as err:
+            reader.open_image(str(images / name), None)
+        assert err.value.reason == "path_outside_images", name
+    assert reader.open_image(str(images / "in" / "inside.jpg"), None) == INSIDE
+    with pytest.raises(ImageUnavailable) as err:
+        reader.open_image(str(images / "loop"), None)
+    assert err.value.reason == "unreadable_image"  # ELOOP: a loop is not followed forever either

@@ -12,6 +12,7 @@ its ``stat`` and, should it be swapped in after that, opened non-blocking and re
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 
@@ -48,20 +49,45 @@ def confined_path(image_path: str, root: str | os.PathLike[str] | None, *, follo
     path = os.path.normpath(os.path.join(top, image_path))
     if not _inside(path, top):
         raise ImageUnavailable("path_outside_images", f"image path {image_path} is outside the image folder {top}")
-    real = os.path.realpath(path)
-    if not follow_symlinks:
-        real_top = os.path.realpath(top)
-        if not _inside(real, real_top):
-            raise ImageUnavailable(
-                "path_outside_images",
-                f"image path {image_path} is a symlink to {real}, outside the image folder {real_top} "
-                "(--follow-symlinks allows it)",
-            )
+    real_top = _real_root(top)
+    real = _real_below(real_top, os.path.relpath(path, top))
+    if not follow_symlinks and not _inside(real, real_top):
+        raise ImageUnavailable(
+            "path_outside_images",
+            f"image path {image_path} is a symlink to {real}, outside the image folder {real_top} "
+            "(--follow-symlinks allows it)",
+        )
     return real
 
 
+@functools.lru_cache(maxsize=16)
+def _real_root(top: str) -> str:
+    # Once per root and process, not per image: os.path.realpath lstats every component.
+    return os.path.realpath(top)
+
+
+def _real_below(real_top: str, rel: str) -> str:
+    """``realpath(real_top/rel)``, lstat-ing only the components below the root (``rel`` has no ``..``).
+
+    Up to the first symlink, the real path is the path itself; from there ``os.path.realpath``
+    resolves the rest (also ``..`` inside a link's target)."""
+    parts = [] if rel == os.curdir else rel.split(os.sep)
+    current = real_top
+    for i, part in enumerate(parts):
+        step = os.path.join(current, part)
+        try:
+            mode = os.lstat(step).st_mode
+        except OSError:  # missing (or unreadable): nothing below can be a link; reading it reports why
+            return os.path.join(step, *parts[i + 1 :])
+        if stat.S_ISLNK(mode):
+            return os.path.realpath(os.path.join(step, *parts[i + 1 :]))
+        current = step
+    return current
+
+
 def _inside(path: str, root: str) -> bool:
-    return os.path.commonpath([root, path]) == root
+    """Whether normalised absolute ``path`` is ``root`` or below it (``/a/bc`` is not below ``/a/b``)."""
+    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def read_image_file(path: str) -> bytes:
