@@ -186,7 +186,7 @@ def test_cli_table_relative_paths_are_confined_to_the_table_folder(tmp_path: Pat
 
 def test_cli_follow_symlinks_still_never_opens_a_fifo(tmp_path: Path) -> None:
     hostile_folder(tmp_path)
-    names = GOOD + ["evil2.jpg", "linkdir/x.jpg"]
+    names = [*GOOD, "evil2.jpg", "linkdir/x.jpg"]
     token_file(tmp_path / "captions.token", names)
     proc = capshard(
         "build", "captions.token", "--format", "flickr", "--images", "images", "--out", "out",

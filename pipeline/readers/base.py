@@ -156,4 +156,3 @@ def _hash_file(h: Any, path: Path) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-
