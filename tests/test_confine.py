@@ -137,7 +137,7 @@ def test_cli_rejects_symlinks_out_of_images_without_opening_them(tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     check_build(tmp_path, "out", NAMES, HOSTILE, images)
     details = {str(r["detail"]) for r in rejects_of(tmp_path / "out")}
-    assert any("symlink to" in d and "--follow-symlinks" in d for d in details), details
+    assert any("through a symlink to" in d and "--follow-symlinks" in d for d in details), details
     assert any("is a FIFO, not a regular file" in d for d in details), details
     assert any("is a directory, not a regular file" in d for d in details), details
     # Nothing read them: each FIFO would have blocked its reader; none was ever given a writer.

@@ -54,8 +54,8 @@ def confined_path(image_path: str, root: str | os.PathLike[str] | None, *, follo
     if not follow_symlinks and not _inside(real, real_top):
         raise ImageUnavailable(
             "path_outside_images",
-            f"image path {image_path} is a symlink to {real}, outside the image folder {real_top} "
-            "(--follow-symlinks allows it)",
+            f"image path {image_path} leads through a symlink to {real}, outside the image folder "
+            f"{real_top} (--follow-symlinks allows it)",
         )
     return real
 
