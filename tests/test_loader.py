@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -224,3 +226,25 @@ def test_spawned_workers_follow_set_epoch(five: Path) -> None:
         reference.set_epoch(epoch)
         spawned.set_epoch(epoch)
         assert signature(spawned) == signature(reference)
+
+
+def test_an_epoch_without_a_batch_is_refused_unless_allowed(five: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        make_loader(five, split="train", batch_size=64)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("split 'train': 60 images over 1 rank(s) give no batch of 64 per epoch; "
+                       "use batch_size <= 60, or pass allow_empty=True")
+    with pytest.raises(UsageError, match=r"60 images over 2 rank\(s\) give no batch of 31 .*batch_size <= 30"):
+        make_loader(five, split="train", batch_size=31, rank=1, world_size=2)
+    empty = make_loader(five, split="train", batch_size=64, allow_empty=True, num_workers=0)
+    assert len(empty) == 0 and list(empty) == []
+    assert len(make_loader(five, split="train", batch_size=64, drop_last=False, num_workers=0)) == 1
+
+
+def test_num_workers_defaults_to_the_cpus_without_torch_warning(five: Path) -> None:
+    loader = make_loader(five, split="train", batch_size=6, image_size=8)
+    assert loader.dataloader.num_workers == min(len(os.sched_getaffinity(0)), 8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*suggested max number of worker")
+        assert sum(len(b["image_id"]) for b in loader) == FIVE_IMAGES
