@@ -24,7 +24,7 @@ def readme_snippet() -> str:
     return match.group(1)
 
 
-def test_the_readme_loader_snippet_yields_batches_on_the_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_readme_loader_snippet_runs_on_the_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     built = subprocess.run([sys.executable, "-m", "pipeline", "build"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)
@@ -34,7 +34,7 @@ def test_the_readme_loader_snippet_yields_batches_on_the_sample(tmp_path: Path, 
     namespace: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*suggested max number of worker")
-        exec(compile(readme_snippet(), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(readme_snippet(), "README.md", "exec"), namespace)  # the README's own code
     loader, batch, mask = namespace["loader"], namespace["batch"], namespace["mask"]
     assert len(loader) == 3  # 240 training images in batches of 64
     assert mask.shape == (64, 5 * 64) and mask.sum() == 5 * 64
