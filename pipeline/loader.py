@@ -299,8 +299,9 @@ def make_loader(
             ``callable(exception) -> bool``.
         on_bad_shard: what a missing, wrong-size or replaced shard does: ``"raise"``
             (default) or ``"skip"`` (counted); see the module doc.
-        verify: ``"sha256"`` (each process scans a shard on first open: whole-shard and
-            per-image sha256), ``"size"`` (sizes, and each image's sha256 as it is read),
+        verify: ``"sha256"`` (each process hashes a shard on first open, and its images
+            only when that does not match), ``"size"`` (sizes, and each image's sha256 as
+            it is read),
             ``"none"``.
         max_member_bytes, max_image_pixels: caps applied before reading or decoding; the
             pixel cap defaults to the build's ``--max-pixels`` (from the manifest), else 100 MP.

@@ -4,14 +4,16 @@ sample's image the one its metadata records?
 Two levels, one rule: no sample whose bytes fail their checksum is ever yielded.
 
 * **Shard** (``verify="sha256"`` and a manifest that records the shard): before any sample
-  of a shard is read, :func:`scan` reads it once, in one pass, computing the whole-shard
-  sha256 and, for every image member, its own sha256 compared with the ``sha256`` its
-  ``KEY.json`` records. The result is kept per process for the file's (path, size, mtime),
-  so later epochs hash nothing. :func:`judge` decides: a matching shard is good; a shard
-  whose difference is explained by images that fail their own sha256 (the shard still
-  parses and holds the manifest's number of samples) loses exactly those samples
-  (``sample_checksum``); any other difference (a replaced shard, damaged metadata or tar
-  headers) is a bad shard (``shard_checksum``). Missing (``shard_missing``) and
+  of a shard is read, :func:`scan` hashes it whole. A match vouches for every image in it
+  (the build checked each against its recorded sha256 when it wrote it), so nothing is
+  hashed twice. A mismatch makes :func:`scan` parse the shard once more, hashing each
+  image member and comparing it with the ``sha256`` its ``KEY.json`` records. The result
+  is kept per process for the file's (path, size, mtime), so later epochs hash nothing.
+  :func:`judge` decides: a matching shard is good; a shard whose difference is explained
+  by images that fail their own sha256 (the shard still parses and holds the manifest's
+  number of samples) loses exactly those samples (``sample_checksum``); any other
+  difference (a replaced shard, damaged metadata or tar headers) is a bad shard
+  (``shard_checksum``). Missing (``shard_missing``) and
   wrong-size (``shard_size``) shards are found when the shard is opened, before anything
   is read.
 * **Sample** (no whole-shard check: ``verify="size"``, or shards no manifest describes):
@@ -55,6 +57,7 @@ class ShardCheck:
 
     sha256: str
     samples: int
+    """Samples in the shard (-1: not counted, the sha256 matched)."""
     bad_keys: frozenset[str]
     """Samples whose image bytes differ from the sha256 their JSON records."""
     parsed: bool
@@ -90,7 +93,21 @@ def recorded_sha256(json_bytes: bytes | None) -> str | None:
     return digest if isinstance(digest, str) and digest else None
 
 
-def scan(f: IO[bytes]) -> ShardCheck:
+def scan(f: IO[bytes], expected: str) -> ShardCheck:
+    """What the shard in ``f`` holds, compared with the manifest's sha256 ``expected``.
+
+    The common case costs one hash of the file (C speed). Only a shard whose sha256 is not
+    ``expected`` is parsed, in one more pass, for the samples whose image fails its
+    recorded sha256 (a build checks each image against its recorded sha256 as it writes
+    it, so a matching shard has none)."""
+    digest = hashlib.file_digest(f, "sha256").hexdigest()  # type: ignore[arg-type]
+    if digest == expected:
+        return ShardCheck(digest, -1, frozenset(), True)
+    f.seek(0)
+    return _parse(f)
+
+
+def _parse(f: IO[bytes]) -> ShardCheck:
     """One sequential pass over the shard in ``f``: whole sha256, samples, and the keys
     whose image fails its recorded sha256."""
     reader = _HashingReader(f)

@@ -15,8 +15,8 @@ when a manifest describes it, its size and sha256.
 
 :class:`ShardOpener` opens a shard for reading: a missing shard or one whose size is not
 the manifest's raises :class:`~pipeline.loader_integrity.BadShardError` before anything is
-read, and with ``verify="sha256"`` a shard is scanned first (whole-shard and per-image
-sha256, in one pass; see :mod:`pipeline.loader_integrity`). A process scans a shard the
+read, and with ``verify="sha256"`` a shard is hashed first (and, only when that does not
+match, its images one by one; see :mod:`pipeline.loader_integrity`). A process scans a shard the
 first time it opens it and remembers the result for the file's size and mtime, so later
 epochs do not hash again.
 """
@@ -339,7 +339,7 @@ class ShardOpener:
                 return f, None
             check = self._checks.get(stamp) if stamp is not None else None
             if check is None:
-                check = scan(f)
+                check = scan(f, shard.sha256)
                 if stamp is not None:
                     self._checks[stamp] = check
             bad = judge(shard.name, shard.url, shard.sha256, shard.images, check)
