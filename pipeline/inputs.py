@@ -69,7 +69,7 @@ def absolute_path(shown: str, root: str) -> str:
 
 def referenced_paths(rows: pa.Table) -> list[str]:
     """The distinct image paths of the caption rows."""
-    return pc.unique(rows["image_path"].drop_null()).to_pylist()  # type: ignore[no-any-return]
+    return pc.unique(rows["image_path"].drop_null()).to_pylist()
 
 
 def scan(paths: list[str], root: str, *, content: bool = False) -> pa.Table:
