@@ -58,8 +58,11 @@ def shown_path(path: str, root: str) -> str:
     """``path`` relative to ``root`` (POSIX separators) when inside it; URLs and outside paths as given."""
     if "://" in path:
         return path
-    rel = os.path.relpath(path, root)
-    return path if rel.startswith("..") else Path(rel).as_posix()
+    prefix = root.rstrip(os.sep) + os.sep
+    if path.startswith(prefix):  # the readers give normalised absolute paths: no relpath needed
+        rel = path[len(prefix) :]
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
+    return path
 
 
 def absolute_path(shown: str, root: str) -> str:
