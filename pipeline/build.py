@@ -1,9 +1,9 @@
 """``build``: run read → probe → resolve → plan → write → finalize into one folder.
 
 The folder is the unit of a build. While a build runs, ``OUT/.capshard/`` holds its
-identity (:mod:`pipeline.identity`: annotation fingerprint, the digests of every image's
-path, size and mtime, format, reading and output options), the inputs listing, the plan and the ``done`` record
-of each written shard; the manifest, written last, is the commit marker, after which
+identity (:mod:`pipeline.identity`: annotation fingerprint, digests of every image's path,
+size and mtime, format, reading and output options), the inputs listing, the plan and the
+``done`` record of each written shard; the manifest, written last, is the commit marker, after which
 ``.capshard/`` is removed. Re-running the same command resumes: finished shards whose
 bytes match their record are kept, the rest are written again, and the result is
 byte-identical to an uninterrupted run. Running it over a finished build of the same
@@ -146,24 +146,25 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool) -> dict[str, A
     manifest = read_manifest(out) if out.is_dir() else None
     state_file = out / STATE / "state.json"
     if manifest is not None:
-        diffs = differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
-        if not diffs and not overwrite:
-            return manifest
         if not overwrite:
+            diffs = differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
+            if not diffs:
+                return manifest
             raise OutputError(
                 f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
                 "choose another --out or pass --overwrite to replace it"
             )
         _clean(out)
     elif state_file.is_file():
-        with open(state_file, encoding="utf-8") as f:
-            diffs = differs(json.load(f), read_listing(out / STATE / INPUTS))
-        if diffs and not overwrite:
-            raise OutputError(
-                f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
-                "pass --overwrite to start over from the current input, or restore that input to finish it"
-            )
-        if diffs or overwrite:
+        if not overwrite:
+            with open(state_file, encoding="utf-8") as f:
+                diffs = differs(json.load(f), read_listing(out / STATE / INPUTS))
+            if diffs:
+                raise OutputError(
+                    f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
+                    "pass --overwrite to start over from the current input, or restore that input to finish it"
+                )
+        else:
             _clean(out)
     elif out.is_dir() and not overwrite and any(not _leftover(p) for p in out.iterdir()):
         raise OutputError(f"{out} is not empty and holds no capshard build; choose an empty or new --out")
