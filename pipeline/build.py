@@ -33,7 +33,7 @@ from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
-from .identity import identity_of_manifest, input_check, make_identity
+from .identity import default_version, identity_of_manifest, input_check, make_identity
 from .inputs import (
     INPUTS,
     absolute_path,
@@ -120,7 +120,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         write_rejects(out, rejects)
         write_listing(out / INPUTS, listing)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
-    version = config.version or identity["fingerprint"].split(":")[-1][:12]
+    version = config.version or default_version(identity)
     manifest = manifest_dict(
         identity=identity,
         name=name,

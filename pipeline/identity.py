@@ -9,6 +9,7 @@ field, what changed (``seed: 0 -> 1``; ``source: 1 image changed: imgs/a.jpg``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,13 @@ def make_identity(
         "reading": reading,
         "options": options,
     }
+
+
+def default_version(identity: dict[str, Any]) -> str:
+    """The dataset version when none is given: 12 hex digits over the annotations and the image bytes."""
+    inputs = identity.get("inputs") or {}
+    text = f"{identity['fingerprint']}\n{inputs.get('content') or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ SAMPLE_OUT = Path("shards") / "sample"
 @click.option("--overwrite", is_flag=True, help="Replace a different build found in --out.")
 @check_inputs_option
 @click.option("--name", help="Dataset name for the manifest. Default: the source's name.")
-@click.option("--dataset-version", help="Dataset version for the manifest. Default: from the source fingerprint.")
+@click.option("--dataset-version", help="Dataset version for the manifest. Default: a hash of the input bytes.")
 @click.option(
     "--sample-images",
     type=click.IntRange(min=3, max=SAMPLE_MAX_IMAGES),
