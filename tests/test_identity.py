@@ -7,7 +7,7 @@ from pathlib import Path
 
 from synth import image_bytes, write_images
 
-from pipeline.identity import differences, input_check, make_identity
+from pipeline.identity import default_version, differences, input_check, make_identity
 from pipeline.inputs import InputChanges, compare, hash_all, scan, shown_path, summary
 
 
@@ -130,3 +130,11 @@ def test_object_store_urls_are_listed_by_fsspec_info() -> None:
         "memory://capshard-test/a.jpg",
     )
     fs.rm("/capshard-test", recursive=True)
+
+
+def test_default_version_follows_annotations_and_image_bytes() -> None:
+    v = default_version(identity())
+    assert len(v) == 12 and v == default_version(identity())
+    assert v != default_version(identity(inputs={"images": 3, "stat": "sha256:s", "content": "sha256:other"}))
+    assert v != default_version(identity(fingerprint="sha256:bb"))
+    assert v == default_version(identity(inputs={"images": 3, "stat": "sha256:touched", "content": "sha256:c"}))
