@@ -1,12 +1,14 @@
 """``build``: run read → probe → resolve → plan → write → finalize into one folder.
 
 The folder is the unit of a build. While a build runs, ``OUT/.capshard/`` holds its
-identity (source fingerprint, format, output options), the plan and the ``done`` record
-of each written shard; the manifest, written last, is the commit marker, after which
+identity (:mod:`pipeline.identity`: annotation fingerprint, digests of every image's path,
+size and mtime, format, reading and output options), the inputs listing, the plan and the
+``done`` record of each written shard; the manifest, written last, is the commit marker, after which
 ``.capshard/`` is removed. Re-running the same command resumes: finished shards whose
 bytes match their record are kept, the rest are written again, and the result is
 byte-identical to an uninterrupted run. Running it over a finished build of the same
-input and options is a no-op; of anything else, an error unless ``overwrite``.
+input and options is a no-op; of anything else, an error that says what differs, unless
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
+from .identity import default_version, identity_of_manifest, input_check, make_identity
+from .inputs import (
+    INPUTS,
+    absolute_path,
+    image_root,
+    read_listing,
+    referenced_paths,
+    scan,
+    summary,
+    with_hashes,
+    write_listing,
+)
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
@@ -43,6 +57,8 @@ log = logging.getLogger(__name__)
 STATE = ".capshard"
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+#: ``differs(old_identity, old_listing)``: what differs from an earlier build (see ``identity.input_check``).
+InputCheck = Callable[[dict[str, Any], "pa.Table | None"], list[str]]
 
 
 @contextlib.contextmanager
@@ -68,15 +84,19 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     reader = get_reader(fmt)(spec)
     if config.format == "auto":
         log.info("format auto: reading %s as %s", spec.path or "the in-memory dataset", fmt)
-    identity: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "format": fmt,
-        "fingerprint": reader.fingerprint(),
-        "reading": spec.reading_options(),
-        "options": config.output_options(),
-    }
+    rows = _read(reader)
+    root = image_root(spec.images, spec.path)
+    listing = scan(referenced_paths(rows), root)
+    identity = make_identity(
+        format_version=FORMAT_VERSION,
+        fmt=fmt,
+        fingerprint=reader.fingerprint(),
+        inputs=summary(listing),
+        reading=spec.reading_options(),
+        options=config.output_options(),
+    )
     out = config.out
-    existing = _prepare_out(out, identity, config.overwrite)
+    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
 
@@ -85,17 +105,22 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
         if resumed:
             planned, rejects, report, n_rows = _load_plan(state)
+            known = _known_hashes(read_listing(state / INPUTS), root)
             log.info("resuming the unfinished build in %s", out)
         else:
-            planned, rejects, report, n_rows = _plan(reader, config, executor, progress)
+            planned, rejects, report, n_rows, known = _plan(rows, reader, config, executor, progress)
+        listing = with_hashes(listing, known, root)
+        identity["inputs"] = summary(listing)
+        if not resumed:
             with _output_errors(out):
-                _save_plan(state, identity, planned, rejects, report, n_rows)
+                _save_plan(state, identity, listing, planned, rejects, report, n_rows)
         results, reused = _write_shards(out, fmt, planned, config, executor, progress)
     with _output_errors(out):
         write_index(out, planned, results)
         write_rejects(out, rejects)
+        write_listing(out / INPUTS, listing)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
-    version = config.version or identity["fingerprint"].split(":")[-1][:12]
+    version = config.version or default_version(identity)
     manifest = manifest_dict(
         identity=identity,
         name=name,
@@ -114,29 +139,32 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
 
-def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """Check what ``out`` holds: same finished build → its manifest; else make room or refuse."""
+def _prepare_out(out: Path, differs: InputCheck, overwrite: bool) -> dict[str, Any] | None:
+    """Check what ``out`` holds: same finished build → its manifest; else make room or refuse.
+
+    ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
     manifest = read_manifest(out) if out.is_dir() else None
     state_file = out / STATE / "state.json"
     if manifest is not None:
-        same = _identity_of_manifest(manifest) == identity
-        if same and not overwrite:
-            return manifest
         if not overwrite:
+            diffs = differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
+            if not diffs:
+                return manifest
             raise OutputError(
-                f"{out} holds a finished build of different input or options; "
+                f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
                 "choose another --out or pass --overwrite to replace it"
             )
         _clean(out)
     elif state_file.is_file():
-        with open(state_file, encoding="utf-8") as f:
-            same = json.load(f) == identity
-        if not same and not overwrite:
-            raise OutputError(
-                f"{out} holds an unfinished build of different input or options; "
-                "re-run that build to finish it, or pass --overwrite to start over"
-            )
-        if not same or overwrite:
+        if not overwrite:
+            with open(state_file, encoding="utf-8") as f:
+                diffs = differs(json.load(f), read_listing(out / STATE / INPUTS))
+            if diffs:
+                raise OutputError(
+                    f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
+                    "pass --overwrite to start over from the current input, or restore that input to finish it"
+                )
+        else:
             _clean(out)
     elif out.is_dir() and not overwrite and any(not _leftover(p) for p in out.iterdir()):
         raise OutputError(f"{out} is not empty and holds no capshard build; choose an empty or new --out")
@@ -167,32 +195,37 @@ def _output_errors(out: Path) -> Iterator[None]:
         raise OutputError(f"cannot write to {out}: {e.strerror}") from None
 
 
-def _identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format_version": manifest.get("format"),
-        "format": manifest.get("source", {}).get("format"),
-        "fingerprint": manifest.get("source", {}).get("fingerprint"),
-        "reading": manifest.get("source", {}).get("reading"),
-        "options": manifest.get("options"),
-    }
-
-
 def _clean(out: Path) -> None:
     """Remove what a build wrote (and only that) from ``out``."""
     shutil.rmtree(out / STATE, ignore_errors=True)
-    for name in (MANIFEST, INDEX, REJECTS):
+    for name in (MANIFEST, INDEX, REJECTS, INPUTS):
         (out / name).unlink(missing_ok=True)
     for shard in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         shard.unlink()
 
 
-def _plan(
-    reader: Reader, config: BuildConfig, executor: Executor, progress: Progress
-) -> tuple[pa.Table, pa.Table, dict[str, Any], int]:
-    """read → probe → resolve → plan, with the reject budget checked before writing."""
-    batches = list(reader.read())
-    rows = pa.Table.from_batches(batches, schema=CAPTION_ROWS)
+def _read(reader: Reader) -> pa.Table:
+    rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
     log.info("read %d caption rows", rows.num_rows)
+    return rows
+
+
+def _known_hashes(listing: pa.Table | None, root: str) -> dict[str, str]:
+    """Absolute path → sha256 from a saved listing."""
+    if listing is None:
+        return {}
+    return {
+        absolute_path(p, root): h
+        for p, h in zip(listing["path"].to_pylist(), listing["sha256"].to_pylist(), strict=True)
+        if h is not None
+    }
+
+
+def _plan(
+    rows: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress
+) -> tuple[pa.Table, pa.Table, dict[str, Any], int, dict[str, str]]:
+    """probe → resolve → plan, with the reject budget checked before writing; also the
+    sha256 the probe found for each image path."""
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
@@ -217,13 +250,22 @@ def _plan(
             f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {config.out / REJECTS}.{hint}"
         )
     planned = plan_shards(resolution.images, config)
-    return planned, rejects, resolution.report, n_rows
+    hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
+    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
+    return planned, rejects, resolution.report, n_rows, known
 
 
 def _save_plan(
-    state: Path, identity: dict[str, Any], planned: pa.Table, rejects: pa.Table, report: dict[str, Any], n_rows: int
+    state: Path,
+    identity: dict[str, Any],
+    listing: pa.Table,
+    planned: pa.Table,
+    rejects: pa.Table,
+    report: dict[str, Any],
+    n_rows: int,
 ) -> None:
     state.mkdir(parents=True, exist_ok=True)
+    write_listing(state / INPUTS, listing)
     pq.write_table(planned, state / "plan.parquet")
     pq.write_table(rejects, state / "rejects.parquet")
     write_json_atomic(state / "resolution.json", {"report": report, "rows": n_rows})

@@ -17,6 +17,8 @@ from .executors import EXECUTORS
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 
 ID_STRATEGIES = ("auto", "content", "filename")
+#: How a re-run compares the images with the build's listing (``pipeline.inputs``).
+INPUT_CHECKS = ("stat", "content")
 LEAK_POLICIES = ("fail", "reject")
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 DEFAULT_MAX_CAPTION_CHARS = 2000
@@ -41,6 +43,7 @@ class BuildConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     executor: str = "process"
     overwrite: bool = False
+    check_inputs: str = "stat"
     name: str | None = None
     version: str | None = None
 
@@ -52,6 +55,8 @@ class BuildConfig:
             )
         if self.on_leak not in LEAK_POLICIES:
             raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
+        if self.check_inputs not in INPUT_CHECKS:
+            raise UsageError(f"--check-inputs must be one of {', '.join(INPUT_CHECKS)}, not {self.check_inputs!r}")
         if self.executor not in EXECUTORS:
             raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
         for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):

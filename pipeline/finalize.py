@@ -118,6 +118,7 @@ def manifest_dict(
             "format": identity["format"],
             "fingerprint": identity["fingerprint"],
             "reading": identity["reading"],
+            "inputs": identity["inputs"],
         },
         "options": identity["options"],
         "counts": {

@@ -13,9 +13,10 @@ from ..build import build as run_build
 from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, LEAK_POLICIES, BuildConfig
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
-from ..readers import READERS, SourceSpec, detect
+from ..readers import SourceSpec, detect
 from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
-from .options import ByteSize, SplitFile, json_option, progress_bar
+from .options import ByteSize, json_option, progress_bar
+from .source import check_inputs_option, source_options, source_spec
 
 SAMPLE_OUT = Path("shards") / "sample"
 
@@ -27,36 +28,7 @@ SAMPLE_OUT = Path("shards") / "sample"
     type=click.Path(file_okay=False, path_type=Path),
     help="Output folder. Default: shards/sample for the sample, shards/NAME for a source.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", *sorted(READERS)]),
-    default="auto",
-    help="Source format; auto detects it and says which.",
-)
-@click.option(
-    "--images",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of the image files named by the annotations (flickr, coco, karpathy, table).",
-)
-@click.option(
-    "--follow-symlinks",
-    is_flag=True,
-    help="Read image symlinks (files or folders) whose target lies outside the image folder; "
-    "without it they are rejected as path_outside_images.",
-)
-@click.option(
-    "--split-file",
-    "split_files",
-    type=SplitFile(),
-    multiple=True,
-    help="SPLIT=FILE list of the images of a split (repeatable), e.g. train=Flickr_8k.trainImages.txt.",
-)
-@click.option("--image-column", help="Column holding the image path or bytes (table, hf).")
-@click.option("--caption-column", help="Column holding the caption or list of captions (table, hf).")
-@click.option("--id-column", help="Column holding the source's image id (table, hf).")
-@click.option("--split-column", help="Column holding the split (table, hf).")
-@click.option("--restval-as", default="train", help="Split that Karpathy's 'restval' images join.")
+@source_options
 @click.option(
     "--id",
     "id_strategy",
@@ -100,8 +72,9 @@ SAMPLE_OUT = Path("shards") / "sample"
     help="Where shard tasks run: a local process pool, or a Ray cluster.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a different build found in --out.")
+@check_inputs_option
 @click.option("--name", help="Dataset name for the manifest. Default: the source's name.")
-@click.option("--dataset-version", help="Dataset version for the manifest. Default: from the source fingerprint.")
+@click.option("--dataset-version", help="Dataset version for the manifest. Default: a hash of the input bytes.")
 @click.option(
     "--sample-images",
     type=click.IntRange(min=3, max=SAMPLE_MAX_IMAGES),
@@ -133,6 +106,7 @@ def build(
     workers: int,
     executor: str,
     overwrite: bool,
+    check_inputs: str,
     name: str | None,
     dataset_version: str | None,
     sample_images: int,
@@ -151,11 +125,11 @@ def build(
     if source is None:
         from ..sample import sample_dataset
 
-        spec = SourceSpec(dataset=sample_dataset(sample_images), name="capshard-sample")
+        spec = SourceSpec(dataset=sample_dataset(sample_images), name="capshard-sample", sample_images=sample_images)
         out = out or SAMPLE_OUT
     else:
-        spec = SourceSpec(
-            path=source,
+        spec = source_spec(
+            source,
             images=images,
             follow_symlinks=follow_symlinks,
             split_files=split_files,
@@ -163,7 +137,7 @@ def build(
             caption_column=caption_column,
             id_column=id_column,
             split_column=split_column,
-            restval=restval_as,
+            restval_as=restval_as,
         )
         out = out or Path("shards") / Path(source.rstrip("/")).stem
     if fmt == "auto":
@@ -184,6 +158,7 @@ def build(
         workers=workers,
         executor=executor,
         overwrite=overwrite,
+        check_inputs=check_inputs,
         name=name,
         version=dataset_version,
     )

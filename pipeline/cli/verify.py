@@ -1,4 +1,7 @@
-"""``capshard verify DIR``: prove a build intact; exit 1 naming every damaged, missing or extra shard."""
+"""``capshard verify DIR``: prove a build intact; exit 1 naming every damaged, missing or extra shard.
+
+With ``--inputs SOURCE``: say which source images no longer match the build instead.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,16 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import IntegrityError
 from ..verify import VerifyReport
 from ..verify import verify as run_verify
+from ..verify_inputs import InputsReport, verify_inputs
 from .options import json_option
+from .source import check_inputs_option, source_options, source_spec
 
 #: Problems printed per shard or file; ``--json`` has every one.
 LINES_PER_PLACE = 10
@@ -22,14 +28,38 @@ LINES_PER_PLACE = 10
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--decode", is_flag=True, help="Decode every image fully, not only its header.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
+@click.option(
+    "--inputs",
+    "source",
+    metavar="SOURCE",
+    help="Instead: compare SOURCE's images now (read with the options below, as for build) with the build's.",
+)
+@source_options
+@check_inputs_option
 @json_option
-def verify(build_dir: Path, decode: bool, workers: int, as_json: bool) -> None:
+def verify(
+    build_dir: Path,
+    decode: bool,
+    workers: int,
+    source: str | None,
+    fmt: str,
+    check_inputs: str,
+    as_json: bool,
+    **reading: Any,
+) -> None:
     """Check the build in BUILD_DIR: every shard's sha256 against the manifest, every sample
     re-read (members, JSON, image header, captions as in the index), and every input row
     in a shard or in rejects.jsonl.
 
     Prints one line per problem, naming the shard or file, and exits 1 when there is any.
+
+    With --inputs SOURCE, checks instead that the source's images are still those the
+    build was made from: prints each image changed, missing, added or no longer named
+    (and changed annotations), and exits 1 when any differ.
     """
+    if source is not None:
+        _verify_inputs(verify_inputs(build_dir, source_spec(source, **reading), fmt, check_inputs), as_json)
+        return
     report = run_verify(build_dir, decode=decode, workers=workers)
     if as_json:
         click.echo(json.dumps(report.to_json()))
@@ -59,3 +89,21 @@ def summary_line(report: VerifyReport) -> str:
         f"verified {report.build_dir}: {len(report.shards)} shards intact, {c['images']} images, "
         f"{c['captions']} captions + {c['rejected_rows']} rejected rows = {c['rows']} rows"
     )
+
+
+def _verify_inputs(report: InputsReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for line in report.source:
+            click.echo(line)
+        for kind, paths in report.changes.kinds().items():
+            for path in paths[:LINES_PER_PLACE]:
+                click.echo(f"{kind}: {path}")
+            if len(paths) > LINES_PER_PLACE:
+                click.echo(f"{kind}: … and {len(paths) - LINES_PER_PLACE} more (--json lists them all)")
+        if report.ok:
+            click.echo(f"inputs unchanged: {report.build_dir}: {report.images} images as built")
+    if not report.ok:
+        what = [*report.source, *([report.changes.describe()] if report.changes else [])]
+        raise IntegrityError(f"{report.build_dir}: the source differs from the build: {'; '.join(what)}")

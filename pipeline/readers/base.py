@@ -41,10 +41,14 @@ class SourceSpec:
     dataset: Any = field(default=None, compare=False, repr=False)
     name: str | None = None
     follow_symlinks: bool = False
+    #: Images of the embedded sample dataset (``capshard build`` without SOURCE), else None.
+    sample_images: int | None = None
 
     def reading_options(self) -> dict[str, Any]:
         """The options that change what is read from the source (part of a build's identity)."""
+        options: dict[str, Any] = {"sample_images": self.sample_images} if self.sample_images is not None else {}
         return {
+            **options,
             "image_column": self.image_column,
             "caption_column": self.caption_column,
             "id_column": self.id_column,
@@ -120,22 +124,15 @@ class Reader:
         return [Path(self.spec.path)] if self.spec.path else []
 
     def fingerprint(self) -> str:
-        """``sha256:…`` over the annotation bytes and the image folder's names and sizes.
+        """``sha256:…`` over the annotation (and split list) bytes.
 
-        Cheap enough to run on every build: image bytes are not read here (the probe
-        stage hashes them), so an image rewritten in place with the same size is not
-        noticed by the no-op check; ``--overwrite`` forces a rebuild.
+        The image files the annotations name are not part of it: ``pipeline.inputs`` lists
+        each one's path, size and mtime, so a re-run can say which image changed.
         """
         h = hashlib.sha256()
         for f in sorted(self.annotation_files()):
             h.update(b"F" + str(f.name).encode() + b"\0")
             _hash_path(h, f)
-        if self.spec.images is not None and self.spec.images.is_dir():
-            h.update(b"I")
-            for p in sorted(self.spec.images.rglob("*")):
-                if p.is_file():
-                    rel = p.relative_to(self.spec.images).as_posix()
-                    h.update(f"{rel}\0{p.stat().st_size}\n".encode())
         for split, f in self.spec.split_files:
             h.update(b"S" + split.encode() + b"\0")
             _hash_path(h, f)

@@ -1,0 +1,251 @@
+"""The inputs listing: what every image a source names is on disk, and what changed since.
+
+One row per distinct image path of the source's caption rows: the path as shown to
+users (relative to the source's image root when inside it), its size and modification
+time in ns (local files) or size and ETag/version (fsspec URLs, best effort), and the
+sha256 of its bytes once the probe stage has read them. A build writes the listing as
+``inputs.parquet`` beside the index and keeps only its digests in the manifest, so the
+manifest stays small for millions of images while a re-run or ``verify --inputs`` can
+still say *which* images changed. Rows whose image is embedded in the annotation files
+(``image_index``) are covered by the annotation fingerprint, not listed here.
+
+``stat`` checks compare (path, size, mtime_ns, etag); ``content`` checks re-hash the
+bytes and compare (path, size, sha256), for file systems whose mtimes cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import IntegrityError
+from .readers.confine import ImageUnavailable, confined_path, read_image_file
+from .write import write_bytes_atomic
+
+INPUTS = "inputs.parquet"
+CHECKS = ("stat", "content")
+
+INPUTS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("size", pa.int64()),  # null: the file did not exist
+        ("mtime_ns", pa.int64()),
+        ("etag", pa.string()),
+        ("sha256", pa.string()),  # null: not read (yet), or unreadable
+    ]
+)
+
+#: Columns a check compares, besides the path.
+CHECK_COLUMNS = {"stat": ("size", "mtime_ns", "etag"), "content": ("size", "sha256")}
+
+
+def image_root(images: Path | None, source: str | None) -> str:
+    """The folder image paths are shown relative to: ``--images``, else the source's folder."""
+    if images is not None:
+        return os.path.abspath(images)
+    if source is not None and os.path.exists(source):
+        return os.path.abspath(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+    return os.path.abspath(".")
+
+
+def shown_path(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (POSIX separators) when inside it; URLs and outside paths as given."""
+    if "://" in path:
+        return path
+    prefix = root.rstrip(os.sep) + os.sep
+    if path.startswith(prefix):  # the readers give normalised absolute paths: no relpath needed
+        rel = path[len(prefix) :]
+        return rel if os.sep == "/" else rel.replace(os.sep, "/")
+    return path
+
+
+def absolute_path(shown: str, root: str) -> str:
+    """The path ``shown_path`` was made from."""
+    return shown if "://" in shown or os.path.isabs(shown) else os.path.join(root, shown)
+
+
+def referenced_paths(rows: pa.Table) -> list[str]:
+    """The distinct image paths of the caption rows."""
+    return pc.unique(rows["image_path"].drop_null()).to_pylist()
+
+
+def scan(paths: list[str], root: str, *, content: bool = False) -> pa.Table:
+    """The listing of ``paths`` (absolute or URLs) as they are now, sorted by shown path."""
+    rows = sorted(((shown_path(p, root), p) for p in paths), key=lambda r: r[0])
+    out: dict[str, list[Any]] = {name: [] for name in INPUTS_SCHEMA.names}
+    for shown, path in rows:
+        size, mtime, etag = _url_stat(path) if "://" in path else _file_stat(path)
+        out["path"].append(shown)
+        out["size"].append(size)
+        out["mtime_ns"].append(mtime)
+        out["etag"].append(etag)
+        out["sha256"].append(content_sha256(path, root or None) if content and size is not None else None)
+    return pa.table(out, schema=INPUTS_SCHEMA)
+
+
+def _file_stat(path: str) -> tuple[int | None, int | None, str | None]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None, None
+    return st.st_size, st.st_mtime_ns, None
+
+
+def _url_stat(url: str) -> tuple[int | None, int | None, str | None]:
+    """Size and ETag/version of an object-store URL from ``fsspec`` ``info()``, where it gives them."""
+    try:
+        import fsspec
+
+        fs, _, (path,) = fsspec.get_fs_token_paths(url)
+        info = fs.info(path)
+    except (ImportError, OSError, ValueError):
+        return None, None, None
+    tag = next(
+        (str(info[k]) for k in ("ETag", "etag", "VersionId", "version_id", "generation", "md5Hash") if info.get(k)),
+        None,
+    )
+    size = info.get("size")
+    return (int(size) if size is not None else None), None, tag
+
+
+def content_sha256(path: str, root: str | None = None) -> str | None:
+    """The hex sha256 of a file's bytes, or None when it cannot be read.
+
+    A local file is read only where the confinement rule allows (its real path inside
+    ``root``, a regular file, opened without blocking): a symlink out of the image folder or
+    a FIFO is never opened, here as in the probe."""
+    h = hashlib.sha256()
+    try:
+        if "://" in path:
+            import fsspec
+
+            with fsspec.open(path, "rb").open() as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        else:
+            h.update(read_image_file(confined_path(path, root)))
+    except (ImportError, OSError, ValueError, ImageUnavailable):
+        return None
+    return h.hexdigest()
+
+
+def with_hashes(listing: pa.Table, known: dict[str, str], root: str) -> pa.Table:
+    """``listing`` with every existing file's sha256: from ``known`` (absolute path → the probe's
+    sha256), else read here (images the probe rejected are few)."""
+    shas = []
+    for shown, size, sha in zip(
+        listing["path"].to_pylist(), listing["size"].to_pylist(), listing["sha256"].to_pylist(), strict=True
+    ):
+        path = absolute_path(shown, root)
+        if sha is None and size is not None:
+            sha = known.get(path) or content_sha256(path, root or None)
+        shas.append(sha)
+    return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", pa.array(shas, pa.string()))
+
+
+def hash_all(listing: pa.Table, root: str) -> pa.Table:
+    """``listing`` with the sha256 of every file read now, for ``--check-inputs content``."""
+    cleared = listing.set_column(
+        listing.schema.get_field_index("sha256"), "sha256", pa.nulls(listing.num_rows, pa.string())
+    )
+    return with_hashes(cleared, {}, root)
+
+
+def summary(listing: pa.Table) -> dict[str, Any]:
+    """What the manifest keeps: the image count and one digest per check (content: None until hashed)."""
+    return {"images": listing.num_rows, "stat": _digest(listing, "stat"), "content": _digest(listing, "content")}
+
+
+def _digest(listing: pa.Table, check: str) -> str | None:
+    cols = CHECK_COLUMNS[check]
+    if check == "content" and any(
+        s is not None and h is None
+        for s, h in zip(listing["size"].to_pylist(), listing["sha256"].to_pylist(), strict=True)
+    ):
+        return None
+    h = hashlib.sha256()
+    values = [listing["path"].to_pylist(), *(listing[c].to_pylist() for c in cols)]
+    for row in zip(*values, strict=True):
+        h.update(("\0".join("" if v is None else str(v) for v in row) + "\n").encode("utf-8", "surrogateescape"))
+    return "sha256:" + h.hexdigest()
+
+
+@dataclass(frozen=True)
+class InputChanges:
+    """Image paths whose file differs from the build's listing, by kind, each sorted."""
+
+    changed: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.missing or self.added or self.dropped)
+
+    def kinds(self) -> dict[str, tuple[str, ...]]:
+        return {"changed": self.changed, "missing": self.missing, "added": self.added, "no longer named": self.dropped}
+
+    def describe(self, limit: int = 5) -> str:
+        """``3 images changed, 1 missing: imgs/a.jpg, imgs/b.jpg, …`` (the first ``limit`` paths)."""
+        counts = [(k, len(v)) for k, v in self.kinds().items() if v]
+        if not counts:
+            return "no image changed"
+        first, *rest = counts
+        head = ", ".join([f"{first[1]} image{'s' if first[1] != 1 else ''} {first[0]}", *(f"{n} {k}" for k, n in rest)])
+        paths = [p for v in self.kinds().values() for p in v]
+        return f"{head}: {', '.join(paths[:limit])}" + (", …" if len(paths) > limit else "")
+
+
+def compare(old: pa.Table, new: pa.Table, check: str) -> InputChanges:
+    """How ``new`` differs from ``old`` under ``check`` (``new`` hashed for ``content``).
+
+    changed: exists in both, differs; missing: existed at build time, gone now; added:
+    exists now, was not named or did not exist; dropped: existed, no longer named.
+    """
+    cols = CHECK_COLUMNS[check]
+    j = old.select(["path", *cols]).join(
+        new.select(["path", *cols]), keys="path", join_type="full outer", left_suffix=".old", right_suffix=".new"
+    )
+    data = j.to_pydict()
+    in_old = {p for p in old["path"].to_pylist()}
+    in_new = {p for p in new["path"].to_pylist()}
+    changed, missing, added, dropped = [], [], [], []
+    for i, path in enumerate(data["path"]):
+        was = data["size.old"][i] is not None
+        now = data["size.new"][i] is not None
+        if path in in_old and path in in_new:
+            if was and not now:
+                missing.append(path)
+            elif now and not was:
+                added.append(path)
+            elif was and any(data[f"{c}.old"][i] != data[f"{c}.new"][i] for c in cols):
+                changed.append(path)
+        elif path in in_old and was:
+            dropped.append(path)
+        elif path in in_new and now:
+            added.append(path)
+    return InputChanges(*(tuple(sorted(v)) for v in (changed, missing, added, dropped)))
+
+
+def write_listing(path: Path, listing: pa.Table) -> None:
+    """Write the listing atomically (parquet)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(listing, sink)
+    write_bytes_atomic(path, sink.getvalue().to_pybytes())
+
+
+def read_listing(path: Path) -> pa.Table | None:
+    """The listing at ``path``; None when there is none (a build by an older capshard)."""
+    if not path.is_file():
+        return None
+    try:
+        return pq.read_table(path).cast(INPUTS_SCHEMA)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise IntegrityError(f"{path} cannot be read: {e}") from None
