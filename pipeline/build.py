@@ -7,6 +7,10 @@ of each written shard; the manifest, written last, is the commit marker, after w
 bytes match their record are kept, the rest are written again, and the result is
 byte-identical to an uninterrupted run. Running it over a finished build of the same
 input and options is a no-op; of anything else, an error unless ``overwrite``.
+
+One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
+read until the manifest is written. Only files the build recorded as its own are ever
+replaced or removed (:mod:`.outputs`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
-from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
+from .finalize import MANIFEST, REJECTS, manifest_dict, write_index, write_manifest, write_rejects
+from .lock import hold
+from .outputs import BUILD_FILES, STATE, check_location, clean, record, refuse_foreign, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
@@ -40,7 +46,6 @@ from .write import TMP_MARK, SampleSpec, ShardResult, ShardTask, done_path, file
 
 log = logging.getLogger(__name__)
 
-STATE = ".capshard"
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
@@ -62,6 +67,12 @@ class BuildResult:
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
     """Build shards from ``spec`` into ``config.out``; see the module docstring."""
+    check_location(config.out, spec.images, spec.path)
+    with contextlib.ExitStack() as lock:
+        return _build(spec, config, progress, lock)
+
+
+def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: contextlib.ExitStack) -> BuildResult:
     fmt = detect(spec) if config.format == "auto" else config.format
     if config.id_column is not None:
         spec = dataclasses.replace(spec, id_column=config.id_column)
@@ -76,7 +87,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         "options": config.output_options(),
     }
     out = config.out
-    existing = _prepare_out(out, identity, config.overwrite)
+    existing = _prepare_out(out, identity, config.overwrite, lock)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
 
@@ -114,21 +125,29 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
 
-def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """Check what ``out`` holds: same finished build → its manifest; else make room or refuse."""
-    manifest = read_manifest(out) if out.is_dir() else None
+def _prepare_out(
+    out: Path, identity: dict[str, Any], overwrite: bool, lock: contextlib.ExitStack
+) -> dict[str, Any] | None:
+    """Lock ``out``, then check what it holds: same finished build → its manifest; else make room or refuse."""
+    with _output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(hold(out, "build"))
+    folder = survey(out)
+    manifest = folder.manifest
     state_file = out / STATE / "state.json"
     if manifest is not None:
         same = _identity_of_manifest(manifest) == identity
         if same and not overwrite:
             return manifest
+        refuse_foreign(folder)
         if not overwrite:
             raise OutputError(
                 f"{out} holds a finished build of different input or options; "
                 "choose another --out or pass --overwrite to replace it"
             )
-        _clean(out)
+        clean(folder)
     elif state_file.is_file():
+        refuse_foreign(folder)
         with open(state_file, encoding="utf-8") as f:
             same = json.load(f) == identity
         if not same and not overwrite:
@@ -137,23 +156,14 @@ def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[s
                 "re-run that build to finish it, or pass --overwrite to start over"
             )
         if not same or overwrite:
-            _clean(out)
-    elif out.is_dir() and not overwrite and any(not _leftover(p) for p in out.iterdir()):
-        raise OutputError(f"{out} is not empty and holds no capshard build; choose an empty or new --out")
-    elif out.is_dir():
-        _clean(out)  # what a run killed while planning, or stopped by the reject budget, left
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+            clean(folder)
+    else:
+        clean(folder)  # what a run killed while planning, or stopped by the reject budget, left
+    with _output_errors(out):
         for stale in out.glob(f".*{TMP_MARK}*"):
             stale.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
+        record(out, BUILD_FILES)
     return None
-
-
-def _leftover(path: Path) -> bool:
-    """Whether ``path`` is something a capshard run leaves before its plan is saved."""
-    return path.name in (STATE, REJECTS) or TMP_MARK in path.name
 
 
 @contextlib.contextmanager
@@ -175,15 +185,6 @@ def _identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
         "reading": manifest.get("source", {}).get("reading"),
         "options": manifest.get("options"),
     }
-
-
-def _clean(out: Path) -> None:
-    """Remove what a build wrote (and only that) from ``out``."""
-    shutil.rmtree(out / STATE, ignore_errors=True)
-    for name in (MANIFEST, INDEX, REJECTS):
-        (out / name).unlink(missing_ok=True)
-    for shard in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        shard.unlink()
 
 
 def _plan(
@@ -223,6 +224,7 @@ def _plan(
 def _save_plan(
     state: Path, identity: dict[str, Any], planned: pa.Table, rejects: pa.Table, report: dict[str, Any], n_rows: int
 ) -> None:
+    record(state.parent, sorted(set(planned["shard"].to_pylist())))  # before any shard exists
     state.mkdir(parents=True, exist_ok=True)
     pq.write_table(planned, state / "plan.parquet")
     pq.write_table(rejects, state / "rejects.parquet")
