@@ -34,7 +34,7 @@ from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
-from .finalize import MANIFEST, REJECTS, manifest_dict, write_index, write_manifest, write_rejects
+from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects
 from .lock import hold
 from .outputs import BUILD_FILES, STATE, check_location, clean, record, refuse_foreign, survey
 from .plan import plan_shards

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -93,31 +92,37 @@ def _acquire(path: Path, me: Holder) -> int:
             # Exclusive first even for a shared holder: only a holder alone may judge the
             # record stale and rewrite it.
             alone = _try_flock(fd, fcntl.LOCK_EX)
-            if not alone and (not shared or not _try_flock(fd, fcntl.LOCK_SH)):
-                raise LockHeld(f"{path.parent} is in use by {_describe_holders(fd)}; wait for it to end or "
-                               "choose another --out")
+            if not alone and not (shared and _try_flock(fd, fcntl.LOCK_SH)):
+                raise _held(path, fd)
             if not _is_current(fd, path):
                 os.close(fd)  # its last holder removed it after we opened it: open the new one
                 continue
-            if alone:
-                dead = _records(fd)
-                if dead:
-                    log.warning("%s: taking over the lock left by %s, which is no longer running",
-                                path.parent, " and ".join(h.describe() for h in dead[-3:]))
-                os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_END)
-            os.write(fd, (json.dumps(asdict(me)) + "\n").encode())
-            os.fsync(fd)
-            if alone and shared:
-                # Non-atomic downgrade: an exclusive taker may slip in between, then we fail at once.
-                if not _try_flock(fd, fcntl.LOCK_SH):
-                    raise LockHeld(f"{path.parent} is in use by {_describe_holders(fd)}; wait for it to end or "
-                                   "choose another --out")
+            _write_record(path, fd, me, alone)
+            # Downgrading is not atomic: an exclusive taker may slip in between; then we fail at once.
+            if alone and shared and not _try_flock(fd, fcntl.LOCK_SH):
+                raise _held(path, fd)
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
+
+
+def _write_record(path: Path, fd: int, me: Holder, alone: bool) -> None:
+    """Add ``me`` to the record; a holder alone first drops the records of holders that died."""
+    if alone:
+        dead = _records(fd)
+        if dead:
+            log.warning("%s: taking over the lock left by %s, which is no longer running",
+                        path.parent, " and ".join(h.describe() for h in dead[-3:]))
+        os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_END)
+    os.write(fd, (json.dumps(asdict(me)) + "\n").encode())
+    os.fsync(fd)
+
+
+def _held(path: Path, fd: int) -> LockHeld:
+    return LockHeld(f"{path.parent} is in use by {_describe_holders(fd)}; wait for it to end or choose another --out")
 
 
 def _release(path: Path, fd: int, shared: bool) -> None:
@@ -176,8 +181,3 @@ def _describe_holders(fd: int) -> str:
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-
-def command_line() -> str:
-    """This process's command line, shortened, for the holder record."""
-    line = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
-    return line if len(line) <= 200 else line[:197] + "..."

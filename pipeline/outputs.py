@@ -67,15 +67,10 @@ def survey(out: Path) -> Folder:
     recorded = set(_ledger(out)) | _done(out)
     if manifest is not None:
         recorded |= {*BUILD_FILES, *_listed(manifest)}
-    owned, foreign = [], []
+    owned: list[str] = []
+    foreign: list[str] = []
     for entry in sorted(out.iterdir(), key=lambda p: p.name):
-        name = entry.name
-        if name == LOCK or (name == STATE and entry.is_dir() and not entry.is_symlink()):
-            owned.append(name)
-        elif not entry.is_dir() and (name in recorded or _temporary_of(name) in recorded):
-            owned.append(name)
-        else:
-            foreign.append(name)
+        (owned if _is_owned(entry, recorded) else foreign).append(entry.name)
     return Folder(out, manifest, tuple(owned), tuple(foreign))
 
 
@@ -139,6 +134,14 @@ def check_location(out: Path, images: Path | None, source: str | None) -> None:
             raise UsageError(f"--out {out} is inside the source folder {source}; choose an --out outside it")
         if not path.is_dir() and target == path.parent:
             raise UsageError(f"--out {out} is the folder of the source {source}; choose another --out")
+
+
+def _is_owned(entry: Path, recorded: set[str]) -> bool:
+    """The lock, the state folder, and files (never folders) recorded or temporaries of those."""
+    name = entry.name
+    if name in (LOCK, STATE):
+        return name == LOCK or (entry.is_dir() and not entry.is_symlink())
+    return not entry.is_dir() and (name in recorded or _temporary_of(name) in recorded)
 
 
 def _ledger(out: Path) -> list[str]:

@@ -33,7 +33,8 @@ def make_inputs(root: Path) -> Inputs:
     names = [f"{1000 + i}_race.jpg" for i in range(N_IMAGES)]
     write_images(root / "images", names)
     flickr_token_file(root / "a.token.txt", names, 2)
-    lines = [f"{name}#{n}\tcaptions of input B, image {i} number {n} ." for i, name in enumerate(names) for n in range(2)]
+    lines = [f"{name}#{n}\tinput B describes image {i} for the {n}th time ." for i, name in enumerate(names)
+             for n in range(2)]
     (root / "b.token.txt").write_text("\n".join(lines) + "\n")
     return Inputs(root / "images", root / "a.token.txt", root / "b.token.txt")
 
@@ -48,7 +49,7 @@ def race(first: list[str], second: list[str]) -> list[subprocess.CompletedProces
     """Start both commands back to back and wait for both."""
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (first, second)]
     done = []
-    for c, p in zip((first, second), procs):
+    for c, p in zip((first, second), procs, strict=True):
         stdout, stderr = p.communicate(timeout=240)
         done.append(subprocess.CompletedProcess(c, p.returncode, stdout, stderr))
     return done
@@ -98,14 +99,21 @@ def main(trials: int) -> None:  # pragma: no cover - a measurement, run by hand
             out = root / f"clean-{token.stem}-{seed}"
             subprocess.run(command(inputs, token, out, seed), check=True, capture_output=True)
             clean[(token.name, seed)] = folder_bytes(out)
+        refusals: dict[str, dict[str, int]] = {"inputs": {}, "seeds": {}}
         for kind in ("inputs", "seeds"):
             results = []
             for t in range(trials):
                 out = root / f"{kind}-{t}"
                 other = command(inputs, inputs.b, out) if kind == "inputs" else command(inputs, inputs.a, out, 1)
-                results.append(outcome(out, race(command(inputs, inputs.a, out), other), clean))
+                runs = race(command(inputs, inputs.a, out), other)
+                results.append(outcome(out, runs, clean))
+                for r in runs:
+                    if r.returncode:
+                        how = next((s for s in REFUSALS if s in r.stderr), "other failure")
+                        refusals[kind][how] = refusals[kind].get(how, 0) + 1
             bad = [r for r in results if r != "ok"]
-            print(f"{kind}: {len(bad)}/{trials} wrong", *(f"  {r}" for r in bad), sep="\n", flush=True)
+            print(f"{kind}: {len(bad)}/{trials} wrong; losers: {refusals[kind]}", *(f"  {r}" for r in bad),
+                  sep="\n", flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

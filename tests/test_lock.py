@@ -83,7 +83,8 @@ def test_a_second_writer_is_refused_in_one_line_naming_the_holder(inputs: Inputs
     assert line.startswith(f"capshard: error: {out} is in use by capshard build (pid {holder.pid} on "
                            f"{socket.gethostname()}, started 20")
     assert line.endswith("); wait for it to end or choose another --out")
-    assert sorted(p.name for p in out.iterdir()) == [], "the holder removes its lock file; the refused build wrote nothing"
+    # The holder removed its lock file on leaving; the refused build wrote nothing.
+    assert sorted(p.name for p in out.iterdir()) == []
 
     again = subprocess.run(command(inputs, inputs.a, out), capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
@@ -110,18 +111,16 @@ def test_a_dead_holders_lock_is_taken_over_with_a_warning(
 
 def test_shared_holders_coexist_and_exclude_an_exclusive_one(tmp_path: Path) -> None:
     with hold(tmp_path, "write", shared=True), hold(tmp_path, "write", shared=True):
-        with pytest.raises(LockHeld, match=r"is in use by capshard write \(pid \d+ on .*\) and 1 more; wait"):
-            with hold(tmp_path, "plan"):
-                pass
+        with pytest.raises(LockHeld, match=r"is in use by capshard write \(pid \d+ on .*\) and 1 more; wait"), \
+                hold(tmp_path, "plan"):
+            pass
         assert (tmp_path / LOCK).exists()
     assert not (tmp_path / LOCK).exists()
     with hold(tmp_path, "plan"):
-        with pytest.raises(LockHeld, match=r"is in use by capshard plan \(pid"):
-            with hold(tmp_path, "write", shared=True):
-                pass
-        with pytest.raises(LockHeld):
-            with hold(tmp_path, "finalize"):
-                pass
+        with pytest.raises(LockHeld, match=r"is in use by capshard plan \(pid"), hold(tmp_path, "write", shared=True):
+            pass
+        with pytest.raises(LockHeld), hold(tmp_path, "finalize"):
+            pass
     assert not (tmp_path / LOCK).exists()
     with hold(tmp_path, "finalize"):
         pass
