@@ -108,7 +108,8 @@ def clean(folder: Folder) -> None:
 
 def record(out: Path, names: Iterable[str]) -> None:
     """Add ``names`` (entries of ``out``) to the ledger, durably, before they are created."""
-    new = [n for n in dict.fromkeys(names) if n not in set(_ledger(out))]
+    known = set(_ledger(out))
+    new = [n for n in dict.fromkeys(names) if n not in known]
     if not new:
         return
     state = out / STATE
