@@ -9,6 +9,10 @@ bytes match their record are kept, the rest are written again, and the result is
 byte-identical to an uninterrupted run. Running it over a finished build of the same
 input and options is a no-op; of anything else, an error that says what differs, unless
 ``overwrite``.
+
+One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
+read until the manifest is written. Only files the build recorded as its own are ever
+replaced or removed (:mod:`.outputs`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
-from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
+from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects
 from .identity import default_version, identity_of_manifest, input_check, make_identity
 from .inputs import (
     INPUTS,
@@ -45,6 +49,8 @@ from .inputs import (
     with_hashes,
     write_listing,
 )
+from .lock import hold
+from .outputs import BUILD_FILES, STATE, check_location, clean, record, refuse_foreign, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
@@ -54,7 +60,6 @@ from .write import TMP_MARK, SampleSpec, ShardResult, ShardTask, done_path, file
 
 log = logging.getLogger(__name__)
 
-STATE = ".capshard"
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 #: ``differs(old_identity, old_listing)``: what differs from an earlier build (see ``identity.input_check``).
@@ -78,6 +83,12 @@ class BuildResult:
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
     """Build shards from ``spec`` into ``config.out``; see the module docstring."""
+    check_location(config.out, spec.images, spec.path)
+    with contextlib.ExitStack() as lock:
+        return _build(spec, config, progress, lock)
+
+
+def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: contextlib.ExitStack) -> BuildResult:
     fmt = detect(spec) if config.format == "auto" else config.format
     if config.id_column is not None:
         spec = dataclasses.replace(spec, id_column=config.id_column)
@@ -96,7 +107,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         options=config.output_options(),
     )
     out = config.out
-    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite)
+    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite, lock)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
 
@@ -139,23 +150,29 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
 
-def _prepare_out(out: Path, differs: InputCheck, overwrite: bool) -> dict[str, Any] | None:
-    """Check what ``out`` holds: same finished build → its manifest; else make room or refuse.
+def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack) -> dict[str, Any] | None:
+    """Lock ``out``, then check what it holds: same finished build → its manifest; else make room or refuse.
 
     ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
-    manifest = read_manifest(out) if out.is_dir() else None
+    with _output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(hold(out, "build"))
+    folder = survey(out)
+    manifest = folder.manifest
     state_file = out / STATE / "state.json"
     if manifest is not None:
+        diffs = [] if overwrite else differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
+        if not overwrite and not diffs:
+            return manifest
+        refuse_foreign(folder)
         if not overwrite:
-            diffs = differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
-            if not diffs:
-                return manifest
             raise OutputError(
                 f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
                 "choose another --out or pass --overwrite to replace it"
             )
-        _clean(out)
+        clean(folder)
     elif state_file.is_file():
+        refuse_foreign(folder)
         if not overwrite:
             with open(state_file, encoding="utf-8") as f:
                 diffs = differs(json.load(f), read_listing(out / STATE / INPUTS))
@@ -165,23 +182,14 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool) -> dict[str, A
                     "pass --overwrite to start over from the current input, or restore that input to finish it"
                 )
         else:
-            _clean(out)
-    elif out.is_dir() and not overwrite and any(not _leftover(p) for p in out.iterdir()):
-        raise OutputError(f"{out} is not empty and holds no capshard build; choose an empty or new --out")
-    elif out.is_dir():
-        _clean(out)  # what a run killed while planning, or stopped by the reject budget, left
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+            clean(folder)
+    else:
+        clean(folder)  # what a run killed while planning, or stopped by the reject budget, left
+    with _output_errors(out):
         for stale in out.glob(f".*{TMP_MARK}*"):
             stale.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
+        record(out, BUILD_FILES)
     return None
-
-
-def _leftover(path: Path) -> bool:
-    """Whether ``path`` is something a capshard run leaves before its plan is saved."""
-    return path.name in (STATE, REJECTS) or TMP_MARK in path.name
 
 
 @contextlib.contextmanager
@@ -193,15 +201,6 @@ def _output_errors(out: Path) -> Iterator[None]:
         if e.errno is None:
             raise
         raise OutputError(f"cannot write to {out}: {e.strerror}") from None
-
-
-def _clean(out: Path) -> None:
-    """Remove what a build wrote (and only that) from ``out``."""
-    shutil.rmtree(out / STATE, ignore_errors=True)
-    for name in (MANIFEST, INDEX, REJECTS, INPUTS):
-        (out / name).unlink(missing_ok=True)
-    for shard in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        shard.unlink()
 
 
 def _read(reader: Reader) -> pa.Table:
@@ -264,6 +263,7 @@ def _save_plan(
     report: dict[str, Any],
     n_rows: int,
 ) -> None:
+    record(state.parent, sorted(set(planned["shard"].to_pylist())))  # before any shard exists
     state.mkdir(parents=True, exist_ok=True)
     write_listing(state / INPUTS, listing)
     pq.write_table(planned, state / "plan.parquet")

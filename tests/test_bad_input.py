@@ -317,7 +317,8 @@ def test_over_the_reject_budget_fails_after_writing_the_report(tmp_path: Path) -
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [r["row_id"] for r in rejects] == list(range(21, 30))
     assert {r["reason"] for r in rejects} == {"not_an_image"}
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rejects.jsonl"]
+    # .capshard/ holds the ledger that marks rejects.jsonl as capshard's, for the next run to replace.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".capshard", "rejects.jsonl"]
 
     # A bigger budget, same --out: the failed run's report is replaced by a finished build.
     proc = capshard(*args, "--max-reject-fraction", "0.3", cwd=tmp_path)

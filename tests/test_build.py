@@ -348,13 +348,13 @@ def test_an_id_column_the_source_does_not_have_is_a_usage_error(tmp_path: Path) 
 
 
 def test_a_damaged_manifest_is_one_clear_error(tmp_path: Path) -> None:
-    from pipeline.errors import IntegrityError
-
     token, images = flickr_source(tmp_path, 3)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "manifest.json").write_text("{")
-    with pytest.raises(IntegrityError, match=r"manifest\.json cannot be read"):
+    with pytest.raises(OutputError, match=r"b: not a capshard build \(manifest\.json cannot be read: Expecting"):
         build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1))
     (tmp_path / "b" / "manifest.json").write_text('{"format": "capshard/1"}')
-    with pytest.raises(IntegrityError, match="missing name"):
-        build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1))
+    with pytest.raises(OutputError, match=r"not a capshard build \(manifest\.json is not a capshard/1 manifest "
+                       r"\(missing name"):
+        build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1, overwrite=True))
+    assert (tmp_path / "b" / "manifest.json").read_text() == '{"format": "capshard/1"}'

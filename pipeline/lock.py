@@ -1,0 +1,183 @@
+"""One writer per build folder: an OS file lock on ``OUT/.capshard.lock``.
+
+``build`` (and so ``--overwrite``) holds the lock in **exclusive** mode from before it
+reads anything in ``OUT`` until its last file is written, so the identity a manifest
+records is that of the one process that wrote every shard it lists. **Shared** mode is
+for the slices of a split build (``write --task I --tasks N``) that share one plan but
+never a shard: any number of shared holders exclude every exclusive one (``plan``,
+``build``, ``finalize``), and an exclusive holder excludes everyone.
+
+The lock is ``flock(2)``: the kernel releases it when its holder dies, however it dies
+(``kill -9`` included), so a lock file whose lock can be taken belongs to nobody alive.
+The file records its holder (host, pid, start time, command) for the one-line message a
+second writer gets; a file still holding a record when its lock is free was left by a
+holder that died, and is taken over with a warning that names it. A holder that ends
+normally removes the file while it still holds the lock; whoever opened the old file in
+the meantime notices (the path no longer names the file it locked) and starts over, so
+two holders can never lock two different files.
+
+Local disks (and NFSv4, where the kernel maps ``flock`` onto NFS locks) only. A lock on
+object storage (a lock object created with a conditional put, if-none-match, carrying
+an owner, a heartbeat and a stale-lock timeout) is for the object-store output of a
+later change; nothing here pretends to lock an fsspec URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import OutputError
+
+log = logging.getLogger(__name__)
+
+LOCK = ".capshard.lock"
+#: A holder record longer than this is not read (the file is ours; this bounds a damaged one).
+MAX_RECORD = 4096
+
+
+class LockHeld(OutputError):
+    """Another capshard process holds the build folder."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds (or held) a build folder's lock."""
+
+    host: str
+    pid: int
+    started: str
+    command: str
+    mode: str
+
+    def describe(self) -> str:
+        return f"capshard {self.command} (pid {self.pid} on {self.host}, started {self.started})"
+
+
+def lock_path(folder: Path) -> Path:
+    """The lock file of build folder ``folder``."""
+    return Path(folder) / LOCK
+
+
+@contextlib.contextmanager
+def hold(folder: Path, command: str, *, shared: bool = False) -> Iterator[Holder]:
+    """Hold ``folder``'s lock for the ``with`` block; ``folder`` must exist.
+
+    Raises :class:`LockHeld`, naming the holder, at once when the lock is taken in a
+    conflicting mode; never waits.
+    """
+    path = lock_path(folder)
+    me = Holder(socket.gethostname(), os.getpid(), _now(), command, "shared" if shared else "exclusive")
+    fd = _acquire(path, me)
+    try:
+        yield me
+    finally:
+        _release(path, fd, shared)
+
+
+def _acquire(path: Path, me: Holder) -> int:
+    shared = me.mode == "shared"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            # Exclusive first even for a shared holder: only a holder alone may judge the
+            # record stale and rewrite it.
+            alone = _try_flock(fd, fcntl.LOCK_EX)
+            if not alone and not (shared and _try_flock(fd, fcntl.LOCK_SH)):
+                raise _held(path, fd)
+            if not _is_current(fd, path):
+                os.close(fd)  # its last holder removed it after we opened it: open the new one
+                continue
+            _write_record(path, fd, me, alone)
+            # Downgrading is not atomic: an exclusive taker may slip in between; then we fail at once.
+            if alone and shared and not _try_flock(fd, fcntl.LOCK_SH):
+                raise _held(path, fd)
+            return fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+
+
+def _write_record(path: Path, fd: int, me: Holder, alone: bool) -> None:
+    """Add ``me`` to the record; a holder alone first drops the records of holders that died."""
+    if alone:
+        dead = _records(fd)
+        if dead:
+            log.warning("%s: taking over the lock left by %s, which is no longer running",
+                        path.parent, " and ".join(h.describe() for h in dead[-3:]))
+        os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_END)
+    os.write(fd, (json.dumps(asdict(me)) + "\n").encode())
+    os.fsync(fd)
+
+
+def _held(path: Path, fd: int) -> LockHeld:
+    return LockHeld(f"{path.parent} is in use by {_describe_holders(fd)}; wait for it to end or choose another --out")
+
+
+def _release(path: Path, fd: int, shared: bool) -> None:
+    """Remove the lock file while still holding it exclusively (the last holder), then unlock."""
+    try:
+        if not shared or _try_flock(fd, fcntl.LOCK_EX):
+            with contextlib.suppress(FileNotFoundError):
+                if _is_current(fd, path):
+                    path.unlink()
+    finally:
+        os.close(fd)
+
+
+def _try_flock(fd: int, mode: int) -> bool:
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _records(fd: int) -> list[Holder]:
+    """The holders recorded in the lock file (shared holders add a line each)."""
+    data = os.pread(fd, MAX_RECORD, 0)
+    holders = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            raw = json.loads(line)
+            holders.append(Holder(str(raw["host"]), int(raw["pid"]), str(raw["started"]), str(raw["command"]),
+                                  str(raw.get("mode", "exclusive"))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return holders
+
+
+def _describe_holders(fd: int) -> str:
+    holders = _records(fd)
+    if not holders:
+        return "another capshard process (it has not recorded itself yet)"
+    last = holders[-1].describe()
+    return last if len(holders) == 1 else f"{last} and {len(holders) - 1} more"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
