@@ -52,6 +52,13 @@ SAMPLE_OUT = Path("shards") / "sample"
 @click.option("--split-column", help="Column holding the split (table, hf).")
 @click.option("--restval-as", default="train", help="Split that Karpathy's 'restval' images join.")
 @click.option(
+    "--captions-from",
+    metavar="FILE",
+    help="wds: parquet/CSV/JSONL of extra captions (recaptions) joined by --captions-key; local or URL.",
+)
+@click.option("--captions-key", type=click.Choice(["key", "url"]), default="key", help="Join column of --captions-from.")
+@click.option("--captions-column", help="Caption column of --captions-from (string or list). Default: captions|caption|text.")
+@click.option(
     "--id",
     "id_strategy",
     default="auto",
@@ -114,6 +121,9 @@ def build(
     id_column: str | None,
     split_column: str | None,
     restval_as: str,
+    captions_from: str | None,
+    captions_key: str,
+    captions_column: str | None,
     id_strategy: str,
     on_leak: str,
     seed: int,
@@ -135,7 +145,8 @@ def build(
 
     SOURCE is a dataset in its published format: a Hugging Face dataset folder, parquet
     or hub name (hf), a Karpathy split JSON, a COCO captions JSON, a Flickr token/CSV file,
-    or a CSV/JSONL/parquet table. Without SOURCE, builds the embedded sample dataset into
+    or a CSV/JSONL/parquet table, or WebDataset/img2dataset tars (a folder, a tar, a brace
+    pattern). Without SOURCE, builds the embedded sample dataset into
     shards/sample.
 
     Re-running the same command resumes an interrupted build; over a finished build of
@@ -156,6 +167,9 @@ def build(
             id_column=id_column,
             split_column=split_column,
             restval=restval_as,
+            captions_from=captions_from,
+            captions_key=captions_key,
+            captions_column=captions_column,
         )
         out = out or Path("shards") / Path(source.rstrip("/")).stem
     if fmt == "auto":

@@ -50,6 +50,10 @@ class SourceSpec:
     restval: str = "train"
     dataset: Any = field(default=None, compare=False, repr=False)
     name: str | None = None
+    #: ``--captions-from``: a table of extra captions joined by ``captions_key`` (wds sources).
+    captions_from: str | None = None
+    captions_key: str = "key"
+    captions_column: str | None = None
 
     def reading_options(self) -> dict[str, Any]:
         """The options that change what is read from the source (part of a build's identity)."""
@@ -60,6 +64,11 @@ class SourceSpec:
             "split_column": self.split_column,
             "restval": self.restval,
             "split_files": [[split, Path(f).name] for split, f in self.split_files],
+            **(
+                {"captions_from": [Path(self.captions_from).name, self.captions_key, self.captions_column]}
+                if self.captions_from
+                else {}
+            ),
         }
 
 
