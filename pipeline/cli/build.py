@@ -56,8 +56,12 @@ SAMPLE_OUT = Path("shards") / "sample"
     metavar="FILE",
     help="wds: parquet/CSV/JSONL of extra captions (recaptions) joined by --captions-key; local or URL.",
 )
-@click.option("--captions-key", type=click.Choice(["key", "url"]), default="key", help="Join column of --captions-from.")
-@click.option("--captions-column", help="Caption column of --captions-from (string or list). Default: captions|caption|text.")
+@click.option(
+    "--captions-key", type=click.Choice(["key", "url"]), default="key", help="Join column of --captions-from."
+)
+@click.option(
+    "--captions-column", help="Caption column of --captions-from (string or list). Default: captions|caption|text."
+)
 @click.option(
     "--id",
     "id_strategy",

@@ -56,9 +56,7 @@ def _expand_one(item: str) -> list[str]:
             raise UsageError(f"{item}: no such tar")
         return [item]
     if os.path.isdir(item):
-        found = sorted(
-            os.path.join(d, f) for d, _, files in os.walk(item) for f in files if f.endswith(".tar")
-        )
+        found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files if f.endswith(".tar"))
         if not found:
             raise UsageError(f"{item}: no .tar files in this folder")
         return [os.path.abspath(p) for p in found]
