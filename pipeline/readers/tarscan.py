@@ -114,8 +114,7 @@ def scan_tar(f: IO[bytes], label: str) -> Iterator[TarSample]:
     damage: tuple[str, str] | None = None
     tail_only = False  # damage after a clean end: the last sample is whole
     try:
-        # typeshed wants a full file object; only read/seek/tell are used.
-        with tarfile.open(fileobj=f, mode="r:", tarinfo=_SafeTarInfo) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=f, mode="r:", tarinfo=_SafeTarInfo) as tar:
             for member in tar:
                 tar.members = []  # type: ignore[attr-defined]  # do not keep every header
                 if not member.isreg():
