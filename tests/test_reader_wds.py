@@ -277,6 +277,25 @@ def test_brace_pattern_list_and_file_urls(tmp_path: Path) -> None:
         WdsReader(SourceSpec(path=str(tmp_path / "d" / "{00000..00009}.tar")))
 
 
+def test_fsspec_object_store_urls(tmp_path: Path) -> None:
+    """fsspec's in-memory file system stands in for an object store: listing, reading, images."""
+    import fsspec
+
+    written = img2dataset_folder(tmp_path / "d", n_images=2, captions_per_image=2, per_shard=3, failed=0)
+    fs = fsspec.filesystem("memory")
+    for tar in sorted((tmp_path / "d").glob("*.tar")):
+        fs.pipe(f"/bucket/cc/{tar.name}", tar.read_bytes())
+    fs.pipe("/bucket/cc/00000.parquet", b"sidecar, never read")
+    try:
+        assert detect(SourceSpec(path="memory://bucket/cc/{00000..00001}.tar")) == "wds"
+        reader, rows = rows_of("memory://bucket/cc")
+        assert [r["caption"] for r in rows] == [m["caption"] for m in written]
+        assert rows[3]["location"] == "00001.tar:000010000"
+        assert reader.open_image(None, 3) == image_bytes(1)
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
 def test_reader_survives_pickling_and_a_resumed_build(tmp_path: Path) -> None:
     img2dataset_folder(tmp_path / "d", n_images=2, captions_per_image=2, failed=0)
     reader, _ = rows_of(tmp_path / "d")
