@@ -123,6 +123,31 @@ def test_txt_lines_and_json_captions_are_deduplicated_across_members(tmp_path: P
     assert [r["file_name"] for r in rows[2:4]] == ["s1.jpg", "s2.jpg"]
 
 
+def test_split_from_json_else_folder_name_and_duplicate_members(tmp_path: Path) -> None:
+    # CLIP_benchmark's retrieval layout: ROOT/test/0.tar, the txt lines are the captions.
+    (tmp_path / "root" / "test").mkdir(parents=True)
+    (tmp_path / "root" / "other").mkdir()
+    tar_with(tmp_path / "root" / "test" / "0.tar", [("s0.webp", image_bytes(1, "WEBP")), ("s0.txt", b"x\ny\n")])
+    tar_with(
+        tmp_path / "root" / "other" / "0.tar",
+        [
+            ("s1.jpg", image_bytes(2)),
+            ("s1.json", b'{"split": "val"}'),
+            ("s1.txt", b"z"),
+            ("s2.png", image_bytes(3)),
+            ("s2.png", image_bytes(4)),
+            ("s2.txt", b"two images, one name"),
+        ],
+    )
+    _, rows = rows_of(tmp_path / "root")
+    assert [(r["location"], r["split"], r["caption"], r["reject"]) for r in rows] == [
+        ("other/0.tar:s1", "val", "z", None),
+        ("other/0.tar:s2", "train", "two images, one name", "duplicate_member"),
+        ("test/0.tar:s0#0", "test", "x", None),
+        ("test/0.tar:s0#1", "test", "y", None),
+    ]
+
+
 # --- hostile and damaged input ---------------------------------------------------------------------
 
 

@@ -159,7 +159,9 @@ def _add_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample:
                 "image_too_large",
                 f"member {shown} has {member.size} bytes, over the cap of {MAX_IMAGE_BYTES}",
             )
-        elif ext not in sample.images:
+        elif ext in sample.images:
+            sample.problem = sample.problem or ("duplicate_member", f"sample has two {ext} members ({shown})")
+        else:
             sample.images[ext] = MemberRef(member.offset_data, member.size)
         return
     if ext not in TEXT_EXTS:

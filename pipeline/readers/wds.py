@@ -188,7 +188,7 @@ class WdsReader(Reader):
         split = json_str(meta, self.spec.split_column or "split")
         if split is not None:
             return split
-        parent = posixpath.basename(posixpath.dirname(self.labels[tar_id]))
+        parent = posixpath.basename(posixpath.dirname(self.tars[tar_id].split("://", 1)[-1]))
         return parent if parent in SPLIT_FOLDERS else "train"
 
     # --- images
