@@ -94,7 +94,7 @@ def diagnose(
     """Read ``split`` of ``source`` through the loader and report what the batches carry."""
     loader = make_loader(
         source, split=split, batch_size=batch_size, captions_per_image=captions_per_image, seed=seed,
-        num_workers=num_workers, image_size=image_size, handler="skip",
+        num_workers=num_workers, image_size=image_size, handler="skip", allow_empty=True,  # reported as a problem
     )
     loader.set_epoch(epoch)
     per_batch_images: list[int] = []

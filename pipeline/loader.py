@@ -1,7 +1,6 @@
 """The streaming loader trainers import: capshard shards to batches with explicit positives.
 
->>> loader = make_loader("shards/flickr30k", split="train", batch_size=256, captions_per_image=5,
-...                      num_workers=8)
+>>> loader = make_loader("shards/sample", split="train", batch_size=64, captions_per_image=5)
 >>> for epoch in range(10):
 ...     loader.set_epoch(epoch)
 ...     for batch in loader:
@@ -40,12 +39,28 @@ it in its first shard cost only their tar headers, and nothing already yielded i
 decoded again. The state checks that the shards and the options that shape the epoch
 are the same.
 
-Errors: a sample that cannot be used (corrupt image, bad JSON, truncated shard) is
-skipped and counted in :attr:`CaptionLoader.counters` (``handler="warn"``, the
-default, also logs it; ``"skip"`` does not; ``"raise"`` raises; or a webdataset-style
-callable). A batch with a skipped sample is one image short; batches are never
-dropped. A shard whose sha256 is not the manifest's always raises
-:class:`~pipeline.errors.IntegrityError`.
+Errors: a sample that cannot be used (corrupt image, bad JSON, truncated shard, an image
+whose bytes fail the sha256 its ``KEY.json`` records) is skipped and counted in
+:attr:`CaptionLoader.counters` (``handler="warn"``, the default, also logs it; ``"skip"``
+does not; ``"raise"`` raises; or a webdataset-style callable). A batch with a skipped
+sample is one image short; batches are never dropped. No sample whose image fails its
+checksum is ever yielded: it is checked before it is decoded
+(:mod:`pipeline.loader_integrity`).
+
+A bad shard -- missing, of another size than the manifest's, or whose sha256 is not the
+manifest's for a reason other than damaged images -- follows one policy, ``on_bad_shard``:
+``"raise"`` (the default) raises :class:`~pipeline.loader_integrity.BadShardError` (an
+:class:`~pipeline.errors.IntegrityError`) before any sample of that shard is yielded;
+``"skip"`` drops the shard's samples and counts them as ``shard_missing``,
+``shard_size`` or ``shard_checksum``. The default is to raise, as webdataset's default
+handler and MosaicML Streaming's hash validation do: a bad shard means the files on disk
+are not the build the manifest describes, and losing a whole shard silently changes the
+epoch; ``"skip"`` is the opt-in for jobs that prefer to train on what is left. Missing
+and wrong-size local shards are found by ``make_loader`` itself (raise) or logged there
+(skip).
+
+An epoch without a batch is refused (:class:`~pipeline.errors.UsageError`, naming the
+split, images, ranks and batch size) unless ``allow_empty=True``.
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ from torch.utils.data import DataLoader
 
 from .errors import UsageError
 from .loader_decode import DEFAULT_MAX_MEMBER_BYTES, HANDLER_NAMES, Caps, Handler
+from .loader_integrity import BAD_SHARD_POLICIES, OnBadShard
 from .loader_plan import EpochPlan, PlanConfig
 from .loader_source import VERIFY_MODES, ShardSet, Verify, check_local_sizes, resolve_source
 from .loader_worker import ShardStream, StreamConfig, _identity
@@ -72,6 +88,8 @@ __all__ = ["CaptionLoader", "make_loader", "positive_mask"]
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+#: The most workers the default picks: beyond this, decoding rarely keeps up with I/O anyway.
+MAX_DEFAULT_WORKERS = 8
 DEFAULT_SHUFFLE_WINDOW = 1000
 PLAN_FIELDS = ("seed", "rank", "world_size", "batch_size", "num_workers", "window_batches", "shuffle", "drop_last")
 
@@ -86,6 +104,16 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
             )
         return actual
     return (0 if rank is None else rank), (1 if world_size is None else world_size)
+
+
+def default_num_workers() -> int:
+    """Workers when the caller does not say: the CPUs this process may run on (what
+    torch's DataLoader checks, so it never warns), at most :data:`MAX_DEFAULT_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
 
 
 def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -105,6 +133,7 @@ class CaptionLoader:
         stream: StreamConfig,
         verify: Verify,
         handler: Handler,
+        on_bad_shard: OnBadShard,
         image_transform: Callable[[Any], Any] | None,
         caption_transform: Callable[[str], Any] | None,
         num_workers: int,
@@ -126,6 +155,7 @@ class CaptionLoader:
             state=self._state,
             verify=verify,
             handler=handler,
+            on_bad_shard=on_bad_shard,
             image_transform=image_transform,
             caption_transform=caption_transform,
         )
@@ -230,7 +260,7 @@ def make_loader(
     image_transform: Callable[[Any], Any] | None = None,
     caption_transform: Callable[[str], Any] | None = None,
     image_size: int | tuple[int, int] = 224,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     seed: int = 0,
     shuffle: bool = True,
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW,
@@ -238,12 +268,14 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     handler: Handler = "warn",
+    on_bad_shard: OnBadShard = "raise",
     verify: Verify = "sha256",
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     max_image_pixels: int | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int = 2,
     multiprocessing_context: str | None = None,
+    allow_empty: bool = False,
 ) -> CaptionLoader:
     """A loader over ``split`` of a capshard build directory or of shard URLs.
 
@@ -257,15 +289,24 @@ def make_loader(
             ``uint8`` ``[3, H, W]`` tensor of ``image_size``, resized to cover and centre-cropped.
         caption_transform: called on each caption string in the worker (a tokenizer, say).
         num_workers: DataLoader worker processes (persistent; 0 reads in this process).
+            Default: the CPUs this process may use, at most 8. The batches depend on it,
+            so pass it explicitly when a job resumes on other machines.
         seed, shuffle, shuffle_window: the epoch order; ``shuffle_window`` is in images,
             rounded up to whole batches (at least two), held in memory undecoded per worker.
         drop_last: drop each rank's last short batch (default), or yield it short.
         rank, world_size: only when ``torch.distributed`` is not initialised.
-        handler: ``"warn"``, ``"skip"``, ``"raise"`` or ``callable(exception) -> bool``.
-        verify: ``"sha256"`` (each process hashes a shard on first open), ``"size"``, ``"none"``.
+        handler: what a bad sample does: ``"warn"``, ``"skip"``, ``"raise"`` or
+            ``callable(exception) -> bool``.
+        on_bad_shard: what a missing, wrong-size or replaced shard does: ``"raise"``
+            (default) or ``"skip"`` (counted); see the module doc.
+        verify: ``"sha256"`` (each process hashes a shard on first open, and its images
+            only when that does not match), ``"size"`` (sizes, and each image's sha256 as
+            it is read),
+            ``"none"``.
         max_member_bytes, max_image_pixels: caps applied before reading or decoding; the
             pixel cap defaults to the build's ``--max-pixels`` (from the manifest), else 100 MP.
         pin_memory: default: when CUDA is available.
+        allow_empty: accept a split and batch size that give no batch (else UsageError).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive int, not {batch_size!r}")
@@ -281,6 +322,8 @@ def make_loader(
         raise UsageError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
     if isinstance(handler, str) and handler not in HANDLER_NAMES:
         raise UsageError(f"handler must be one of {', '.join(HANDLER_NAMES)} or a callable, not {handler!r}")
+    if num_workers is None:
+        num_workers = default_num_workers()
     if num_workers < 0 or seed < 0 or shuffle_window < 1 or prefetch_factor < 1:
         raise UsageError("num_workers and seed must be >= 0; shuffle_window and prefetch_factor >= 1")
     if max_member_bytes < 1 or (max_image_pixels is not None and max_image_pixels < 1):
@@ -292,8 +335,10 @@ def make_loader(
     if max_image_pixels is None:
         built_with = ((shards.manifest or {}).get("options") or {}).get("max_pixels")
         max_image_pixels = built_with if isinstance(built_with, int) and built_with > 0 else DEFAULT_MAX_PIXELS
+    if on_bad_shard not in BAD_SHARD_POLICIES:
+        raise UsageError(f"on_bad_shard must be one of {', '.join(BAD_SHARD_POLICIES)}, not {on_bad_shard!r}")
     if verify != "none":
-        check_local_sizes(shards)
+        check_local_sizes(shards, on_bad_shard)
     plan = PlanConfig(
         seed=seed,
         rank=the_rank,
@@ -311,11 +356,20 @@ def make_loader(
         image_size=_size(image_size),
         caps=Caps(max_member_bytes=max_member_bytes, max_image_pixels=max_image_pixels),
     )
+    n_batches = EpochPlan([s.images for s in shards.shards], plan, 0).n_batches
+    if n_batches == 0 and not allow_empty:
+        per_rank = shards.images // the_world
+        hint = f"use batch_size <= {per_rank}" if per_rank else "use fewer ranks"
+        raise UsageError(
+            f"split {shards.split!r}: {shards.images} images over {the_world} rank(s) give no batch of "
+            f"{batch_size} per epoch; {hint}, or pass allow_empty=True"
+        )
     loader = CaptionLoader(
         shards,
         stream=stream,
         verify=verify,
         handler=handler,
+        on_bad_shard=on_bad_shard,
         image_transform=image_transform,
         caption_transform=caption_transform,
         num_workers=num_workers,
@@ -323,10 +377,6 @@ def make_loader(
         prefetch_factor=prefetch_factor,
         multiprocessing_context=multiprocessing_context,
     )
-    if len(loader) == 0:
-        log.warning(
-            "split %s: %d images over %d ranks give no full batch of %d", split, shards.images, the_world, batch_size
-        )
     log.info(
         "loader: %d shards, %d images; rank %d/%d yields %d batches per epoch, %d images left out per epoch",
         len(shards.shards), shards.images, the_rank, the_world, len(loader), loader.left_out_per_epoch,

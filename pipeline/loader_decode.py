@@ -18,9 +18,9 @@ decoding that follows is webdataset's own ``decode`` stage with only these handl
 
 Failures are data: :class:`ErrorPolicy` is a webdataset ``handler`` (``"raise"``,
 ``"skip"``, ``"warn"``, or a callable) that counts every skipped sample by reason in an
-:class:`ErrorLog`, whose counts travel to the trainer with the batches. A shard whose
-checksum does not match its manifest (:class:`~pipeline.errors.IntegrityError`) always
-raises, whatever the policy.
+:class:`ErrorLog`, whose counts travel to the trainer with the batches. A bad shard
+(:class:`~pipeline.errors.IntegrityError`) is not a sample error: the loader's
+``on_bad_shard`` decides (see :mod:`pipeline.loader_integrity`).
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ when a manifest describes it, its size and sha256.
   present, supplies counts and checksums; otherwise each shard's samples are counted
   from its tar headers once, at construction.
 
-:class:`ShardOpener` opens a shard for reading and, with ``verify="sha256"``, refuses one
-whose bytes do not match the manifest (:class:`~pipeline.errors.IntegrityError`). A
-process hashes a shard the first time it opens it and remembers the file's size and
-mtime, so later epochs do not hash again.
+:class:`ShardOpener` opens a shard for reading: a missing shard or one whose size is not
+the manifest's raises :class:`~pipeline.loader_integrity.BadShardError` before anything is
+read, and with ``verify="sha256"`` a shard is hashed first (and, only when that does not
+match, its images one by one; see :mod:`pipeline.loader_integrity`). A process scans a shard the
+first time it opens it and remembers the result for the file's size and mtime, so later
+epochs do not hash again.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from urllib.parse import urlparse
 import braceexpand
 
 from . import FORMAT_VERSION
-from .errors import IntegrityError, SourceError, UsageError
+from .errors import SourceError, UsageError
 from .loader_decode import member_key
+from .loader_integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
 from .plan import SHARD_NAME
 
 log = logging.getLogger(__name__)
@@ -269,56 +272,79 @@ def open_url(url: str) -> IO[bytes]:
     return open(_local_path(url), "rb")
 
 
-def check_local_sizes(shards: ShardSet) -> None:
-    """Refuse, before any worker starts, a local shard that is missing or has the wrong size."""
+def check_local_sizes(shards: ShardSet, on_bad_shard: OnBadShard) -> None:
+    """Before any worker starts: a local shard that is missing or has the wrong size raises
+    (``on_bad_shard="raise"``) or is logged (``"skip"``; its samples are counted when read)."""
     for s in shards.shards:
         if is_remote(s.url):
             continue
         path = Path(_local_path(s.url))
-        if not path.is_file():
-            raise IntegrityError(f"shard {s.name} is missing: {path}")
-        if s.bytes is not None and (size := path.stat().st_size) != s.bytes:
-            raise IntegrityError(
-                f"shard {s.name} has {size} bytes but the manifest says {s.bytes}: "
-                "truncated or replaced; run `capshard verify` on the build"
-            )
+        try:
+            _check_size(s, path.stat().st_size if path.is_file() else None)
+        except BadShardError as e:
+            if on_bad_shard == "raise":
+                raise
+            log.warning("%s; its %d samples will be skipped (on_bad_shard='skip')", e, s.images)
+
+
+def _check_size(shard: ShardInfo, size: int | None) -> None:
+    if size is None:
+        raise BadShardError(f"shard {shard.name} is missing: {shard.url}", "shard_missing")
+    if size < 0:
+        return  # a remote file that does not say its size
+    if shard.bytes is not None and size != shard.bytes:
+        raise BadShardError(
+            f"shard {shard.name} has {size} bytes but the manifest says {shard.bytes}: "
+            "truncated or replaced; run `capshard verify` on the build",
+            "shard_size",
+        )
 
 
 @dataclass
 class ShardOpener:
-    """Opens shards for reading, verifying their sha256 against the manifest first."""
+    """Opens shards for reading: missing or wrong-size shards raise :class:`BadShardError`
+    at once; with ``verify="sha256"`` a shard the manifest records is scanned first (once
+    per process and file version; see :mod:`pipeline.loader_integrity`)."""
 
     verify: Verify = "sha256"
-    _verified: set[tuple[str, int, int]] = field(default_factory=set, repr=False)
+    _checks: dict[tuple[str, int, int], ShardCheck] = field(default_factory=dict, repr=False)
 
-    def open(self, shard: ShardInfo) -> IO[bytes]:
-        """A seekable file of ``shard``; raises IntegrityError when its bytes are not the manifest's."""
-        if self.verify != "sha256" or shard.sha256 is None:
-            return open_url(shard.url)
-        if is_remote(shard.url):
-            # One read serves both the hash and the tar reader.
-            with open_url(shard.url) as f:
-                data = f.read()
-            self._compare(shard, hashlib.sha256(data).hexdigest())
-            return io.BytesIO(data)
-        path = _local_path(shard.url)
-        f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
-        st = os.fstat(f.fileno())
-        stamp = (path, st.st_size, st.st_mtime_ns)
-        if stamp not in self._verified:
-            try:
-                self._compare(shard, hashlib.file_digest(f, "sha256").hexdigest())
-            except BaseException:
-                f.close()
-                raise
-            self._verified.add(stamp)
+    def open(self, shard: ShardInfo) -> tuple[IO[bytes], frozenset[str] | None]:
+        """A seekable file of ``shard`` and the keys of its samples to skip as damaged;
+        ``None`` instead of the keys: not scanned, so check each sample as it is read."""
+        if self.verify == "none":
+            return open_url(shard.url), frozenset()
+        try:
+            stamp: tuple[str, int, int] | None = None
+            if is_remote(shard.url) and self.verify == "sha256" and shard.sha256 is not None:
+                # One read serves both the scan and the tar reader.
+                with open_url(shard.url) as remote:
+                    data = remote.read()
+                f: IO[bytes] = io.BytesIO(data)
+                size: int | None = len(data)
+            elif is_remote(shard.url):
+                f = open_url(shard.url)
+                size = getattr(f, "size", None)
+                size = -1 if not isinstance(size, int) else size
+            else:
+                path = _local_path(shard.url)
+                f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
+                st = os.fstat(f.fileno())
+                stamp, size = (path, st.st_size, st.st_mtime_ns), st.st_size
+        except FileNotFoundError:
+            raise BadShardError(f"shard {shard.name} is missing: {shard.url}", "shard_missing") from None
+        try:
+            _check_size(shard, size)
+            if self.verify != "sha256" or shard.sha256 is None:
+                return f, None
+            check = self._checks.get(stamp) if stamp is not None else None
+            if check is None:
+                check = scan(f, shard.sha256)
+                if stamp is not None:
+                    self._checks[stamp] = check
+            bad = judge(shard.name, shard.url, shard.sha256, shard.images, check)
             f.seek(0)
-        return f
-
-    @staticmethod
-    def _compare(shard: ShardInfo, digest: str) -> None:
-        if digest != shard.sha256:
-            raise IntegrityError(
-                f"shard {shard.name} ({shard.url}): sha256 {digest[:12]}… does not match the manifest's "
-                f"{(shard.sha256 or '')[:12]}…; it is corrupt or from another build (run `capshard verify`)"
-            )
+            return f, bad
+        except BaseException:
+            f.close()
+            raise

@@ -7,7 +7,9 @@ shared-memory tensor that the main process set (so persistent workers follow
 and the stretch of shards they live in, and runs a webdataset ``DataPipeline``:
 
 1. ``read``: the segments of its stretch, in order, through the verifying opener and
-   :func:`~pipeline.loader_decode.read_segment` (images and JSON only, size caps);
+   :func:`~pipeline.loader_decode.read_segment` (images and JSON only, size caps); a
+   sample whose image fails its recorded sha256 is marked ``sample_checksum`` here,
+   before anything decodes it (see :mod:`pipeline.loader_integrity`);
 2. ``select``: collects one shuffle window at a time and emits the samples of its
    batches in batch order, each followed by an end-of-batch marker; samples a shard
    error made unreadable are counted here;
@@ -23,6 +25,7 @@ merged: every rank still yields exactly ``len(loader)`` batches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -44,8 +47,11 @@ from .loader_decode import (
     decode_json,
     read_segment,
 )
+from .loader_integrity import BadShardError, OnBadShard, bad_key_message, image_mismatch
 from .loader_plan import EpochPlan, PlanConfig, Segment, WorkerPlan, caption_indices, plan_worker
 from .loader_source import ShardInfo, ShardOpener
+
+log = logging.getLogger(__name__)
 
 Sample = dict[str, Any]
 END = "__end__"
@@ -80,23 +86,47 @@ class ImageHandler:
 
 
 def read(shards: tuple[ShardInfo, ...], segments: tuple[Segment, ...], opener: ShardOpener, caps: Caps,
-         policy: ErrorPolicy) -> Iterator[Sample]:
-    """Raw samples of ``segments``, in order; a broken shard loses only its rest."""
+         policy: ErrorPolicy, on_bad_shard: OnBadShard = "raise") -> Iterator[Sample]:
+    """Raw samples of ``segments``, in order, each image checked against its recorded
+    sha256 (a failing one marked ``sample_checksum``); a broken shard loses only its rest,
+    a bad one (missing, wrong size, wrong sha256) all of it, or raises (``on_bad_shard``)."""
     for seg in segments:
         shard = shards[seg.shard]
+        lost = range(seg.position, seg.position + seg.stop - seg.start)
         try:
-            with opener.open(shard) as f:
-                yield from read_segment(f, shard.url, seg.start, seg.stop, seg.position, caps)
+            f, damaged = opener.open(shard)
+            with f:
+                for sample in read_segment(f, shard.url, seg.start, seg.stop, seg.position, caps):
+                    _check_image(sample, damaged)
+                    yield sample
+        except BadShardError as e:
+            if on_bad_shard == "raise":
+                raise
+            log.warning("skipping the %d samples of shard %s: %s", len(lost), shard.name, e)
+            policy.log.lose(lost, e.reason)
         except OSError as e:
-            # Opening failed (a network error, a vanished file): the whole segment is lost.
+            # Opening failed (a network error, an unreadable file): the whole segment is lost.
             err = ShardReadError(f"{shard.url}: cannot open: {e}", "shard_open_error", seg.start)
             err.__cause__ = e
             policy.skips(err)
-            policy.log.lose(range(seg.position, seg.position + seg.stop - seg.start), err.reason)
+            policy.log.lose(lost, err.reason)
         except ShardReadError as e:
             policy.skips(e)
             first = seg.position + e.first_lost - seg.start
-            policy.log.lose(range(first, seg.position + seg.stop - seg.start), e.reason)
+            policy.log.lose(range(first, lost.stop), e.reason)
+
+
+def _check_image(sample: Sample, damaged: frozenset[str] | None) -> None:
+    """Mark ``sample`` when its image is not the one recorded: ``damaged`` lists the keys a
+    shard scan found; ``None`` means the shard was not scanned, so hash the image now."""
+    if "__error__" in sample:
+        return
+    if damaged is None:
+        why = image_mismatch(sample)
+    else:
+        why = bad_key_message(sample["__url__"], sample["__key__"]) if sample["__key__"] in damaged else None
+    if why is not None:
+        sample["__error__"] = (why, "sample_checksum")
 
 
 def select(plan: EpochPlan, work: WorkerPlan, policy: ErrorPolicy) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
@@ -234,10 +264,12 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         state: torch.Tensor,
         verify: Literal["sha256", "size", "none"],
         handler: Handler,
+        on_bad_shard: OnBadShard,
         image_transform: Callable[[Any], Any] | None,
         caption_transform: Callable[[str], Any] | None,
     ) -> None:
         self.shards, self.config, self.state = shards, config, state
+        self.on_bad_shard = on_bad_shard
         self.counts = [s.images for s in shards]
         self.opener = ShardOpener(verify)
         self.handler = handler
@@ -256,7 +288,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         policy = ErrorPolicy(self.handler, ErrorLog())
         c = self.config
         pipeline = wds.DataPipeline(
-            lambda: read(self.shards, work.segments, self.opener, c.caps, policy),
+            lambda: read(self.shards, work.segments, self.opener, c.caps, policy, self.on_bad_shard),
             select(plan, work, policy),
             wds.decode(
                 ImageHandler(c.image_size, c.caps.max_image_pixels, self.image_transform),

@@ -326,6 +326,8 @@ def smoke_train(config: SmokeConfig, on_log: Callable[[int, Figures], None] | No
         seed=config.seed,
         shuffle=True,
         image_size=config.image_size,
+        num_workers=0,
+        allow_empty=True,  # refused below, in the CLI's words
     )
     points: list[Point] = []
     window = _Pairs()

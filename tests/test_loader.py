@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -88,7 +90,7 @@ def test_same_epoch_same_batches_other_epoch_other_order(five: Path) -> None:
 
 def test_dataloader_workers(five: Path) -> None:
     options = {"split": "train", "batch_size": 4, "captions_per_image": 2, "image_size": 8, "shuffle_window": 8}
-    in_process = signature(make_loader(five, **options))  # type: ignore[arg-type]
+    in_process = signature(make_loader(five, num_workers=0, **options))  # type: ignore[arg-type]
     assert signature(make_loader(five, num_workers=1, **options)) == in_process  # type: ignore[arg-type]
     loader = make_loader(five, num_workers=2, **options)  # type: ignore[arg-type]
     assert len(loader) == FIVE_IMAGES // 4
@@ -118,10 +120,10 @@ def test_transforms_run_on_the_image_and_each_caption(five: Path) -> None:
 
 
 def test_short_last_batch_and_exact_length(five: Path) -> None:
-    loader = make_loader(five, split="train", batch_size=7, drop_last=False, image_size=8)
+    loader = make_loader(five, split="train", batch_size=7, drop_last=False, image_size=8, num_workers=0)
     sizes = [len(b["image_id"]) for b in loader]
     assert len(sizes) == len(loader) == 9 and sizes[-1] == FIVE_IMAGES - 8 * 7
-    dropped = make_loader(five, split="train", batch_size=7, image_size=8)
+    dropped = make_loader(five, split="train", batch_size=7, image_size=8, num_workers=0)
     assert len(list(dropped)) == len(dropped) == 8 and dropped.left_out_per_epoch == 4
 
 
@@ -218,9 +220,31 @@ def test_remote_sources_read_through_fsspec(five: Path, workers: int) -> None:
 
 def test_spawned_workers_follow_set_epoch(five: Path) -> None:
     options = {"split": "train", "batch_size": 6, "image_size": 8}
-    reference = make_loader(five, **options)  # type: ignore[arg-type]
+    reference = make_loader(five, num_workers=0, **options)  # type: ignore[arg-type]
     spawned = make_loader(five, num_workers=1, multiprocessing_context="spawn", **options)  # type: ignore[arg-type]
     for epoch in (0, 3):
         reference.set_epoch(epoch)
         spawned.set_epoch(epoch)
         assert signature(spawned) == signature(reference)
+
+
+def test_an_epoch_without_a_batch_is_refused_unless_allowed(five: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        make_loader(five, split="train", batch_size=64)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == ("split 'train': 60 images over 1 rank(s) give no batch of 64 per epoch; "
+                       "use batch_size <= 60, or pass allow_empty=True")
+    with pytest.raises(UsageError, match=r"60 images over 2 rank\(s\) give no batch of 31 .*batch_size <= 30"):
+        make_loader(five, split="train", batch_size=31, rank=1, world_size=2)
+    empty = make_loader(five, split="train", batch_size=64, allow_empty=True, num_workers=0)
+    assert len(empty) == 0 and list(empty) == []
+    assert len(make_loader(five, split="train", batch_size=64, drop_last=False, num_workers=0)) == 1
+
+
+def test_num_workers_defaults_to_the_cpus_without_torch_warning(five: Path) -> None:
+    loader = make_loader(five, split="train", batch_size=6, image_size=8)
+    assert loader.dataloader.num_workers == min(len(os.sched_getaffinity(0)), 8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*suggested max number of worker")
+        assert sum(len(b["image_id"]) for b in loader) == FIVE_IMAGES

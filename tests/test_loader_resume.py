@@ -53,14 +53,14 @@ def test_resume_does_not_open_finished_shards(five: Path, monkeypatch: pytest.Mo
         return real_open(self, shard)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ShardOpener, "open", spy)
-    loader = make_loader(five, **OPTIONS)  # type: ignore[arg-type]
+    loader = make_loader(five, num_workers=0, **OPTIONS)  # type: ignore[arg-type]
     full = signature(loader)
     assert sorted(set(opened)) == sorted(p.name for p in fx.shard_paths(five))
     shard_of = dict(zip(*pq.read_table(five / "index.parquet", columns=["image_id", "shard"]).to_pydict().values(),
                         strict=True))
     n = 12  # a window boundary: windows are 2 batches of 4
     opened.clear()
-    resumed = make_loader(five, **OPTIONS)  # type: ignore[arg-type]
+    resumed = make_loader(five, num_workers=0, **OPTIONS)  # type: ignore[arg-type]
     resumed.load_state_dict({**loader.state_dict(), "batches": n})
     assert signature(resumed) == full[n:]
     needed = {shard_of[i] for ids, _, _ in full[n:] for i in ids}

@@ -127,7 +127,8 @@ def test_bad_metadata_is_counted_or_raised(tmp_path: Path) -> None:
         seen.append(str(exn))
         return True
 
-    loader = make_loader([shard], split=None, batch_size=4, drop_last=False, shuffle=False, handler=only_json_errors)
+    loader = make_loader([shard], split=None, batch_size=4, drop_last=False, shuffle=False, handler=only_json_errors,
+                         num_workers=0)
     assert [b["image_id"] for b in loader] == [["0"]] and len(seen) == 3
 
 

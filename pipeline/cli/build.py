@@ -40,6 +40,12 @@ SAMPLE_OUT = Path("shards") / "sample"
     help="Folder of the image files named by the annotations (flickr, coco, karpathy, table).",
 )
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Read image symlinks (files or folders) whose target lies outside the image folder; "
+    "without it they are rejected as path_outside_images.",
+)
+@click.option(
     "--split-file",
     "split_files",
     type=SplitFile(),
@@ -119,6 +125,7 @@ def build(
     out: Path | None,
     fmt: str,
     images: Path | None,
+    follow_symlinks: bool,
     split_files: tuple[tuple[str, Path], ...],
     image_column: str | None,
     caption_column: str | None,
@@ -165,6 +172,7 @@ def build(
         spec = SourceSpec(
             path=source,
             images=images,
+            follow_symlinks=follow_symlinks,
             split_files=split_files,
             image_column=image_column,
             caption_column=caption_column,

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import SourceError, UsageError
-from .base import ImageUnavailable, read_image_file
+from .base import ImageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +271,10 @@ class Parts:
         column: str,
         index: int,
         images: Path | None,
-        open_path: Callable[[str], bytes] = read_image_file,
+        open_path: Callable[[str], bytes],
     ) -> bytes:
-        """The stored bytes of the image cell at global row ``index``; a path cell is read with ``open_path``."""
+        """The stored bytes of the image cell at global row ``index``; a path cell is read with
+        ``open_path`` (the reader's ``read_image``, which confines it)."""
         part, row = self.locate(index)
         value = part.cell(column, row)
         if isinstance(value, dict):

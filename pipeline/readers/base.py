@@ -8,7 +8,6 @@ into the image's bytes. Readers must be picklable: shard-writing workers receive
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,20 +15,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from ..errors import CapshardError
 from ..schema import batches_from_rows
+from .confine import ImageUnavailable, confined_path, read_image_file
 
-
-class ImageUnavailable(CapshardError):
-    """The image of a row cannot be read (missing file, unreadable bytes). ``reason`` is the reject code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[type[ImageUnavailable], tuple[str, str]]:
-        # Raised in pool workers: it must survive the trip back to the parent process.
-        return type(self), (self.reason, str(self))
+__all__ = ["ImageUnavailable", "Reader", "SourceSpec"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +27,7 @@ class SourceSpec:
 
     ``path`` is a file or folder (or a hub name for ``hf``). ``dataset`` is an in-memory
     ``datasets.Dataset``/``DatasetDict`` passed by library users (the embedded sample).
+    ``follow_symlinks`` lets image symlinks point outside the image folder (``--follow-symlinks``).
     """
 
     path: str | None = None
@@ -50,6 +40,7 @@ class SourceSpec:
     restval: str = "train"
     dataset: Any = field(default=None, compare=False, repr=False)
     name: str | None = None
+    follow_symlinks: bool = False
     #: ``--captions-from``: a table of extra captions joined by ``captions_key`` (wds sources).
     captions_from: str | None = None
     captions_key: str = "key"
@@ -64,6 +55,7 @@ class SourceSpec:
             "split_column": self.split_column,
             "restval": self.restval,
             "split_files": [[split, Path(f).name] for split, f in self.split_files],
+            "follow_symlinks": self.follow_symlinks,
             **(
                 {"captions_from": [Path(self.captions_from).name, self.captions_key, self.captions_column]}
                 if self.captions_from
@@ -105,24 +97,22 @@ class Reader:
         return self.read_image(image_path)
 
     def read_image(self, image_path: str) -> bytes:
-        """The bytes of an image file named by the source, refused when it leaves ``spec.images``."""
+        """The bytes of an image file named by the source, refused when it leaves :meth:`image_root`."""
         return read_image_file(self.checked_image_path(image_path))
 
     def checked_image_path(self, image_path: str) -> str:
-        """``image_path``, refused (``path_outside_images``) when it leaves ``spec.images``.
+        """The real path of ``image_path``, refused (``path_outside_images``) when it leaves :meth:`image_root`.
 
-        Annotation files are data: a name like ``../../etc/passwd`` must not make a build read,
-        and publish in a shard, a file outside the image folder the user named. ``..`` is
-        resolved on the path's text; symlinks inside the folder are followed (the folder is
-        the user's own). Without ``spec.images`` there is no folder to stay in.
+        The one place where every reader's image paths are confined: by their text (``..``,
+        absolute paths elsewhere) and by their real path (symlinked files or folders whose
+        target lies outside, unless ``spec.follow_symlinks``). Nothing is opened here.
         """
-        if self.spec.images is None:
-            return image_path
-        root = os.path.abspath(self.spec.images)
-        path = os.path.normpath(os.path.join(root, image_path))
-        if os.path.commonpath([root, path]) != root:
-            raise ImageUnavailable("path_outside_images", f"image path {image_path} is outside the image folder {root}")
-        return path
+        return confined_path(image_path, self.image_root(), follow_symlinks=self.spec.follow_symlinks)
+
+    def image_root(self) -> Path | None:
+        """The folder every image file must stay in: ``spec.images``; readers whose paths may be
+        relative to the annotation file fall back to its folder. ``None``: no folder is known."""
+        return self.spec.images
 
     def multi_caption(self) -> bool:
         """True when the source is known to carry several captions per image (Flickr, COCO,
@@ -175,16 +165,3 @@ def _hash_file(h: Any, path: Path) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-
-
-def read_image_file(path: str) -> bytes:
-    """Read an image file's bytes, mapping OS errors to reject reasons."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ImageUnavailable("missing_image", f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise ImageUnavailable("missing_image", f"image path is a directory: {path}") from None
-    except OSError as e:
-        raise ImageUnavailable("unreadable_image", f"cannot read image file {path}: {e.strerror}") from None

@@ -155,6 +155,13 @@ class HFReader(Reader):
         )
         yield from arrow_rows(parts, cols, images=self.spec.images, restval=self.spec.restval)
 
+    def image_root(self) -> Path | None:
+        """``--images``, else the local dataset's folder; an in-memory or hub dataset has none."""
+        if self.spec.images is not None:
+            return self.spec.images
+        path = self._local_path()
+        return None if path is None else path if path.is_dir() else path.parent
+
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
             return self.read_image(image_path)

@@ -92,6 +92,10 @@ class TableReader(Reader):
             records = self._csv_rows("\t" if self.kind == "tsv" else ",")
         yield from records
 
+    def image_root(self) -> Path:
+        """``--images``, else the table's folder (a parquet folder: that folder), which paths are relative to."""
+        return self.spec.images or (self.path if self.path.is_dir() else self.path.parent)
+
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
             return self.read_image(image_path)
