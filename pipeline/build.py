@@ -90,6 +90,8 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
 
 def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: contextlib.ExitStack) -> BuildResult:
     fmt = detect(spec) if config.format == "auto" else config.format
+    if spec.captions_from and fmt != "wds":
+        raise UsageError(f"--captions-from joins on WebDataset keys or URLs: it needs --format wds, not {fmt}")
     if config.id_column is not None:
         spec = dataclasses.replace(spec, id_column=config.id_column)
     reader = get_reader(fmt)(spec)
@@ -293,6 +295,7 @@ def _shard_tasks(out: Path, fmt: str, planned: pa.Table, resize: int | None) -> 
                 caption_ids=tuple(r["caption_ids"]),
                 row_ids=tuple(r["row_ids"]),
                 source_ids=tuple(r["source_ids"]),
+                source_urls=tuple(r.get("source_urls") or ()),
                 sha256=r["sha256"],
                 format=r["format"],
                 width=r["width"],

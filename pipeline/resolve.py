@@ -290,6 +290,7 @@ def _aggregate(valid: pa.Table) -> pa.Table:
                 ("caption_id", "list"),
                 ("row_id", "list"),
                 ("name", "distinct"),
+                ("url", "distinct"),
                 ("location", "first"),
                 ("split", "first"),
                 ("sha256", "first"),
@@ -309,6 +310,7 @@ def _aggregate(valid: pa.Table) -> pa.Table:
             "caption_id_list": "caption_ids",
             "row_id_list": "row_ids",
             "name_distinct": "source_ids",
+            "url_distinct": "source_urls",
             **{
                 f"{c}_first": c
                 for c in (

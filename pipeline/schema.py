@@ -34,6 +34,8 @@ CAPTION_ROWS = pa.schema(
         pa.field("file_name", pa.string()),
         # Set by the reader when the record cannot be used (e.g. caption not UTF-8); the reason code.
         pa.field("reject", pa.string()),
+        # The URL the image was downloaded from (img2dataset's json ``url``), if the source says.
+        pa.field("url", pa.string()),
     ]
 )
 

@@ -46,6 +46,8 @@ class SampleSpec:
     image_path: str | None
     image_index: int | None
     file_name: str | None
+    #: Every URL the source gives for this image (img2dataset), in row order.
+    source_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ def sample_members(
         "file_name": spec.file_name,
         "sha256": spec.sha256,
     }
+    if spec.source_urls:
+        source["urls"] = list(spec.source_urls)
     meta = {
         "image_id": spec.image_id,
         "group": spec.group,

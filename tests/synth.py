@@ -106,3 +106,50 @@ def flattened_dataset(n_images: int, captions: int = 5, seed: int = 0):  # type:
         }
     )
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+def img2dataset_folder(
+    folder: Path, n_images: int, captions_per_image: int = 5, per_shard: int = 10, failed: int = 2
+) -> list[dict[str, object]]:
+    """Shards as img2dataset writes them from a one-row-per-caption URL list: every image
+    repeated once per caption (same bytes, its own key), ``KEY.jpg``/``.txt``/``.json``
+    written by ``webdataset.ShardWriter``, plus the ``NNNNN.parquet`` and
+    ``NNNNN_stats.json`` sidecars (with ``failed`` failed downloads). Returns the json of
+    every sample written, in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, object]] = []
+    records = [(i, n) for i in range(n_images) for n in range(captions_per_image)]
+    with wds.ShardWriter(str(folder / "%05d.tar"), maxcount=per_shard, verbose=0) as sink:
+        for position, (i, n) in enumerate(records):
+            shard, index = divmod(position, per_shard)
+            key = f"{shard:05d}{index:04d}"
+            meta = {
+                "url": f"https://img.example.com/photos/{1000 + i}.jpg",
+                "key": key,
+                "status": "success",
+                "error_message": None,
+                "width": 32,
+                "height": 24,
+                "caption": caption_text(i, n),
+            }
+            sink.write({"__key__": key, "jpg": image_bytes(i), "txt": caption_text(i, n), "json": meta})
+            written.append(meta)
+    shards = sorted(folder.glob("*.tar"))
+    for number, _ in enumerate(shards):
+        rows = [m for m in written if str(m["key"]).startswith(f"{number:05d}")]
+        bad = [
+            {"url": f"https://img.example.com/gone/{number}-{k}.jpg", "key": None, "status": "failed_to_download",
+             "error_message": "HTTP Error 404", "caption": f"lost {k}"}
+            for k in range(failed)
+        ]
+        table = pa.Table.from_pylist(
+            [{k: r.get(k) for k in ("url", "key", "status", "error_message", "caption")} for r in rows + bad]
+        )
+        pq.write_table(table, folder / f"{number:05d}.parquet")
+        stats = {"count": len(rows) + failed, "successes": len(rows), "failed_to_download": failed}
+        (folder / f"{number:05d}_stats.json").write_text(json.dumps(stats))
+    return written

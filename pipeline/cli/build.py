@@ -94,6 +94,9 @@ def build(
     id_column: str | None,
     split_column: str | None,
     restval_as: str,
+    captions_from: str | None,
+    captions_key: str,
+    captions_column: str | None,
     id_strategy: str,
     on_leak: str,
     seed: int,
@@ -116,7 +119,8 @@ def build(
 
     SOURCE is a dataset in its published format: a Hugging Face dataset folder, parquet
     or hub name (hf), a Karpathy split JSON, a COCO captions JSON, a Flickr token/CSV file,
-    or a CSV/JSONL/parquet table. Without SOURCE, builds the embedded sample dataset into
+    or a CSV/JSONL/parquet table, or WebDataset/img2dataset tars (a folder, a tar, a brace
+    pattern). Without SOURCE, builds the embedded sample dataset into
     shards/sample.
 
     Re-running the same command resumes an interrupted build; over a finished build of
@@ -138,6 +142,9 @@ def build(
             id_column=id_column,
             split_column=split_column,
             restval_as=restval_as,
+            captions_from=captions_from,
+            captions_key=captions_key,
+            captions_column=captions_column,
         )
         out = out or Path("shards") / Path(source.rstrip("/")).stem
     if fmt == "auto":

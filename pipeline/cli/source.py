@@ -45,6 +45,17 @@ _OPTIONS = (
     click.option("--id-column", help="Column holding the source's image id (table, hf)."),
     click.option("--split-column", help="Column holding the split (table, hf)."),
     click.option("--restval-as", default="train", help="Split that Karpathy's 'restval' images join."),
+    click.option(
+        "--captions-from",
+        metavar="FILE",
+        help="wds: parquet/CSV/JSONL of extra captions (recaptions) joined by --captions-key; local or URL.",
+    ),
+    click.option(
+        "--captions-key", type=click.Choice(["key", "url"]), default="key", help="Join column of --captions-from."
+    ),
+    click.option(
+        "--captions-column", help="Caption column of --captions-from (string or list). Default: captions|caption|text."
+    ),
 )
 
 check_inputs_option = click.option(
@@ -73,6 +84,9 @@ def source_spec(
     id_column: str | None,
     split_column: str | None,
     restval_as: str,
+    captions_from: str | None = None,
+    captions_key: str = "key",
+    captions_column: str | None = None,
 ) -> SourceSpec:
     """The ``SourceSpec`` of ``source`` read with the options ``source_options`` parsed."""
     return SourceSpec(
@@ -85,4 +99,7 @@ def source_spec(
         id_column=id_column,
         split_column=split_column,
         restval=restval_as,
+        captions_from=captions_from,
+        captions_key=captions_key,
+        captions_column=captions_column,
     )

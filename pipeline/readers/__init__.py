@@ -15,13 +15,15 @@ from .flickr import FlickrReader
 from .hf import HFReader
 from .karpathy import KarpathyReader
 from .table import TableReader
+from .wds import WdsReader
 
 READERS: dict[str, type[Reader]] = {
-    r.name: r for r in (HFReader, KarpathyReader, CocoReader, FlickrReader, TableReader)
+    r.name: r for r in (HFReader, KarpathyReader, CocoReader, FlickrReader, TableReader, WdsReader)
 }
 
-#: Order in which ``auto`` asks readers; the generic table reader last.
-DETECT_ORDER: tuple[str, ...] = ("hf", "karpathy", "coco", "flickr", "table")
+#: Order in which ``auto`` asks readers; the generic table reader last (img2dataset folders
+#: hold parquet sidecars beside their tars: ``wds`` is asked first).
+DETECT_ORDER: tuple[str, ...] = ("hf", "karpathy", "coco", "flickr", "wds", "table")
 
 
 def get_reader(name: str) -> type[Reader]:
@@ -39,6 +41,8 @@ def detect(spec: SourceSpec) -> str:
     if spec.path is None:
         raise UsageError("no source given")
     path = Path(spec.path)
+    if not path.exists() and WdsReader.claims(spec.path):
+        return "wds"  # a brace pattern, a "::" list or a URL of tars
     if not path.exists():
         if path.suffix or spec.path.startswith(("/", ".", "~")) or spec.path.count("/") > 1:
             raise UsageError(f"{spec.path} does not exist")

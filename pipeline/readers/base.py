@@ -43,6 +43,10 @@ class SourceSpec:
     follow_symlinks: bool = False
     #: Images of the embedded sample dataset (``capshard build`` without SOURCE), else None.
     sample_images: int | None = None
+    #: ``--captions-from``: a table of extra captions joined by ``captions_key`` (wds sources).
+    captions_from: str | None = None
+    captions_key: str = "key"
+    captions_column: str | None = None
 
     def reading_options(self) -> dict[str, Any]:
         """The options that change what is read from the source (part of a build's identity)."""
@@ -56,6 +60,11 @@ class SourceSpec:
             "restval": self.restval,
             "split_files": [[split, Path(f).name] for split, f in self.split_files],
             "follow_symlinks": self.follow_symlinks,
+            **(
+                {"captions_from": [Path(self.captions_from).name, self.captions_key, self.captions_column]}
+                if self.captions_from
+                else {}
+            ),
         }
 
 
