@@ -30,7 +30,18 @@ from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
-from .finalize import INDEX, MANIFEST, REJECTS, manifest_dict, read_manifest, write_index, write_manifest, write_rejects
+from .finalize import (
+    INDEX,
+    MANIFEST,
+    REJECTS,
+    SIZES,
+    manifest_dict,
+    read_manifest,
+    write_index,
+    write_manifest,
+    write_rejects,
+    write_sizes,
+)
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
@@ -94,6 +105,7 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     with _output_errors(out):
         write_index(out, planned, results)
         write_rejects(out, rejects)
+        write_sizes(out, results)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
     version = config.version or identity["fingerprint"].split(":")[-1][:12]
     manifest = manifest_dict(
@@ -180,7 +192,7 @@ def _identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
 def _clean(out: Path) -> None:
     """Remove what a build wrote (and only that) from ``out``."""
     shutil.rmtree(out / STATE, ignore_errors=True)
-    for name in (MANIFEST, INDEX, REJECTS):
+    for name in (MANIFEST, INDEX, REJECTS, SIZES):
         (out / name).unlink(missing_ok=True)
     for shard in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
         shard.unlink()
