@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .export.samples import IMAGE_EXTENSIONS, iter_samples, load_build as load_manifest, shard_names
+from .export.samples import IMAGE_EXTENSIONS, iter_samples, shard_names
+from .export.samples import load_build as load_manifest
 
 
 def build_features(build_dir: Path, shards: list[str]) -> Any:

@@ -38,7 +38,8 @@ th:first-child,td:first-child{text-align:left}.muted{color:#777}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .card img{display:block;max-width:100%;image-rendering:pixelated;margin:0 auto 6px;min-width:96px}
 .card ol{margin:4px 0;padding-left:20px}.meta{font-size:12px;color:#555;word-break:break-all}
-.reject{font:12px monospace;white-space:pre-wrap;background:#fff3f3;border-left:3px solid #d55;padding:4px 8px;margin:4px 0}
+.reject{font:12px monospace;white-space:pre-wrap;background:#fff3f3;border-left:3px solid #d55;
+ padding:4px 8px;margin:4px 0}
 """
 
 _SCRIPT = """
@@ -157,11 +158,11 @@ def _rejects_section(summary: dict[str, Any], examples: dict[str, list[dict[str,
 
 
 def _thumbnail(sample: BuildSample) -> str:
-    with Image.open(io.BytesIO(sample.image)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=85)
+    with Image.open(io.BytesIO(sample.image)) as opened:
+        img = opened.convert("RGB")
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

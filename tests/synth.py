@@ -117,7 +117,7 @@ def mixed_format_dataset(n_images: int, splits: Sequence[str] = ("train", "val",
     fmts = ["JPEG" if i % 2 == 0 else "PNG" for i in range(n_images)]
     names = [f"{1000 + i}.{'jpg' if f == 'JPEG' else 'png'}" for i, f in enumerate(fmts)]
     rows = {
-        "image": [{"bytes": image_bytes(i, f), "path": n} for i, (f, n) in enumerate(zip(fmts, names))],
+        "image": [{"bytes": image_bytes(i, f), "path": n} for i, (f, n) in enumerate(zip(fmts, names, strict=True))],
         "caption": [[caption_text(i, n) for n in range(captions)] for i in range(n_images)],
         "sentids": [[str(i * captions + n) for n in range(captions)] for i in range(n_images)],
         "split": [splits[i % len(splits)] for i in range(n_images)],

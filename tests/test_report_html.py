@@ -25,7 +25,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     names = [f"img{i}.jpg" for i in range(8)]
     write_images(root / "images", names)
-    flickr_token_file(root / "captions.token", names + ["gone.jpg"], captions_per_image=5)
+    flickr_token_file(root / "captions.token", [*names, "gone.jpg"], captions_per_image=5)
     # keep two of gone.jpg's five rows, so the rejects are a known handful
     lines = (root / "captions.token").read_text().splitlines()[:42]
     (root / "captions.token").write_text("\n".join(lines) + "\n")

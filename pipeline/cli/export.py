@@ -60,7 +60,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
-    line = f"exported {summary['images']} images, {summary['captions']} captions to {summary['out']} ({summary['target']}"
+    line = f"exported {summary['images']} images, {summary['captions']} captions to {summary['out']}"
+    line += f" ({summary['target']}"
     if summary["target"] == "clip-benchmark":
         line += f", split {summary['split']}: {summary['shards']} shards, {summary['hard_links']} hard-linked"
     click.echo(line + ")")

@@ -24,7 +24,9 @@ from .samples import load_build, shard_names
 DATASET_TYPE = "retrieval"
 
 
-def export_clip_benchmark(build_dir: Path, out: Path, *, split: str = "test", overwrite: bool = False) -> dict[str, Any]:
+def export_clip_benchmark(
+    build_dir: Path, out: Path, *, split: str = "test", overwrite: bool = False
+) -> dict[str, Any]:
     """Write ``out/dataset_type.txt`` and ``out/SPLIT/{nshards.txt,0.tar…}`` from ``build_dir``'s split."""
     manifest = load_build(build_dir)
     shards = shard_names(manifest, split)
