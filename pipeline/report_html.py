@@ -1,6 +1,6 @@
 """``capshard inspect --html``: one self-contained HTML page for a person to look at a build.
 
-Counts per split, the captions-per-image chart, the resolution report, rejects by
+Counts per split, the captions-per-image and group-size charts, the resolution report, rejects by
 reason with examples, and a seeded sample of images as small embedded thumbnails
 (``data:`` URIs), each with all its captions, id, group, split and source ids. The page
 loads nothing from the network; its one script marks ``data-images-loaded`` on
@@ -13,7 +13,7 @@ import base64
 import io
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from html import escape
 from pathlib import Path
@@ -64,7 +64,8 @@ def render_html(build_dir: Path, *, samples: int = 24, seed: int = 0) -> str:
         f"<p class=muted>{escape(str(build_dir))} · {escape(manifest['format'])} · {escape(manifest.get('tool', ''))}"
         f" · source {escape(str(manifest['source'].get('format')))}</p>",
         _counts(manifest),
-        _chart(manifest["groups"]["captions_per_image"]),
+        _chart("Captions per image", "captions-per-image", "captions", manifest["groups"]["captions_per_image"]),
+        _chart("Images per group", "group-sizes", "images", _group_sizes(build_dir)),
         _resolution(manifest["resolution"]),
         _rejects_section(manifest["rejects"], rejects),
         _grid(picked, manifest["counts"]["images"], seed),
@@ -124,14 +125,21 @@ def _counts(m: dict[str, Any]) -> str:
     )
 
 
-def _chart(per_image: dict[str, int]) -> str:
+def _group_sizes(build_dir: Path) -> dict[str, int]:
+    """Group size -> number of groups of that size (images that share a group show the same content)."""
+    groups = pq.read_table(build_dir / INDEX, columns=["group"])["group"].to_pylist()
+    sizes = Counter(Counter(groups).values())
+    return {str(k): sizes[k] for k in sorted(sizes)}
+
+
+def _chart(title: str, element_id: str, unit: str, per_image: dict[str, int]) -> str:
     top = max(per_image.values(), default=1)
     rows = "".join(
-        f"<tr><td>{escape(k)} captions</td><td>{v}</td>"
+        f"<tr><td>{escape(k)} {unit}</td><td>{v}</td>"
         f"<td style='text-align:left'><span class=bar style='width:{max(2, round(300 * v / top))}px'></span></td></tr>"
         for k, v in per_image.items()
     )
-    return f"<h2>Captions per image</h2><table id=captions-per-image>{rows}</table>"
+    return f"<h2>{title}</h2><table id={element_id}>{rows}</table>"
 
 
 def _resolution(r: dict[str, Any]) -> str:

@@ -68,6 +68,7 @@ def test_report_dom_shows_samples_captions_and_rejects(built: Path, tmp_path: Pa
         assert re.findall(r"<li>(.*?)</li>", card) == [caption_text(i, n) for n in range(5)]
     assert f'<b data-count="images">{manifest["counts"]["images"]}</b>' in dom
     assert '<b data-count="rejected_rows">2</b>' in dom
+    assert re.search(r'<table id="group-sizes"><tbody><tr><td>1 images</td><td>8</td>', dom)
     reason = next(iter(manifest["rejects"]["by_reason"]))
     assert f'data-reason="{reason}"' in dom and f"{reason}: 2 rows" in dom
     assert dom.count('<div class="reject">') == 2 and "gone.jpg" in dom
