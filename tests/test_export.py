@@ -173,3 +173,12 @@ def test_hf_export_of_one_split(built: Path, tmp_path: Path) -> None:
     ds = datasets.load_from_disk(str(tmp_path / "hf"))
     assert ds.num_rows == summary["images"] == 4
     assert set(ds["split"]) == {"val"}
+
+
+def test_hf_export_cli_prints_a_json_summary(built: Path, tmp_path: Path) -> None:
+    proc = capshard("export", "hf", str(built), str(tmp_path / "hf"), "--split", "test", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary == {"target": "hf", "out": str(tmp_path / "hf"), "split": "test", "rows": 4, "images": 4,
+                       "captions": 12}
+    assert (tmp_path / "hf" / "state.json").is_file()
