@@ -36,7 +36,7 @@ from . import FORMAT_VERSION
 from .config import BuildConfig
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
-from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects
+from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
 from .identity import default_version, identity_of_manifest, input_check, make_identity
 from .inputs import (
     INPUTS,
@@ -132,6 +132,7 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
         write_index(out, planned, results)
         write_rejects(out, rejects)
         write_listing(out / INPUTS, listing)
+        write_sizes(out, results)
     name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
     version = config.version or default_version(identity)
     manifest = manifest_dict(

@@ -22,6 +22,8 @@ from .write import ShardResult, write_bytes_atomic, write_json_atomic
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
+#: ``{"shard.tar": images}``: how open_clip's trainer counts webdataset samples.
+SIZES = "sizes.json"
 
 #: Top-level keys every manifest has (DESIGN.md).
 MANIFEST_KEYS = (
@@ -57,6 +59,11 @@ def write_rejects(out: Path, rejects: pa.Table) -> None:
     """``rejects.jsonl``: one line per input row not in a shard, in row order."""
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects.to_pylist()]
     write_bytes_atomic(out / REJECTS, "".join(lines).encode("utf-8"))
+
+
+def write_sizes(out: Path, results: dict[str, ShardResult]) -> None:
+    """``sizes.json``: shard name -> number of samples, open_clip's ``get_dataset_size`` format."""
+    write_json_atomic(out / SIZES, {name: results[name].images for name in sorted(results)})
 
 
 def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -> None:

@@ -37,11 +37,21 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from webdataset.autodecode import DecodingError
 from webdataset.tariterators import base_plus_ext
 
 from .errors import IntegrityError
 from .media import DEFAULT_MAX_PIXELS
+
+try:
+    from webdataset.autodecode import DecodingError
+except ImportError:  # webdataset <= 0.2.86 (open_clip's training pin) raises the codec's own error
+
+    class DecodingError(Exception):  # type: ignore[no-redef]
+        """Never raised by these webdataset versions; keeps ``explain`` uniform."""
+
+        url: str | None = None
+        key: str | None = None
+        k: str | None = None
 
 log = logging.getLogger(__name__)
 

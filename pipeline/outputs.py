@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, OutputError, UsageError
-from .finalize import INDEX, MANIFEST, REJECTS, read_manifest
+from .finalize import INDEX, MANIFEST, REJECTS, SIZES, read_manifest
 from .inputs import INPUTS
 from .lock import LOCK
 from .plan import SHARD_NAME
@@ -36,7 +36,7 @@ from .write import TMP_MARK, fsync_dir
 STATE = ".capshard"
 LEDGER = "ledger.txt"
 #: The files every build may write besides its shards.
-BUILD_FILES = (REJECTS, INDEX, MANIFEST, INPUTS)
+BUILD_FILES = (REJECTS, INDEX, MANIFEST, INPUTS, SIZES)
 #: How many foreign names a refusal lists.
 SHOWN = 3
 

@@ -153,3 +153,22 @@ def img2dataset_folder(
         stats = {"count": len(rows) + failed, "successes": len(rows), "failed_to_download": failed}
         (folder / f"{number:05d}_stats.json").write_text(json.dumps(stats))
     return written
+
+
+def mixed_format_dataset(n_images: int, splits: Sequence[str] = ("train", "val", "test"), captions: int = 3):  # type: ignore[no-untyped-def]
+    """Like :func:`nlphuji_dataset`, but odd images are PNG and even ones JPEG (mixed extensions in a build)."""
+    import datasets
+
+    from pipeline import sample
+
+    fmts = ["JPEG" if i % 2 == 0 else "PNG" for i in range(n_images)]
+    names = [f"{1000 + i}.{'jpg' if f == 'JPEG' else 'png'}" for i, f in enumerate(fmts)]
+    rows = {
+        "image": [{"bytes": image_bytes(i, f), "path": n} for i, (f, n) in enumerate(zip(fmts, names, strict=True))],
+        "caption": [[caption_text(i, n) for n in range(captions)] for i in range(n_images)],
+        "sentids": [[str(i * captions + n) for n in range(captions)] for i in range(n_images)],
+        "split": [splits[i % len(splits)] for i in range(n_images)],
+        "img_id": [str(i) for i in range(n_images)],
+        "filename": names,
+    }
+    return datasets.Dataset.from_dict(rows, features=sample.FEATURES, split="test")

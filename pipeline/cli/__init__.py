@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "verify": "pipeline.cli.verify:verify",
     "diagnose": "pipeline.cli.diagnose:diagnose",
     "smoke-train": "pipeline.cli.smoke:smoke_train",
+    "export": "pipeline.cli.export:export",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -34,6 +35,7 @@ SHORT_HELP: dict[str, str] = {
     "verify": "Prove a build intact: checksums, samples, and every row accounted for.",
     "diagnose": "Read a build through the loader and check the batches carry positives.",
     "smoke-train": "Train a tiny CLIP on a build for a minute and report the positive/negative gap.",
+    "export": "Lay a build out for CLIP_benchmark (retrieval) or as a datasets.save_to_disk folder.",
 }
 
 

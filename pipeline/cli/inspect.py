@@ -15,12 +15,22 @@ from .options import json_option
 
 @click.command()
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report (thumbnails, captions, rejects) to this file.")
+@click.option("--samples", type=click.IntRange(min=0), default=24, show_default=True,
+              help="Images shown in the HTML report.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the HTML report's images.")
 @json_option
-def inspect(build_dir: Path, as_json: bool) -> None:
+def inspect(build_dir: Path, html_path: Path | None, samples: int, seed: int, as_json: bool) -> None:
     """Summarise the build in BUILD_DIR: counts per split, captions per image, resolution, rejects."""
     manifest = read_manifest(build_dir)
     if manifest is None:
         raise UsageError(f"{build_dir} holds no finished build (no manifest.json)")
+    if html_path is not None:
+        from ..report_html import write_html
+
+        shown = write_html(build_dir, html_path, samples=samples, seed=seed)
+        click.echo(f"wrote {html_path}: {shown} sample images", err=as_json)
     summary = summarize(manifest)
     if as_json:
         click.echo(json.dumps(summary))

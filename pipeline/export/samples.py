@@ -1,0 +1,88 @@
+"""Read the samples of a finished build back, shard by shard, for exports and reports.
+
+The build's own manifest names its shards; a shard is read as a stream and only regular
+members are kept. A sample is the image bytes, its extension and the parsed ``KEY.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import IntegrityError, UsageError
+from ..finalize import read_manifest
+from ..media import EXTENSIONS
+
+IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
+
+
+@dataclass(frozen=True)
+class BuildSample:
+    """One image of a build with everything its shard stores about it."""
+
+    key: str
+    shard: str
+    ext: str
+    image: bytes
+    meta: dict[str, Any]
+
+    @property
+    def captions(self) -> list[str]:
+        return list(self.meta["captions"])
+
+
+def load_build(build_dir: Path) -> dict[str, Any]:
+    """The manifest of the finished build in ``build_dir``; UsageError when there is none."""
+    manifest = read_manifest(build_dir)
+    if manifest is None:
+        raise UsageError(f"{build_dir} holds no finished build (no manifest.json)")
+    return manifest
+
+
+def shard_names(manifest: dict[str, Any], split: str | None = None) -> list[str]:
+    """The build's shards in name order, of one split or of all; UsageError for an unknown split."""
+    splits = manifest["splits"]
+    if split is not None and split not in splits:
+        raise UsageError(f"the build has no split {split!r} (splits: {', '.join(sorted(splits)) or 'none'})")
+    chosen = [split] if split is not None else sorted(splits)
+    return sorted(s["name"] for name in chosen for s in splits[name]["shards"])
+
+
+def iter_samples(build_dir: Path, shards: list[str]) -> Iterator[BuildSample]:
+    """Every sample of ``shards`` in tar order."""
+    for name in shards:
+        yield from _shard_samples(build_dir, name)
+
+
+def _shard_samples(build_dir: Path, name: str) -> Iterator[BuildSample]:
+    """A capshard tar is sorted, so a sample's members are contiguous: yield each when the key changes."""
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    try:
+        with tarfile.open(build_dir / name, mode="r|") as tar:
+            for info in tar:
+                if not info.isreg() or "." not in info.name:
+                    continue
+                k, ext = info.name.split(".", 1)
+                if k != key:
+                    if key is not None:
+                        yield _sample(name, key, parts)
+                    key, parts = k, {}
+                f = tar.extractfile(info)
+                assert f is not None  # a regular member always has a file object
+                parts[ext] = f.read()
+    except (OSError, tarfile.TarError) as e:
+        raise IntegrityError(f"{build_dir / name} cannot be read: {e}") from None
+    if key is not None:
+        yield _sample(name, key, parts)
+
+
+def _sample(shard: str, key: str, parts: dict[str, bytes]) -> BuildSample:
+    images = [ext for ext in parts if ext in IMAGE_EXTENSIONS]
+    if len(images) != 1 or "json" not in parts:
+        raise IntegrityError(f"{shard}: sample {key!r} is not a capshard sample (run capshard verify)")
+    return BuildSample(key, shard, images[0], parts[images[0]], json.loads(parts["json"]))
