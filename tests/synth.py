@@ -106,3 +106,81 @@ def flattened_dataset(n_images: int, captions: int = 5, seed: int = 0):  # type:
         }
     )
     return datasets.Dataset.from_dict(rows, features=features)
+
+
+def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A photo-like RGB image unique to ``seed``: structure at several scales plus grain, not flat colour."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    acc = np.zeros((h, w, 3), np.float32)
+    for cells, weight in ((3, 1.0), (6, 0.6), (14, 0.35), (40, 0.2)):
+        small = rng.random((max(2, cells * h // w), cells, 3), dtype=np.float32)
+        layer = Image.fromarray((small * 255).astype("uint8")).resize(size, Image.Resampling.BICUBIC)
+        acc += weight * np.asarray(layer, np.float32)
+    acc = acc / 2.15 + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(acc, 0, 255).astype("uint8"))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 92) -> bytes:
+    """``img`` encoded as ``fmt``."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _crop(img: Image.Image, frac: float) -> Image.Image:
+    w, h = img.size
+    dx, dy = round(w * frac), round(h * frac)
+    return img.crop((dx, dy, w - dx, h - dy))
+
+
+def _text(img: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = img.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, h - h // 8, w, h), fill=(0, 0, 0))
+    draw.text((4, h - h // 8 + 2), "(c) stock photo 2026 www.example.com", fill=(255, 255, 255))
+    return out
+
+
+def _logo(img: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = img.copy()
+    w, h = out.size
+    ImageDraw.Draw(out).ellipse((w - w // 5, 4, w - 4, 4 + w // 5 - 8), fill=(250, 40, 40))
+    return out
+
+
+def _brightness(img: Image.Image) -> Image.Image:
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(1.1)).enhance(0.9)
+
+
+def _resize(img: Image.Image, frac: float) -> Image.Image:
+    return img.resize((round(img.width * frac), round(img.height * frac)), Image.Resampling.BICUBIC)
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(encode(img, quality=quality)))
+
+
+#: The copies a web crawl makes of a photo, by name (the issue's list); each returns a new image.
+TRANSFORMS = {
+    "resize50": lambda im: _resize(im, 0.5),
+    "resize25": lambda im: _resize(im, 0.25),
+    "jpeg95": lambda im: _jpeg(im, 95),
+    "jpeg60": lambda im: _jpeg(im, 60),
+    "brightness": _brightness,
+    "crop2": lambda im: _crop(im, 0.02),
+    "crop5": lambda im: _crop(im, 0.05),
+    "crop10": lambda im: _crop(im, 0.10),
+    "text": _text,
+    "logo": _logo,
+    "flip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
