@@ -184,3 +184,19 @@ TRANSFORMS = {
     "logo": _logo,
     "flip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
 }
+
+
+def photo_csv(root: Path, images: Sequence[tuple[str, str, bytes]]) -> Path:
+    """``root/captions.csv`` (columns image, caption, split) and ``root/images/`` from ``(name, split, bytes)``."""
+    import csv
+
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = root / "captions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "split"])
+        for i, (name, split, data) in enumerate(images):
+            (folder / name).write_bytes(data)
+            writer.writerow([name, caption_text(i, 0), split])
+    return path

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.phash import hex_hash, phash_bytes, phash_image, to_int64, to_uint64
-from tests.synth import TRANSFORMS, encode, photo_like
+from synth import TRANSFORMS, encode, photo_like
 
 
 @st.composite

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "verify": "pipeline.cli.verify:verify",
     "diagnose": "pipeline.cli.diagnose:diagnose",
     "smoke-train": "pipeline.cli.smoke:smoke_train",
+    "hash": "pipeline.cli.hash:hash_cmd",
+    "overlap": "pipeline.cli.overlap:overlap",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -34,6 +36,8 @@ SHORT_HELP: dict[str, str] = {
     "verify": "Prove a build intact: checksums, samples, and every row accounted for.",
     "diagnose": "Read a build through the loader and check the batches carry positives.",
     "smoke-train": "Train a tiny CLIP on a build for a minute and report the positive/negative gap.",
+    "hash": "Compute perceptual hashes of a build's images from its shards (sidecar parquet).",
+    "overlap": "Find exact and near-duplicate images across splits and builds (leaks, contamination).",
 }
 
 
