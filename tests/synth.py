@@ -108,18 +108,26 @@ def flattened_dataset(n_images: int, captions: int = 5, seed: int = 0):  # type:
     return datasets.Dataset.from_dict(rows, features=features)
 
 
-def photo_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A photo-like RGB image unique to ``seed``: structure at several scales plus grain, not flat colour."""
+def photo_like(seed: int, size: tuple[int, int] = (320, 240), layout: float = 0.0) -> Image.Image:
+    """A photo-like RGB image unique to ``seed``: structure at several scales plus grain, not flat colour.
+
+    ``layout`` > 0 adds what most photos share, a bright top (sky) over a darker bottom split
+    at a random horizon, so distinct images are as alike at low frequencies as real ones.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     w, h = size
     acc = np.zeros((h, w, 3), np.float32)
+    if layout:
+        horizon = rng.uniform(0.3, 0.7) * h
+        rows = np.arange(h, dtype=np.float32)[:, None, None]
+        acc += layout * 2.15 * np.where(rows < horizon, 200.0 - rows / h * 60, 70.0 + rows / h * 30)
     for cells, weight in ((3, 1.0), (6, 0.6), (14, 0.35), (40, 0.2)):
         small = rng.random((max(2, cells * h // w), cells, 3), dtype=np.float32)
         layer = Image.fromarray((small * 255).astype("uint8")).resize(size, Image.Resampling.BICUBIC)
         acc += weight * np.asarray(layer, np.float32)
-    acc = acc / 2.15 + rng.normal(0, 6, (h, w, 3))
+    acc = acc / (2.15 * (1 + layout)) + rng.normal(0, 6, (h, w, 3))
     return Image.fromarray(np.clip(acc, 0, 255).astype("uint8"))
 
 
