@@ -24,7 +24,7 @@ from pipeline.nearsearch import NearIndex, brute_force_pairs
 from pipeline.phash import phash_image, to_int64
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from synth import TRANSFORMS, encode, photo_like  # noqa: E402
+from synth import TRANSFORMS, encode, photo_like
 
 
 def planted(n_base: int, n_query: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -54,15 +54,24 @@ def time_brute(base: np.ndarray, query: np.ndarray, threshold: int, sample: int)
 
 def search_section(n_base: int, n_query: int, thresholds: list[int], sizes: list[int], brute_sample: int) -> list[str]:
     base, query = planted(n_base, n_query)
-    lines = [f"### Search: {n_base:,} base x {n_query:,} query hashes", "",
-             "| threshold | blocks x radius | MIH time (s) | pairs | brute force (s, scaled) | speed-up |",
-             "| ---: | :---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Search: {n_base:,} base x {n_query:,} query hashes",
+        "",
+        "| threshold | blocks x radius | MIH time (s) | pairs | brute force (s, scaled) | speed-up |",
+        "| ---: | :---: | ---: | ---: | ---: | ---: |",
+    ]
     for t in thresholds:
         mih, pairs = time_search(base, query, t)
         brute = time_brute(base, query, t, brute_sample)
         lines.append(f"| {t} | {_shape(n_base, t)} | {mih:.1f} | {pairs:,} | {brute:.0f} | {brute / mih:.0f}x |")
         print(lines[-1], flush=True)
-    lines += ["", f"Growth with N at threshold 8 ({n_query:,} queries):", "", "| N base | MIH time (s) |", "| ---: | ---: |"]
+    lines += [
+        "",
+        f"Growth with N at threshold 8 ({n_query:,} queries):",
+        "",
+        "| N base | MIH time (s) |",
+        "| ---: | ---: |",
+    ]
     for n in sizes:
         t, _ = time_search(base[:n], query, 8)
         lines.append(f"| {n:,} | {t:.1f} |")
@@ -91,13 +100,17 @@ def quality_section(
         [to_int64(phash_image(photo_like(1_000_000 + s, size, layout))) for s in range(n_distinct)], np.int64
     ).view(np.uint64)
     n_pairs = n_distinct * (n_distinct - 1) // 2
-    lines = [f"### Quality: {n_originals} photo-like originals ({size[0]}x{size[1]}), "
-             f"each copied under every transform; {n_distinct:,} distinct images for false positives", "",
-             "Recall = share of copies within the threshold of their original. False positives: among the "
-             f"{n_pairs:,} pairs of distinct images, the share within the threshold, and the share of distinct "
-             "images that have at least one false match among the others.", "",
-             "| threshold | " + " | ".join(TRANSFORMS) + " | FP pairs | FP images |",
-             "| ---: | " + " | ".join("---:" for _ in TRANSFORMS) + " | ---: | ---: |"]
+    lines = [
+        f"### Quality: {n_originals} photo-like originals ({size[0]}x{size[1]}), "
+        f"each copied under every transform; {n_distinct:,} distinct images for false positives",
+        "",
+        "Recall = share of copies within the threshold of their original. False positives: among the "
+        f"{n_pairs:,} pairs of distinct images, the share within the threshold, and the share of distinct "
+        "images that have at least one false match among the others.",
+        "",
+        "| threshold | " + " | ".join(TRANSFORMS) + " | FP pairs | FP images |",
+        "| ---: | " + " | ".join("---:" for _ in TRANSFORMS) + " | ---: | ---: |",
+    ]
     for t in thresholds:
         found = NearIndex(distinct, t).search(distinct)
         off = found.i != found.j
@@ -131,17 +144,23 @@ def main() -> None:
     args = parser.parse_args()
     search_t = [int(t) for t in args.thresholds.split(",")]
     sizes = [n for n in (args.base // 10, args.base * 3 // 10, args.base) if n]
-    lines = ["# Near-duplicate search and pHash quality", "",
-             f"Command: `PYTHONPATH=.:tests python benchmarks/bench_overlap.py {' '.join(sys.argv[1:])}`", "",
-             f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}, "
-             f"numpy {np.__version__}; single thread; shared with other jobs while measured.", ""]
+    lines = [
+        "# Near-duplicate search and pHash quality",
+        "",
+        f"Command: `PYTHONPATH=.:tests python benchmarks/bench_overlap.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}; single thread; shared with other jobs while measured.",
+        "",
+    ]
     lines += quality_section(args.originals, args.distinct, list(range(0, 15, 2)), (320, 240), args.layout)
-    lines += [""] + search_section(args.base, args.queries, search_t, sizes, args.brute_sample)
+    lines += ["", *search_section(args.base, args.queries, search_t, sizes, args.brute_sample)]
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     print(text)
+
 
 if __name__ == "__main__":
     main()

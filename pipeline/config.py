@@ -70,7 +70,9 @@ class BuildConfig:
         if self.resize is not None and self.resize < 8:
             raise UsageError("--resize must be at least 8 pixels")
         if self.on_near_leak not in NEAR_LEAK_POLICIES:
-            raise UsageError(f"--on-near-leak must be one of {', '.join(NEAR_LEAK_POLICIES)}, not {self.on_near_leak!r}")
+            raise UsageError(
+                f"--on-near-leak must be one of {', '.join(NEAR_LEAK_POLICIES)}, not {self.on_near_leak!r}"
+            )
         if not 0 <= self.near_threshold <= 32:
             raise UsageError("--threshold must be between 0 and 32")
         object.__setattr__(self, "exclude_near", tuple(Path(p) for p in self.exclude_near))

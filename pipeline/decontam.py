@@ -66,17 +66,21 @@ def apply_near(resolution: Resolution, rows: pa.Table, probed: pa.Table, options
         if options.on_near_leak == "fail":
             raise BuildError(
                 f"{len(leaks)} near-duplicate pairs across splits (pHash distance <= {options.threshold}): "
-                + "; ".join(named[:5]) + ("; …" if len(leaks) > 5 else "")
+                + "; ".join(named[:5])
+                + ("; …" if len(leaks) > 5 else "")
                 + " (--on-near-leak reject keeps the evaluation copy; report only counts them)"
             )
         if options.on_near_leak == "reject":
-            for (i, j, d), text in zip(leaks, named, strict=True):
+            for (i, j, _), text in zip(leaks, named, strict=True):
                 drop = i if SPLIT_PRIORITY.get(splits[i], 2) >= SPLIT_PRIORITY.get(splits[j], 2) else j
                 rejected.setdefault(drop, ("near_leak", f"near-duplicate across splits: {text}"))
             section["near_leaks_rejected"] = sum(1 for r, _ in rejected.values() if r == "near_leak")
         else:
-            report["notes"] = [*report.get("notes", []), f"{len(leaks)} near-duplicate image pairs across splits "
-                               f"(pHash distance <= {options.threshold}); kept, as --on-near-leak report says"]
+            report["notes"] = [
+                *report.get("notes", []),
+                f"{len(leaks)} near-duplicate image pairs across splits "
+                f"(pHash distance <= {options.threshold}); kept, as --on-near-leak report says",
+            ]
     report["near_duplicates"] = section
     if not rejected:
         return dataclasses.replace(resolution, images=images, report=report)
@@ -92,31 +96,47 @@ def _exclude(images: pa.Table, hashes: np.ndarray, options: NearOptions, rejecte
         # Closest match first, so the detail names the best one.
         for k in np.lexsort((found.j, found.distance, found.i)).tolist():
             pos, j, d = int(train[found.i[k]]), int(found.j[k]), int(found.distance[k])
-            rejected.setdefault(pos, ("near_duplicate_of_eval",
-                                      f"near-duplicate (pHash distance {d} <= {options.threshold}) of image "
-                                      f"{ids[j]!r} ({splits[j]}) of build {build}"))
+            rejected.setdefault(
+                pos,
+                (
+                    "near_duplicate_of_eval",
+                    f"near-duplicate (pHash distance {d} <= {options.threshold}) of image "
+                    f"{ids[j]!r} ({splits[j]}) of build {build}",
+                ),
+            )
 
 
-def _near_leaks(images: pa.Table, hashes: np.ndarray, rejected: dict[int, tuple[str, str]],
-                threshold: int) -> list[tuple[int, int, int]]:
+def _near_leaks(
+    images: pa.Table, hashes: np.ndarray, rejected: dict[int, tuple[str, str]], threshold: int
+) -> list[tuple[int, int, int]]:
     splits = images["split"].to_pylist()
     found = self_pairs(hashes, threshold)
-    return [(i, j, d) for i, j, d in zip(found.i.tolist(), found.j.tolist(), found.distance.tolist(), strict=True)
-            if splits[i] != splits[j] and i not in rejected and j not in rejected]
+    return [
+        (i, j, d)
+        for i, j, d in zip(found.i.tolist(), found.j.tolist(), found.distance.tolist(), strict=True)
+        if splits[i] != splits[j] and i not in rejected and j not in rejected
+    ]
 
 
-def _drop(resolution: Resolution, images: pa.Table, rows: pa.Table, rejected: dict[int, tuple[str, str]],
-          report: dict[str, Any]) -> Resolution:
+def _drop(
+    resolution: Resolution,
+    images: pa.Table,
+    rows: pa.Table,
+    rejected: dict[int, tuple[str, str]],
+    report: dict[str, Any],
+) -> Resolution:
     """Move the rejected images' caption rows to the rejects; renumber groups 0..n-1."""
     row_ids = images["row_ids"].to_pylist()
     location = dict(zip(rows["row_id"].to_pylist(), rows["location"].to_pylist(), strict=True))
-    new = [{"row_id": r, "location": location[r], "reason": reason, "detail": detail}
-           for pos, (reason, detail) in rejected.items() for r in row_ids[pos]]
+    new = [
+        {"row_id": r, "location": location[r], "reason": reason, "detail": detail}
+        for pos, (reason, detail) in rejected.items()
+        for r in row_ids[pos]
+    ]
     keep = np.ones(images.num_rows, bool)
     keep[list(rejected)] = False
     kept = images.filter(pa.array(keep))
-    kept = kept.set_column(kept.schema.get_field_index("group"), "group",
-                           pa.array(range(kept.num_rows), pa.int64()))
+    kept = kept.set_column(kept.schema.get_field_index("group"), "group", pa.array(range(kept.num_rows), pa.int64()))
     rejects = pa.concat_tables([resolution.rejects, pa.Table.from_pylist(new, schema=REJECT_SCHEMA)])
     return dataclasses.replace(resolution, images=kept, rejects=rejects.sort_by("row_id"), report=report)
 

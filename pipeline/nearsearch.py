@@ -162,8 +162,10 @@ def brute_force_pairs(queries: object, base: object, threshold: int, chunk: int 
     q, b = as_hashes(queries), as_hashes(base)
     out_i, out_j = [], []
     for start in range(0, len(q), chunk):
-        d = np.bitwise_count(q[start : start + chunk, None] ^ b[None, :]) if hasattr(np, "bitwise_count") else (
-            popcount((q[start : start + chunk, None] ^ b[None, :]).ravel()).reshape(-1, len(b))
+        d = (
+            np.bitwise_count(q[start : start + chunk, None] ^ b[None, :])
+            if hasattr(np, "bitwise_count")
+            else (popcount((q[start : start + chunk, None] ^ b[None, :]).ravel()).reshape(-1, len(b)))
         )
         ii, jj = np.nonzero(d <= threshold)
         out_i.append(ii + start)

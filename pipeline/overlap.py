@@ -43,7 +43,13 @@ class Side:
     key: str
 
     def to_json(self) -> dict[str, str]:
-        return {"build": self.build, "image_id": self.image_id, "split": self.split, "shard": self.shard, "key": self.key}
+        return {
+            "build": self.build,
+            "image_id": self.image_id,
+            "split": self.split,
+            "shard": self.shard,
+            "key": self.key,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,14 @@ class Pair:
     b: Side
 
     def to_json(self) -> dict[str, Any]:
-        return {"scope": self.scope, "kind": self.kind, "distance": self.distance, "flipped": self.flipped,
-                "a": self.a.to_json(), "b": self.b.to_json()}
+        return {
+            "scope": self.scope,
+            "kind": self.kind,
+            "distance": self.distance,
+            "flipped": self.flipped,
+            "a": self.a.to_json(),
+            "b": self.b.to_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -80,16 +92,25 @@ class OverlapReport:
         for p in self.pairs:
             key = (p.scope, f"{p.a.build}:{p.a.split}", f"{p.b.build}:{p.b.split}")
             rows.setdefault(key, Counter())[p.kind] += 1
-        return [{"scope": s, "a": a, "b": b, "exact": c["exact"], "near": c["near"]} for (s, a, b), c in sorted(rows.items())]
+        return [
+            {"scope": s, "a": a, "b": b, "exact": c["exact"], "near": c["near"]}
+            for (s, a, b), c in sorted(rows.items())
+        ]
 
     def to_json(self) -> dict[str, Any]:
-        return {"builds": list(self.builds), "threshold": self.threshold, "near": self.near,
-                "counts": {s: self.counts()[s] for s in SCOPES}, "summary": self.summary(),
-                "pairs": [p.to_json() for p in self.pairs]}
+        return {
+            "builds": list(self.builds),
+            "threshold": self.threshold,
+            "near": self.near,
+            "counts": {s: self.counts()[s] for s in SCOPES},
+            "summary": self.summary(),
+            "pairs": [p.to_json() for p in self.pairs],
+        }
 
 
-def find_overlap(builds: list[Path], *, threshold: int = DEFAULT_THRESHOLD, near: bool = True,
-                 flip: bool = False) -> OverlapReport:
+def find_overlap(
+    builds: list[Path], *, threshold: int = DEFAULT_THRESHOLD, near: bool = True, flip: bool = False
+) -> OverlapReport:
     """Pairs within each build (leak, dup) and between the first build and each other (contamination)."""
     tables = [(str(b), load_hashes(b, need=near)) for b in builds]
     pairs: list[Pair] = []
@@ -119,23 +140,28 @@ def _exact(sha_a: list[str], sha_b: list[str] | None) -> list[tuple[int, int]]:
     by_sha: dict[str, list[int]] = {}
     for j, s in enumerate(sha_a if sha_b is None else sha_b):
         by_sha.setdefault(s, []).append(j)
-    out = []
+    out: list[tuple[int, int]] = []
     for i, s in enumerate(sha_a):
         out.extend((i, j) for j in by_sha.get(s, ()) if sha_b is not None or i < j)
     return out
 
 
-def _near(qa: tuple[np.ndarray, np.ndarray], qb: tuple[np.ndarray, np.ndarray], threshold: int,
-          same: bool) -> Pairs:
+def _near(qa: tuple[np.ndarray, np.ndarray], qb: tuple[np.ndarray, np.ndarray], threshold: int, same: bool) -> Pairs:
     (rows_a, ha), (rows_b, hb) = qa, qb
     found = self_pairs(ha, threshold) if same else NearIndex(hb, threshold).search(ha)
     return Pairs(rows_a[found.i], rows_b[found.j], found.distance)
 
 
-def _collect(scope_of: Any, sides_a: list[Side], sides_b: list[Side], exact: list[tuple[int, int]],
-             near: list[tuple[Pairs, bool]], same: bool) -> list[Pair]:
+def _collect(
+    scope_of: Any,
+    sides_a: list[Side],
+    sides_b: list[Side],
+    exact: list[tuple[int, int]],
+    near: list[tuple[Pairs, bool]],
+    same: bool,
+) -> list[Pair]:
     seen = set()
-    out = []
+    out: list[Pair] = []
     for i, j in exact:
         seen.add((i, j))
         out.append(Pair(scope_of(sides_a[i], sides_b[j]), "exact", 0, False, sides_a[i], sides_b[j]))
@@ -166,8 +192,7 @@ def _within(name: str, table: pa.Table, threshold: int, near: bool, flip: bool) 
     return _collect(scope, sides, sides, exact, found, same=True)
 
 
-def _between(name_a: str, a: pa.Table, name_b: str, b: pa.Table, threshold: int, near: bool,
-             flip: bool) -> list[Pair]:
+def _between(name_a: str, a: pa.Table, name_b: str, b: pa.Table, threshold: int, near: bool, flip: bool) -> list[Pair]:
     exact = _exact(a["sha256"].to_pylist(), b["sha256"].to_pylist())
     found: list[tuple[Pairs, bool]] = []
     if near:

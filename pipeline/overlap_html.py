@@ -58,11 +58,11 @@ def thumbnails(sides: list[Side]) -> dict[tuple[str, str, str], str]:
 
 
 def _thumb(data: bytes) -> str:
-    with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((THUMB, THUMB))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=80)
+    with Image.open(io.BytesIO(data)) as src:
+        img = src.convert("RGB")
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -80,7 +80,9 @@ def render_html(report: OverlapReport, limit: int = 500) -> str:
     rows = []
     for p in shown:
         a, b = (thumbs.get((s.build, s.shard, s.key)) for s in (p.a, p.b))
-        detail = "identical bytes" if p.kind == "exact" else f"distance {p.distance}" + (" (mirrored)" if p.flipped else "")
+        detail = (
+            "identical bytes" if p.kind == "exact" else f"distance {p.distance}" + (" (mirrored)" if p.flipped else "")
+        )
         rows.append(
             f'<tr class="pair {p.scope}" data-scope="{p.scope}" data-kind="{p.kind}" data-distance="{p.distance}">'
             f"<td>{p.scope}</td><td>{p.kind}<br><small>{detail}</small></td>{_cell(p.a, a)}{_cell(p.b, b)}</tr>"
@@ -90,14 +92,18 @@ def render_html(report: OverlapReport, limit: int = 500) -> str:
         f"<td>{r['exact']}</td><td>{r['near']}</td></tr>"
         for r in report.summary()
     )
-    more = f"<p>showing {len(shown)} of {len(report.pairs)} pairs; --json lists them all</p>" if len(shown) < len(report.pairs) else ""
+    more = (
+        f"<p>showing {len(shown)} of {len(report.pairs)} pairs; --json lists them all</p>"
+        if len(shown) < len(report.pairs)
+        else ""
+    )
     return (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>capshard overlap</title>"
+        '<!doctype html><html><head><meta charset="utf-8"><title>capshard overlap</title>'
         f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>"
         f"<h1>Duplicate images</h1><p>builds: {html.escape(', '.join(report.builds))}; "
         f"threshold {report.threshold} bits; {len(report.pairs)} pairs</p>"
-        "<table id=\"summary\"><tr><th>scope</th><th>a</th><th>b</th><th>exact</th><th>near</th></tr>"
-        f"{summary}</table>{more}<h2>Pairs</h2><table id=\"pairs\">"
+        '<table id="summary"><tr><th>scope</th><th>a</th><th>b</th><th>exact</th><th>near</th></tr>'
+        f'{summary}</table>{more}<h2>Pairs</h2><table id="pairs">'
         "<tr><th>scope</th><th>match</th><th>image a</th><th>image b</th></tr>"
         f"{''.join(rows)}</table></body></html>\n"
     )

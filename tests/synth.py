@@ -159,7 +159,7 @@ def _logo(img: Image.Image) -> Image.Image:
     from PIL import ImageDraw
 
     out = img.copy()
-    w, h = out.size
+    w = out.width
     ImageDraw.Draw(out).ellipse((w - w // 5, 4, w - 4, 4 + w // 5 - 8), fill=(250, 40, 40))
     return out
 

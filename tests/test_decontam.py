@@ -23,11 +23,26 @@ def photo(seed: int, transform: str | None = None) -> bytes:
     return encode(TRANSFORMS[transform](img) if transform else img)
 
 
-def cli_build(root: Path, images: list[tuple[str, str, bytes]], *args: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def cli_build(
+    root: Path, images: list[tuple[str, str, bytes]], *args: str
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     csv = photo_csv(root / "src", images)
     out = root / "out"
-    result = capshard("build", str(csv), "--images", str(root / "src" / "images"), "--split-column", "split",
-                      "--out", str(out), "--workers", "1", "--max-reject-fraction", "1", *args)
+    result = capshard(
+        "build",
+        str(csv),
+        "--images",
+        str(root / "src" / "images"),
+        "--split-column",
+        "split",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--max-reject-fraction",
+        "1",
+        *args,
+    )
     return out, result
 
 
@@ -50,8 +65,11 @@ def test_phash_column_equals_imagehash(eval_build: Path) -> None:
 #: Training rows: 6 distinct photos, 3 copies of eval images (one byte-identical), 1 eval-split image.
 TRAIN = (
     [(f"p{s}.jpg", "train", photo(s)) for s in range(6)]
-    + [("e200.jpg", "train", photo(200, "jpeg60")), ("e201.jpg", "train", photo(201, "resize50")),
-       ("e203.jpg", "train", photo(203))]
+    + [
+        ("e200.jpg", "train", photo(200, "jpeg60")),
+        ("e201.jpg", "train", photo(201, "resize50")),
+        ("e203.jpg", "train", photo(203)),
+    ]
     + [("v202.jpg", "val", photo(202, "jpeg95"))]
 )
 

@@ -27,15 +27,19 @@ def test_equals_brute_force(seed: int, n_base: int, n_query: int, threshold: int
     blocks = max(blocks, threshold // 3 + 1) if blocks else 0  # radius <= 2: few probes
     got = NearIndex(base, threshold, blocks=blocks or None).search(query)
     want = brute_force_pairs(query, base, threshold)
-    assert sorted(zip(got.i.tolist(), got.j.tolist(), got.distance.tolist())) == sorted(
-        zip(want.i.tolist(), want.j.tolist(), want.distance.tolist())
+    assert sorted(zip(got.i.tolist(), got.j.tolist(), got.distance.tolist(), strict=True)) == sorted(
+        zip(want.i.tolist(), want.j.tolist(), want.distance.tolist(), strict=True)
     )
 
 
 def test_self_pairs_lists_each_pair_once() -> None:
     hashes = np.array([0b1011, 0b1010, 0b1011, -1, 2**40], np.int64)
     found = self_pairs(hashes, 1)
-    assert sorted(zip(found.i.tolist(), found.j.tolist(), found.distance.tolist())) == [(0, 1, 1), (0, 2, 0), (1, 2, 1)]
+    assert sorted(zip(found.i.tolist(), found.j.tolist(), found.distance.tolist(), strict=True)) == [
+        (0, 1, 1),
+        (0, 2, 0),
+        (1, 2, 1),
+    ]
 
 
 def test_large_base_finds_planted_copies() -> None:

@@ -25,7 +25,10 @@ SIZE = (160, 120)
 
 def capshard(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -38,8 +41,10 @@ def photo(seed: int, transform: str | None = None) -> bytes:
 def make_build(root: Path, images: list[tuple[str, str, bytes]], **options: object) -> Path:
     csv = photo_csv(root / "src", images)
     out = root / "out"
-    build(SourceSpec(path=str(csv), images=root / "src" / "images", split_column="split"),
-          BuildConfig(out=out, format="table", workers=1, **options))  # type: ignore[arg-type]
+    build(
+        SourceSpec(path=str(csv), images=root / "src" / "images", split_column="split"),
+        BuildConfig(out=out, format="table", workers=1, **options),
+    )  # type: ignore[arg-type]
     return out
 
 
@@ -47,9 +52,12 @@ def make_build(root: Path, images: list[tuple[str, str, bytes]], **options: obje
 #: copies of those test photos in train (leaks), one duplicate within train, and copies of
 #: eval images in train (two near, one byte-identical: contamination).
 EXPECTED = {
-    ("leak", "near", "c100", "t100"), ("leak", "near", "c101", "t101"), ("leak", "near", "c102", "t102"),
+    ("leak", "near", "c100", "t100"),
+    ("leak", "near", "c101", "t101"),
+    ("leak", "near", "c102", "t102"),
     ("dup", "near", "d5", "p5"),
-    ("contamination", "near", "e200", "x200"), ("contamination", "near", "e201", "x201"),
+    ("contamination", "near", "e200", "x200"),
+    ("contamination", "near", "e201", "x201"),
     ("contamination", "exact", "e203", "x203"),
 }
 
@@ -62,10 +70,15 @@ def main_images() -> list[tuple[str, str, bytes]]:
     return (
         [(f"p{s}.jpg", "train", photo(s)) for s in range(10)]
         + [(f"t{s}.jpg", "test", photo(s)) for s in (100, 101, 102)]
-        + [("c100.jpg", "train", photo(100, "resize50")), ("c101.jpg", "train", photo(101, "jpeg60")),
-           ("c102.jpg", "train", photo(102, "brightness")), ("d5.jpg", "train", photo(5, "resize50")),
-           ("e200.jpg", "train", photo(200, "jpeg95")), ("e201.jpg", "train", photo(201, "crop2")),
-           ("e203.jpg", "train", photo(203))]
+        + [
+            ("c100.jpg", "train", photo(100, "resize50")),
+            ("c101.jpg", "train", photo(101, "jpeg60")),
+            ("c102.jpg", "train", photo(102, "brightness")),
+            ("d5.jpg", "train", photo(5, "resize50")),
+            ("e200.jpg", "train", photo(200, "jpeg95")),
+            ("e201.jpg", "train", photo(201, "crop2")),
+            ("e203.jpg", "train", photo(203)),
+        ]
     )
 
 
@@ -131,8 +144,10 @@ def test_hash_resumes_from_the_shards_already_hashed(tmp_path: Path) -> None:
     parts = out / ".capshard-hash"
     parts.mkdir()
     # A part left by an interrupted run (marked with a hash value no image has): reused, not recomputed.
-    pq.write_table(pa.table({"key": ["x200"], "phash": [7], "phash_flip": pa.nulls(1, pa.int64())}),
-                   parts / f"test-000000.tar.{digest[:16]}.parquet")
+    pq.write_table(
+        pa.table({"key": ["x200"], "phash": [7], "phash_flip": pa.nulls(1, pa.int64())}),
+        parts / f"test-000000.tar.{digest[:16]}.parquet",
+    )
     result = capshard("hash", str(out))
     assert result.returncode == 0 and "(1 shards from an earlier run)" in result.stdout
     assert pq.read_table(out / "phash.parquet").to_pylist()[0]["phash"] == 7
@@ -174,7 +189,7 @@ def test_fail_on_exits_1(hashed: tuple[Path, Path], args: list[str], code: int, 
 
 
 def test_fail_on_contamination_passes_a_clean_pair_of_builds(hashed: tuple[Path, Path]) -> None:
-    main, other = hashed
+    other = hashed[1]
     assert capshard("overlap", str(other), "--fail-on", "contamination").returncode == 0
     assert capshard("overlap", str(other), "--fail-on", "any").returncode == 0
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from synth import TRANSFORMS, encode, photo_like
 
 from pipeline.phash import hex_hash, phash_bytes, phash_image, to_int64, to_uint64
-from synth import TRANSFORMS, encode, photo_like
 
 
 @st.composite

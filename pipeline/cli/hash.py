@@ -32,8 +32,17 @@ def hash_cmd(build_dir: Path, flip: bool, workers: int, executor: str, as_json: 
     with progress_bar("hashing shards", total) as advance:
         result = hash_build(build_dir, workers=workers, executor=executor, flip=flip, on_progress=advance)
     if as_json:
-        click.echo(json.dumps({"build": str(build_dir), "images": result.images, "shards": result.shards,
-                               "reused_shards": result.reused_shards, "sidecar": SIDECAR}))
+        click.echo(
+            json.dumps(
+                {
+                    "build": str(build_dir),
+                    "images": result.images,
+                    "shards": result.shards,
+                    "reused_shards": result.reused_shards,
+                    "sidecar": SIDECAR,
+                }
+            )
+        )
     else:
         click.echo(
             f"hashed {result.images} images of {result.shards} shards in {build_dir}"
