@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import UsageError
 from .hashes import load_hashes
 from .nearsearch import NearIndex, Pairs, self_pairs
 
@@ -113,6 +114,9 @@ def find_overlap(
 ) -> OverlapReport:
     """Pairs within each build (leak, dup) and between the first build and each other (contamination)."""
     tables = [(str(b), load_hashes(b, need=near)) for b in builds]
+    for name, table in tables:
+        if near and flip and table["phash_flip"].null_count == table.num_rows > 0:
+            raise UsageError(f"{name} has no mirrored hashes; run `capshard hash {name} --flip` to use --flip")
     pairs: list[Pair] = []
     for name, table in tables:
         pairs.extend(_within(name, table, threshold, near, flip))

@@ -198,6 +198,10 @@ def test_flip_matches_mirrored_copies(tmp_path: Path) -> None:
     images = [("a.jpg", "test", photo(300)), ("b.jpg", "train", photo(300, "flip")), ("c.jpg", "train", photo(301))]
     out = make_build(tmp_path, images)
     assert capshard("hash", str(out), "--flip").returncode == 0
+    unflipped = make_build(tmp_path / "unflipped", images)
+    assert capshard("hash", str(unflipped)).returncode == 0
+    refused = capshard("overlap", str(unflipped), "--flip")
+    assert refused.returncode == 2 and f"run `capshard hash {unflipped} --flip`" in refused.stderr
     plain = json.loads(capshard("overlap", str(out), "--json").stdout)
     assert plain["pairs"] == []  # pHash does not survive a mirror (documented)
     mirrored = json.loads(capshard("overlap", str(out), "--flip", "--json").stdout)
