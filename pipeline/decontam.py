@@ -91,6 +91,7 @@ def _exclude(images: pa.Table, hashes: np.ndarray, options: NearOptions, rejecte
     train = np.flatnonzero([s not in EVAL_SPLITS for s in images["split"].to_pylist()])
     for build in options.exclude:
         other = load_hashes(build)
+        other = other.filter(pc.is_valid(other["phash"]))
         found = NearIndex(other["phash"].to_numpy(zero_copy_only=False), options.threshold).search(hashes[train])
         ids, splits = other["image_id"].to_pylist(), other["split"].to_pylist()
         # Closest match first, so the detail names the best one.

@@ -58,7 +58,7 @@ def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
             data = reader.open_image(path, index)
             info = probe(data, formats=task.formats, max_pixels=task.max_pixels)
             if task.phash:
-                row["phash"] = to_int64(phash_bytes(data))
+                row["phash"] = _phash(data)
         except (ImageUnavailable, BadImage) as e:
             row.update(image_reason=e.reason, image_detail=str(e))
         else:
@@ -71,6 +71,14 @@ def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
             )
         out.append(row)
     return out
+
+
+def _phash(data: bytes) -> int:
+    """The stored pHash of bytes the probe accepted; a full decode that fails is a corrupt image."""
+    try:
+        return to_int64(phash_bytes(data))
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage("corrupt_image", f"image cannot be decoded: {e}") from None
 
 
 def distinct_refs(rows: pa.Table) -> pa.Table:
