@@ -136,6 +136,9 @@ def test_hash_writes_a_listed_sidecar_and_leaves_every_shard_byte(tmp_path: Path
     assert hashlib.sha256((out / "phash.parquet").read_bytes()).hexdigest() == listed["sha256"]
     assert capshard("verify", str(out)).returncode == 0
     assert not (out / ".capshard-hash").exists()
+    again = capshard("hash", str(out))
+    assert again.returncode == 0 and "(2 shards from an earlier run)" in again.stdout
+    assert shard_digests(out) == before
 
 
 def test_hash_resumes_from_the_shards_already_hashed(tmp_path: Path) -> None:
