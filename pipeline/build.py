@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from . import FORMAT_VERSION
 from .config import BuildConfig
+from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
@@ -231,7 +232,13 @@ def _plan(
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
-            refs, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
+            refs,
+            reader,
+            executor,
+            formats=config.image_formats,
+            max_pixels=config.max_pixels,
+            phash=config.hashes,
+            on_progress=advance,
         )
     if config.id_column is not None and reader.id_column() != config.id_column:
         raise UsageError(
@@ -239,6 +246,8 @@ def _plan(
             + (f" (its id column is {reader.id_column()!r})" if reader.id_column() else " (it has none)")
         )
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
+    if config.hashes:
+        resolution = apply_near(resolution, rows, probed, near_options(config))
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
         with _output_errors(config.out):

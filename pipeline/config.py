@@ -20,6 +20,9 @@ ID_STRATEGIES = ("auto", "content", "filename")
 #: How a re-run compares the images with the build's listing (``pipeline.inputs``).
 INPUT_CHECKS = ("stat", "content")
 LEAK_POLICIES = ("fail", "reject")
+NEAR_LEAK_POLICIES = ("report", "reject", "fail")
+#: Default pHash Hamming threshold for near-duplicates (benchmarks/results/overlap.md).
+DEFAULT_NEAR_THRESHOLD = 8
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 DEFAULT_MAX_CAPTION_CHARS = 2000
 
@@ -46,6 +49,11 @@ class BuildConfig:
     check_inputs: str = "stat"
     name: str | None = None
     version: str | None = None
+    #: Perceptual hashes (docs/NEAR_DUPLICATES.md): computed when asked or needed by exclude_near.
+    phash: bool = False
+    exclude_near: tuple[Path, ...] = ()
+    near_threshold: int = DEFAULT_NEAR_THRESHOLD
+    on_near_leak: str = "report"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -66,6 +74,13 @@ class BuildConfig:
             raise UsageError("--seed must be 0 or more")
         if self.resize is not None and self.resize < 8:
             raise UsageError("--resize must be at least 8 pixels")
+        if self.on_near_leak not in NEAR_LEAK_POLICIES:
+            raise UsageError(
+                f"--on-near-leak must be one of {', '.join(NEAR_LEAK_POLICIES)}, not {self.on_near_leak!r}"
+            )
+        if not 0 <= self.near_threshold <= 32:
+            raise UsageError("--threshold must be between 0 and 32")
+        object.__setattr__(self, "exclude_near", tuple(Path(p) for p in self.exclude_near))
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise UsageError("--max-reject-fraction must be between 0 and 1")
 
@@ -74,9 +89,20 @@ class BuildConfig:
         """The column named by ``--id column:NAME``, else None."""
         return self.id[len("column:") :] if self.id.startswith("column:") else None
 
+    @property
+    def hashes(self) -> bool:
+        """Whether the build computes perceptual hashes."""
+        return self.phash or bool(self.exclude_near)
+
     def output_options(self) -> dict[str, Any]:
         """The options that decide the output bytes (recorded in the manifest)."""
-        return {
+        near = {
+            "phash": True,
+            "exclude_near": [str(p) for p in self.exclude_near],
+            "near_threshold": self.near_threshold,
+            "on_near_leak": self.on_near_leak,
+        }
+        return ({"near_duplicates": near} if self.hashes else {}) | {
             "id": self.id,
             "seed": self.seed,
             "max_images_per_shard": self.max_images_per_shard,

@@ -85,6 +85,8 @@ def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -
         },
         schema=INDEX_SCHEMA,
     )
+    if "phash" in planned.column_names:  # build --phash / --exclude-near: pipeline.phash, stored signed
+        table = table.append_column(pa.field("phash", pa.int64()), planned["phash"])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_bytes_atomic(out / INDEX, sink.getvalue().to_pybytes())

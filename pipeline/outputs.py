@@ -34,6 +34,8 @@ from .plan import SHARD_NAME
 from .write import TMP_MARK, fsync_dir
 
 STATE = ".capshard"
+#: Where ``capshard hash`` keeps the parts of an unfinished run (see :mod:`.hashes`).
+HASH_PARTS = ".capshard-hash"
 LEDGER = "ledger.txt"
 #: The files every build may write besides its shards.
 BUILD_FILES = (REJECTS, INDEX, MANIFEST, INPUTS, SIZES)
@@ -141,7 +143,7 @@ def check_location(out: Path, images: Path | None, source: str | None) -> None:
 def _is_owned(entry: Path, recorded: set[str]) -> bool:
     """The lock, the state folder, and files (never folders) recorded or temporaries of those."""
     name = entry.name
-    if name in (LOCK, STATE):
+    if name in (LOCK, STATE, HASH_PARTS):
         return name == LOCK or (entry.is_dir() and not entry.is_symlink())
     return not entry.is_dir() and (name in recorded or _temporary_of(name) in recorded)
 
@@ -177,6 +179,11 @@ def _listed(manifest: dict[str, Any]) -> set[str]:
             name = shard.get("name") if isinstance(shard, dict) else None
             if isinstance(name, str) and SHARD_NAME.fullmatch(name):
                 names.add(name)
+    sidecars = manifest.get("sidecars")
+    for sidecar in sidecars.values() if isinstance(sidecars, dict) else ():
+        name = sidecar.get("file") if isinstance(sidecar, dict) else None
+        if isinstance(name, str) and _plain(name):
+            names.add(name)  # written by a later command (capshard hash) and listed by it
     return names
 
 

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from .executors import Executor
 from .media import BadImage, probe
+from .phash import phash_bytes, to_int64
 from .readers import ImageUnavailable, Reader
 
 PROBE_SCHEMA = pa.schema(
@@ -30,6 +31,8 @@ PROBE_SCHEMA = pa.schema(
         ("height", pa.int64()),
         ("image_reason", pa.string()),
         ("image_detail", pa.string()),
+        # 64-bit pHash (pipeline.phash, stored signed) when the build asks for hashes, else null.
+        ("phash", pa.int64()),
     ]
 )
 
@@ -43,6 +46,7 @@ class ProbeTask:
     refs: tuple[tuple[str | None, int | None], ...]
     formats: tuple[str, ...]
     max_pixels: int
+    phash: bool = False
 
 
 def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
@@ -53,6 +57,8 @@ def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
         try:
             data = reader.open_image(path, index)
             info = probe(data, formats=task.formats, max_pixels=task.max_pixels)
+            if task.phash:
+                row["phash"] = _phash(data)
         except (ImageUnavailable, BadImage) as e:
             row.update(image_reason=e.reason, image_detail=str(e))
         else:
@@ -65,6 +71,14 @@ def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
             )
         out.append(row)
     return out
+
+
+def _phash(data: bytes) -> int:
+    """The stored pHash of bytes the probe accepted; a full decode that fails is a corrupt image."""
+    try:
+        return to_int64(phash_bytes(data))
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage("corrupt_image", f"image cannot be decoded: {e}") from None
 
 
 def distinct_refs(rows: pa.Table) -> pa.Table:
@@ -81,6 +95,7 @@ def probe_images(
     *,
     formats: tuple[str, ...],
     max_pixels: int,
+    phash: bool = False,
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> pa.Table:
     """Probe every reference of ``refs`` (see :func:`distinct_refs`); returns a ``PROBE_SCHEMA`` table."""
@@ -90,7 +105,7 @@ def probe_images(
     def tasks() -> Iterator[ProbeTask]:
         for start in range(0, len(paths), CHUNK):
             chunk = tuple(zip(paths[start : start + CHUNK], indices[start : start + CHUNK], strict=True))
-            yield ProbeTask(chunk, formats, max_pixels)
+            yield ProbeTask(chunk, formats, max_pixels, phash)
 
     results: list[dict[str, Any]] = []
     for part in executor.map_unordered(probe_chunk, tasks()):

@@ -172,3 +172,105 @@ def mixed_format_dataset(n_images: int, splits: Sequence[str] = ("train", "val",
         "filename": names,
     }
     return datasets.Dataset.from_dict(rows, features=sample.FEATURES, split="test")
+
+
+def photo_like(seed: int, size: tuple[int, int] = (320, 240), layout: float = 0.0) -> Image.Image:
+    """A photo-like RGB image unique to ``seed``: structure at several scales plus grain, not flat colour.
+
+    ``layout`` > 0 adds what most photos share, a bright top (sky) over a darker bottom split
+    at a random horizon, so distinct images are as alike at low frequencies as real ones.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    acc = np.zeros((h, w, 3), np.float32)
+    if layout:
+        horizon = rng.uniform(0.3, 0.7) * h
+        rows = np.arange(h, dtype=np.float32)[:, None, None]
+        acc += layout * 2.15 * np.where(rows < horizon, 200.0 - rows / h * 60, 70.0 + rows / h * 30)
+    for cells, weight in ((3, 1.0), (6, 0.6), (14, 0.35), (40, 0.2)):
+        small = rng.random((max(2, cells * h // w), cells, 3), dtype=np.float32)
+        layer = Image.fromarray((small * 255).astype("uint8")).resize(size, Image.Resampling.BICUBIC)
+        acc += weight * np.asarray(layer, np.float32)
+    acc = acc / (2.15 * (1 + layout)) + rng.normal(0, 6, (h, w, 3))
+    return Image.fromarray(np.clip(acc, 0, 255).astype("uint8"))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 92) -> bytes:
+    """``img`` encoded as ``fmt``."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def _crop(img: Image.Image, frac: float) -> Image.Image:
+    w, h = img.size
+    dx, dy = round(w * frac), round(h * frac)
+    return img.crop((dx, dy, w - dx, h - dy))
+
+
+def _text(img: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = img.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, h - h // 8, w, h), fill=(0, 0, 0))
+    draw.text((4, h - h // 8 + 2), "(c) stock photo 2026 www.example.com", fill=(255, 255, 255))
+    return out
+
+
+def _logo(img: Image.Image) -> Image.Image:
+    from PIL import ImageDraw
+
+    out = img.copy()
+    w = out.width
+    ImageDraw.Draw(out).ellipse((w - w // 5, 4, w - 4, 4 + w // 5 - 8), fill=(250, 40, 40))
+    return out
+
+
+def _brightness(img: Image.Image) -> Image.Image:
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(1.1)).enhance(0.9)
+
+
+def _resize(img: Image.Image, frac: float) -> Image.Image:
+    return img.resize((round(img.width * frac), round(img.height * frac)), Image.Resampling.BICUBIC)
+
+
+def _jpeg(img: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(encode(img, quality=quality)))
+
+
+#: The copies a web crawl makes of a photo, by name (the issue's list); each returns a new image.
+TRANSFORMS = {
+    "resize50": lambda im: _resize(im, 0.5),
+    "resize25": lambda im: _resize(im, 0.25),
+    "jpeg95": lambda im: _jpeg(im, 95),
+    "jpeg60": lambda im: _jpeg(im, 60),
+    "brightness": _brightness,
+    "crop2": lambda im: _crop(im, 0.02),
+    "crop5": lambda im: _crop(im, 0.05),
+    "crop10": lambda im: _crop(im, 0.10),
+    "text": _text,
+    "logo": _logo,
+    "flip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+
+
+def photo_csv(root: Path, images: Sequence[tuple[str, str, bytes]]) -> Path:
+    """``root/captions.csv`` (columns image, caption, split) and ``root/images/`` from ``(name, split, bytes)``."""
+    import csv
+
+    folder = root / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = root / "captions.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "split"])
+        for i, (name, split, data) in enumerate(images):
+            (folder / name).write_bytes(data)
+            writer.writerow([name, caption_text(i, 0), split])
+    return path

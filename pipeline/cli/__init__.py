@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "diagnose": "pipeline.cli.diagnose:diagnose",
     "smoke-train": "pipeline.cli.smoke:smoke_train",
     "export": "pipeline.cli.export:export",
+    "hash": "pipeline.cli.hash:hash_cmd",
+    "overlap": "pipeline.cli.overlap:overlap",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -36,6 +38,8 @@ SHORT_HELP: dict[str, str] = {
     "diagnose": "Read a build through the loader and check the batches carry positives.",
     "smoke-train": "Train a tiny CLIP on a build for a minute and report the positive/negative gap.",
     "export": "Lay a build out for CLIP_benchmark (retrieval) or as a datasets.save_to_disk folder.",
+    "hash": "Compute perceptual hashes of a build's images from its shards (sidecar parquet).",
+    "overlap": "Find exact and near-duplicate images across splits and builds (leaks, contamination).",
 }
 
 

@@ -10,7 +10,14 @@ import click
 
 from ..build import BuildResult
 from ..build import build as run_build
-from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, LEAK_POLICIES, BuildConfig
+from ..config import (
+    DEFAULT_MAX_CAPTION_CHARS,
+    DEFAULT_MAX_SHARD_BYTES,
+    DEFAULT_NEAR_THRESHOLD,
+    LEAK_POLICIES,
+    NEAR_LEAK_POLICIES,
+    BuildConfig,
+)
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import SourceSpec, detect
@@ -81,6 +88,26 @@ SAMPLE_OUT = Path("shards") / "sample"
     default=300,
     help="Images in the embedded sample (only without SOURCE).",
 )
+@click.option("--phash", is_flag=True, help="Store each image's 64-bit pHash in index.parquet (column phash).")
+@click.option(
+    "--exclude-near",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    multiple=True,
+    help="Reject training images that are near-duplicates of an image of this (evaluation) build; repeatable.",
+)
+@click.option(
+    "--threshold",
+    "near_threshold",
+    type=click.IntRange(0, 32),
+    default=DEFAULT_NEAR_THRESHOLD,
+    help="Largest pHash Hamming distance counted as a near-duplicate (--exclude-near, --on-near-leak).",
+)
+@click.option(
+    "--on-near-leak",
+    type=click.Choice(NEAR_LEAK_POLICIES),
+    default="report",
+    help="Near-duplicates across this build's splits (with --phash): count them, reject the training copy, or fail.",
+)
 @json_option
 def build(
     source: str | None,
@@ -113,6 +140,10 @@ def build(
     name: str | None,
     dataset_version: str | None,
     sample_images: int,
+    phash: bool,
+    exclude_near: tuple[Path, ...],
+    near_threshold: int,
+    on_near_leak: str,
     as_json: bool,
 ) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.
@@ -168,7 +199,16 @@ def build(
         check_inputs=check_inputs,
         name=name,
         version=dataset_version,
+        phash=phash,
+        exclude_near=exclude_near,
+        near_threshold=near_threshold,
+        on_near_leak=on_near_leak,
     )
+    if exclude_near:
+        from ..hashes import load_hashes
+
+        for other in exclude_near:  # before the long probe: a build without hashes is a usage error
+            load_hashes(other)
     result = run_build(spec, config, progress=progress_bar)
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
