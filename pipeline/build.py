@@ -208,7 +208,12 @@ def _output_errors(out: Path) -> Iterator[None]:
 
 
 def _read(reader: Reader) -> pa.Table:
-    rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
+    try:
+        rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
+    except OSError as e:  # a source file missing or unreadable: the user's error, in one line
+        if e.errno is None:
+            raise
+        raise UsageError(f"cannot read {e.filename or reader.spec.path}: {e.strerror}") from None
     log.info("read %d caption rows", rows.num_rows)
     return rows
 

@@ -80,6 +80,7 @@ def test_a_manifest_that_is_not_json_is_not_a_capshard_build(tmp_path: Path) -> 
     out = tmp_path / "mine"
     out.mkdir()
     (out / "manifest.json").write_text("holiday photos, see the album\n")
+    (tmp_path / "none.csv").write_text("image,caption\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "build", str(tmp_path / "none.csv"), "--format", "table", "--out", str(out),
          "--overwrite"], capture_output=True, text=True, timeout=120,
@@ -148,7 +149,8 @@ def test_overwrite_removes_exactly_the_previous_builds_files(tmp_path: Path) -> 
     fresh = build(spec, BuildConfig(out=tmp_path / "fresh", format="flickr", workers=1, max_images_per_shard=5))
     assert snapshot(out) == snapshot(fresh.out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "index.parquet", "manifest.json", "rejects.jsonl", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+        "index.parquet", "inputs.parquet", "manifest.json", "rejects.jsonl",
+        "train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert verify(out).ok
 
 
@@ -196,8 +198,8 @@ def test_a_killed_build_can_be_replaced_or_resumed(tmp_path: Path) -> None:
     assert other.returncode == 1
     assert "taking over the lock left by capshard build" in other.stderr
     assert other.stderr.strip().splitlines()[-1] == (
-        f"capshard: error: {out} holds an unfinished build of different input or options; "
-        "re-run that build to finish it, or pass --overwrite to start over")
+        f"capshard: error: {out} holds an unfinished build of different input or options (seed: 0 -> 1); "
+        "pass --overwrite to start over from the current input, or restore that input to finish it")
     replaced = subprocess.run(cli(spec, out, "--seed", "1", "--overwrite"), capture_output=True, text=True,
                               timeout=300)
     assert replaced.returncode == 0, replaced.stderr
