@@ -149,7 +149,7 @@ def test_overwrite_removes_exactly_the_previous_builds_files(tmp_path: Path) -> 
     fresh = build(spec, BuildConfig(out=tmp_path / "fresh", format="flickr", workers=1, max_images_per_shard=5))
     assert snapshot(out) == snapshot(fresh.out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "index.parquet", "inputs.parquet", "manifest.json", "rejects.jsonl",
+        "index.parquet", "inputs.parquet", "manifest.json", "rejects.jsonl", "sizes.json",
         "train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert verify(out).ok
 
