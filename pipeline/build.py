@@ -196,7 +196,13 @@ def _plan(
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
-            refs, reader, executor, formats=config.image_formats, max_pixels=config.max_pixels, on_progress=advance
+            refs,
+            reader,
+            executor,
+            formats=config.image_formats,
+            max_pixels=config.max_pixels,
+            validate=config.validate,
+            on_progress=advance,
         )
     if config.id_column is not None and reader.id_column() != config.id_column:
         raise UsageError(

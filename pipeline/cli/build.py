@@ -15,6 +15,7 @@ from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import READERS, SourceSpec, detect
 from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
+from ..validate import VALIDATE_MODES
 from .options import ByteSize, SplitFile, json_option, progress_bar
 
 SAMPLE_OUT = Path("shards") / "sample"
@@ -92,6 +93,12 @@ SAMPLE_OUT = Path("shards") / "sample"
     default=DEFAULT_MAX_PIXELS,
     help="Images declaring more pixels are rejected as decompression bombs.",
 )
+@click.option(
+    "--validate",
+    type=click.Choice(VALIDATE_MODES),
+    default="structure",
+    help="How an image is proven whole: walk its container (fast) or decode its pixels (see README).",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
 @click.option(
     "--executor",
@@ -130,6 +137,7 @@ def build(
     max_reject_fraction: float,
     max_caption_chars: int,
     max_pixels: int,
+    validate: str,
     workers: int,
     executor: str,
     overwrite: bool,
@@ -181,6 +189,7 @@ def build(
         max_reject_fraction=max_reject_fraction,
         max_caption_chars=max_caption_chars,
         max_pixels=max_pixels,
+        validate=validate,
         workers=workers,
         executor=executor,
         overwrite=overwrite,
