@@ -14,11 +14,12 @@ from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, LEAK_PO
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import READERS, SourceSpec, detect
-from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
 from ..validate import VALIDATE_MODES
 from .options import ByteSize, SplitFile, json_option, progress_bar
 
 SAMPLE_OUT = Path("shards") / "sample"
+#: ``pipeline.sample.MAX_IMAGES``, not imported: that module loads ``datasets`` (over a second).
+SAMPLE_MAX_IMAGES = 10_000
 
 
 @click.command(context_settings={"show_default": True})
