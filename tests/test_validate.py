@@ -6,13 +6,18 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
-from synth import image_bytes
+from synth import flickr_token_file, image_bytes, write_images
 
+from pipeline.build import build
+from pipeline.config import BuildConfig
+from pipeline.errors import OutputError, UsageError
 from pipeline.media import BadImage, probe
+from pipeline.readers import SourceSpec
 from pipeline.validate import StructureError, check_structure
 
 
@@ -133,3 +138,23 @@ def test_damage_inside_compressed_data_is_caught_only_by_decode() -> None:
     with pytest.raises(BadImage) as caught:
         probe(damaged, decode=True)
     assert caught.value.reason == "corrupt_image"
+
+
+def test_the_mode_is_a_build_option_that_changes_the_identity(tmp_path: Path) -> None:
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    write_images(tmp_path / "images", names)
+    flickr_token_file(tmp_path / "c.token", names)
+    spec = SourceSpec(path=str(tmp_path / "c.token"), images=tmp_path / "images")
+    first = build(spec, BuildConfig(out=tmp_path / "out", workers=1))
+    assert first.manifest["options"]["validate"] == "structure"
+    with pytest.raises(OutputError, match="different input or options"):
+        build(spec, BuildConfig(out=tmp_path / "out", workers=1, validate="decode"))
+    again = build(spec, BuildConfig(out=tmp_path / "dec", workers=1, validate="decode"))
+    assert again.manifest["options"]["validate"] == "decode"
+    assert shard_bytes(first.out) == shard_bytes(again.out)
+    with pytest.raises(UsageError, match="--validate must be one of structure, decode, not 'pixels'"):
+        BuildConfig(out=tmp_path / "x", validate="pixels")
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
