@@ -8,9 +8,9 @@
 - PNG: every chunk from IHDR to IEND, each with its CRC; at least one IDAT.
 - WebP: the RIFF size against the file, and every chunk's size within it; an image chunk.
 
-What it cannot see, because it never decodes: damaged entropy-coded data inside a JPEG
-scan, a corrupt zlib stream inside intact PNG chunks, a corrupt VP8/VP8L bitstream.
-``--validate decode`` catches those (see the README).
+What it cannot see, because it never decodes: a corrupt zlib stream inside PNG chunks
+whose CRCs match, some corrupt VP8 bitstreams, damaged data inside a JPEG scan (which a
+full decode mostly lets through too: libjpeg only warns). See the README.
 """
 
 from __future__ import annotations
