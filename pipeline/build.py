@@ -243,6 +243,7 @@ def _plan(
             formats=config.image_formats,
             max_pixels=config.max_pixels,
             phash=config.hashes,
+            validate=config.validate,
             on_progress=advance,
         )
     if config.id_column is not None and reader.id_column() != config.id_column:

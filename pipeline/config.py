@@ -15,6 +15,7 @@ from typing import Any
 from .errors import UsageError
 from .executors import EXECUTORS
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
+from .validate import VALIDATE_MODES
 
 ID_STRATEGIES = ("auto", "content", "filename")
 #: How a re-run compares the images with the build's listing (``pipeline.inputs``).
@@ -43,6 +44,7 @@ class BuildConfig:
     max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
     max_pixels: int = DEFAULT_MAX_PIXELS
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
+    validate: str = "structure"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     executor: str = "process"
     overwrite: bool = False
@@ -65,6 +67,8 @@ class BuildConfig:
             raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
         if self.check_inputs not in INPUT_CHECKS:
             raise UsageError(f"--check-inputs must be one of {', '.join(INPUT_CHECKS)}, not {self.check_inputs!r}")
+        if self.validate not in VALIDATE_MODES:
+            raise UsageError(f"--validate must be one of {', '.join(VALIDATE_MODES)}, not {self.validate!r}")
         if self.executor not in EXECUTORS:
             raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
         for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):
@@ -112,4 +116,5 @@ class BuildConfig:
             "max_caption_chars": self.max_caption_chars,
             "max_pixels": self.max_pixels,
             "image_formats": list(self.image_formats),
+            "validate": self.validate,
         }

@@ -1,8 +1,9 @@
 """Image bytes: validate and describe them (probe), and re-encode them (resize).
 
 The probe reads the header first, so a decompression bomb is refused before any pixel
-is decoded, then decodes the image (at reduced scale where the codec allows it) so a
-truncated or corrupt file is caught at build time rather than at epoch 40.
+is decoded, then proves the file whole, by walking its container (``structure``, see
+:mod:`.validate`) or by decoding it (``decode``, at reduced scale where the codec allows
+it), so a truncated or corrupt file is caught at build time rather than at epoch 40.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .validate import StructureError, check_structure
 
 #: Formats stored as they are; anything else is rejected (``unsupported_format``).
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
@@ -46,8 +49,13 @@ def probe(
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode: bool = True,
+    structure: bool = False,
 ) -> ImageInfo:
-    """Validate ``data`` and describe it; raises :class:`BadImage` with a reject reason."""
+    """Validate ``data`` and describe it; raises :class:`BadImage` with a reject reason.
+
+    After the header (format, size, pixel cap): ``decode`` decodes the pixels; else
+    ``structure`` walks the container (:mod:`.validate`); else the header is all.
+    """
     if not data:
         raise BadImage("empty_image", "image file is empty (0 bytes)")
     try:
@@ -67,11 +75,15 @@ def probe(
                 if img.format == "JPEG":
                     img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
                 img.load()
+            elif structure:
+                check_structure(data, img.format or "")
             fmt = img.format or ""
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage(*_classify_unidentified(data, formats)) from None
+    except StructureError as e:
+        raise BadImage("corrupt_image", f"image is truncated or malformed: {e}") from None
     except Image.DecompressionBombError as e:
         raise BadImage("decompression_bomb", str(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -1,6 +1,7 @@
 """Stage *probe*: read every distinct image once, validate it and hash it.
 
-Input: the caption-row table and its reader. Output: one row per distinct image
+Input: the caption-row table and its reader; ``validate`` (``structure`` or ``decode``,
+see :mod:`.validate`) says how an image is proven whole. Output: one row per distinct image
 reference (``image_path`` or ``image_index``) with the content ``sha256``, size, format
 and dimensions, or the reject ``reason`` and ``detail`` that explain why it is unusable.
 Resolution works on these hashes, never on pixels, so memory follows the row count.
@@ -47,6 +48,7 @@ class ProbeTask:
     formats: tuple[str, ...]
     max_pixels: int
     phash: bool = False
+    validate: str = "structure"
 
 
 def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
@@ -56,7 +58,13 @@ def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"image_path": path, "image_index": index}
         try:
             data = reader.open_image(path, index)
-            info = probe(data, formats=task.formats, max_pixels=task.max_pixels)
+            info = probe(
+                data,
+                formats=task.formats,
+                max_pixels=task.max_pixels,
+                decode=task.validate == "decode",
+                structure=task.validate == "structure",
+            )
             if task.phash:
                 row["phash"] = _phash(data)
         except (ImageUnavailable, BadImage) as e:
@@ -96,6 +104,7 @@ def probe_images(
     formats: tuple[str, ...],
     max_pixels: int,
     phash: bool = False,
+    validate: str = "structure",
     on_progress: Callable[[int], None] = lambda n: None,
 ) -> pa.Table:
     """Probe every reference of ``refs`` (see :func:`distinct_refs`); returns a ``PROBE_SCHEMA`` table."""
@@ -105,7 +114,7 @@ def probe_images(
     def tasks() -> Iterator[ProbeTask]:
         for start in range(0, len(paths), CHUNK):
             chunk = tuple(zip(paths[start : start + CHUNK], indices[start : start + CHUNK], strict=True))
-            yield ProbeTask(chunk, formats, max_pixels, phash)
+            yield ProbeTask(chunk, formats, max_pixels, phash=phash, validate=validate)
 
     results: list[dict[str, Any]] = []
     for part in executor.map_unordered(probe_chunk, tasks()):

@@ -1,19 +1,18 @@
 """Stage *write*: one independent task per shard.
 
 A task reads its images' bytes through the reader, checks them against the probed
-hash, optionally re-encodes them, and writes a deterministic tar (members sorted per
-sample, fixed mtime, uid/gid 0, no user names, USTAR) to a temporary name; then fsync,
-rename, and a small ``done`` record beside the plan. Tasks share nothing but the output
-folder, so a process pool, a Ray cluster or an indexed cluster job can run them.
+hash (the only hash of the source bytes in this stage), optionally re-encodes them, and
+writes a deterministic tar (members sorted per sample, fixed mtime, uid/gid 0, no user
+names, USTAR; see :mod:`.tarwriter`, which hashes the shard as it writes it) to a
+temporary name; then fsync, rename, and a small ``done`` record beside the plan. Tasks
+share nothing but the output folder, so a process pool, a Ray cluster or an indexed cluster job can run them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from .errors import IntegrityError, OutputError
 from .media import EXTENSIONS, resize
 from .readers import ImageUnavailable, Reader
+from .tarwriter import TarWriter
 
 #: Fixed member mtime (2020-01-01 UTC): same input, same bytes, whatever the clock says.
 MTIME = 1577836800
@@ -117,16 +117,6 @@ def sample_members(
     }
 
 
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = MTIME
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     """Write one shard atomically and record it as done.
 
@@ -141,22 +131,21 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     captions = 0
     try:
         with open(tmp, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for spec in task.samples:
-                    data = _stored_image(reader, spec)
-                    digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
-                    if task.resize is not None:
-                        data, fmt, width, height = resize(data, task.resize)
-                        digest = hashlib.sha256(data).hexdigest()
-                    members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
-                    for name in sorted(members):
-                        _add(tar, name, members[name])
-                    entries.append((spec.key, digest, width, height, EXTENSIONS[fmt]))
-                    captions += len(spec.captions)
-            f.flush()
+            tar = TarWriter(f, mtime=MTIME)
+            for spec in task.samples:
+                data = _stored_image(reader, spec)
+                digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
+                if task.resize is not None:
+                    data, fmt, width, height = resize(data, task.resize)
+                    digest = hashlib.sha256(data).hexdigest()
+                members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
+                for name in sorted(members):
+                    tar.add(name, members[name])
+                entries.append((spec.key, digest, width, height, EXTENSIONS[fmt]))
+                captions += len(spec.captions)
+            shard_sha, size = tar.close()
             os.fsync(f.fileno())
-        digest, size = file_sha256(tmp)
-        result = ShardResult(task.name, len(task.samples), captions, size, digest, tuple(entries))
+        result = ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
         write_json_atomic(done_path(out, task.name), asdict(result))
         os.replace(tmp, final)
         fsync_dir(out)

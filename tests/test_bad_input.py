@@ -25,6 +25,7 @@ from synth import caption_text, image_bytes, nlphuji_dataset, write_images
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.readers import SourceSpec
+from pipeline.validate import VALIDATE_MODES
 from pipeline.verify import verify
 
 KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -80,10 +81,14 @@ def unusual_images() -> dict[str, bytes]:
 def bad_images() -> dict[str, tuple[bytes | None, str]]:
     """File name -> (bytes, or None for no file; the reject reason capshard must give)."""
     jpeg = image_bytes(901)
+    png = encoded(Image.effect_noise((60, 40), 50).convert("RGB"), "PNG")
+    webp = encoded(Image.effect_noise((60, 40), 50).convert("RGB"), "WEBP")
     return {
         "missing.jpg": (None, "missing_image"),
         "zero.jpg": (b"", "empty_image"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "corrupt_image"),
+        "truncated.png": (png[: len(png) // 2], "corrupt_image"),
+        "truncated.webp": (webp[: len(webp) // 2], "corrupt_image"),
         "page.jpg": (b"<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n", "not_an_image"),
         "notes.jpg": (b"these are my holiday notes, not a picture\n", "not_an_image"),
         "anim.gif": (encoded(Image.new("P", (20, 20)), "GIF"), "unsupported_format"),
@@ -152,15 +157,17 @@ def samples_of(out: Path) -> dict[str, dict[str, bytes]]:
     return found
 
 
+@pytest.mark.parametrize("validate", VALIDATE_MODES)
 def test_mixed_folder_builds_within_the_budget_with_every_bad_row_rejected(
-    mixed: tuple[Path, dict[str, bytes], dict[int, tuple[str, str]]], tmp_path: Path
+    mixed: tuple[Path, dict[str, bytes], dict[int, tuple[str, str]]], tmp_path: Path, validate: str
 ) -> None:
     token, good, expected = mixed
     proc = capshard("build", str(token), "--format", "flickr", "--images", "images", "--out", "out", "--json",
-                    cwd=tmp_path)
+                    "--validate", validate, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)["manifest"]
     rows = 5 * len(good) + len(expected)
+    assert manifest["options"]["validate"] == validate
     assert manifest["counts"] == {"rows": rows, "images": len(good), "captions": 5 * len(good),
                                   "rejected_rows": len(expected)}
 
@@ -212,17 +219,18 @@ def test_unusual_images_reencode_when_resizing(tmp_path: Path) -> None:
     assert verify(result.out).ok
 
 
-def test_the_pixel_cap_is_configurable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("validate", VALIDATE_MODES)
+def test_the_pixel_cap_is_configurable(tmp_path: Path, validate: str) -> None:
     write_images(tmp_path / "images", ["a.jpg", "b.jpg"])
     (tmp_path / "images" / "wide.png").write_bytes(encoded(Image.new("L", (1100, 1000)), "PNG"))
     lines = [token_line(n, k, caption_text(i, k).encode()) for i, n in enumerate(["a.jpg", "b.jpg", "wide.png"])
              for k in range(2)]
     (tmp_path / "c.token").write_bytes(b"".join(lines))
     spec = SourceSpec(path=str(tmp_path / "c.token"), images=tmp_path / "images")
-    default = build(spec, BuildConfig(out=tmp_path / "default", workers=1))
+    default = build(spec, BuildConfig(out=tmp_path / "default", workers=1, validate=validate))
     assert default.manifest["counts"]["images"] == 3
     capped = build(spec, BuildConfig(out=tmp_path / "capped", workers=1, max_pixels=1_000_000,
-                                     max_reject_fraction=0.5))
+                                     max_reject_fraction=0.5, validate=validate))
     assert capped.manifest["rejects"]["by_reason"] == {"decompression_bomb": 2}
     reject = json.loads((tmp_path / "capped" / "rejects.jsonl").read_text().splitlines()[0])
     assert reject["detail"] == "image declares 1100x1000 = 1100000 pixels, over the cap of 1000000"
@@ -360,10 +368,11 @@ _FILES = {
 }
 
 
+@pytest.mark.parametrize("validate", VALIDATE_MODES)
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(st.tuples(st.sampled_from(sorted(ROW_KINDS)), st.integers(0, 5)), min_size=1, max_size=14))
 def test_any_mix_of_good_and_bad_rows_is_fully_accounted_for(
-    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, int]]
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, int]], validate: str
 ) -> None:
     root = tmp_path_factory.mktemp("mix")
     images = root / "images"
@@ -390,7 +399,7 @@ def test_any_mix_of_good_and_bad_rows_is_fully_accounted_for(
     (root / "rows.jsonl").write_bytes(b"".join(lines))
     out = root / "out"
     m = build(SourceSpec(path=str(root / "rows.jsonl"), images=images),
-              BuildConfig(out=out, format="table", workers=1, max_reject_fraction=1.0)).manifest
+              BuildConfig(out=out, format="table", workers=1, max_reject_fraction=1.0, validate=validate)).manifest
 
     expected = [ROW_KINDS[kind] for kind, _ in rows]
     assert m["counts"]["rows"] == len(rows)

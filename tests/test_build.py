@@ -283,16 +283,20 @@ def test_time_zone_does_not_change_the_bytes(tmp_path: Path) -> None:
     assert shard_bytes(tmp_path / "utc") == shard_bytes(tmp_path / "tokyo")
 
 
-def test_the_etl_never_imports_torch(tmp_path: Path) -> None:
+def test_the_etl_never_imports_torch_and_a_file_build_not_datasets(tmp_path: Path) -> None:
+    from pipeline.cli.build import SAMPLE_MAX_IMAGES
+    from pipeline.sample import MAX_IMAGES
+
+    assert SAMPLE_MAX_IMAGES == MAX_IMAGES
     token, images = flickr_source(tmp_path, 4)
     code = (
         "import sys; from pipeline.cli import main\n"
         f"try:\n    main(['build', {str(token)!r}, '--images', {str(images)!r}, '--out', {str(tmp_path / 'b')!r},"
         " '--workers', '2'])\nexcept SystemExit:\n    pass\n"
-        "print('torch' in sys.modules)"
+        "print('torch' in sys.modules, 'datasets' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False False", proc.stderr
 
 
 def test_reading_options_are_part_of_the_build_identity(tmp_path: Path) -> None:

@@ -21,11 +21,13 @@ from ..config import (
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import SourceSpec, detect
-from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
+from ..validate import VALIDATE_MODES
 from .options import ByteSize, json_option, progress_bar
 from .source import check_inputs_option, source_options, source_spec
 
 SAMPLE_OUT = Path("shards") / "sample"
+#: ``pipeline.sample.MAX_IMAGES``, not imported: that module loads ``datasets`` (over a second).
+SAMPLE_MAX_IMAGES = 10_000
 
 
 @click.command(context_settings={"show_default": True})
@@ -70,6 +72,12 @@ SAMPLE_OUT = Path("shards") / "sample"
     type=click.IntRange(min=1),
     default=DEFAULT_MAX_PIXELS,
     help="Images declaring more pixels are rejected as decompression bombs.",
+)
+@click.option(
+    "--validate",
+    type=click.Choice(VALIDATE_MODES),
+    default="structure",
+    help="How an image is proven whole: walk its container (fast) or decode its pixels (see README).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
 @click.option(
@@ -133,6 +141,7 @@ def build(
     max_reject_fraction: float,
     max_caption_chars: int,
     max_pixels: int,
+    validate: str,
     workers: int,
     executor: str,
     overwrite: bool,
@@ -193,6 +202,7 @@ def build(
         max_reject_fraction=max_reject_fraction,
         max_caption_chars=max_caption_chars,
         max_pixels=max_pixels,
+        validate=validate,
         workers=workers,
         executor=executor,
         overwrite=overwrite,

@@ -1,0 +1,258 @@
+"""ETL throughput: capshard beside the tools and scripts people use, interleaved in one run.
+
+Generates a Flickr-style dataset (photo-like 500x375 JPEGs at quality 90, about 100 KB,
+textured and noisy, 5 captions each) and times, on the same files, in rounds that
+interleave every method (so the load of a shared machine falls on all of them alike):
+
+- ``tar cf`` of the images and the token file;
+- a hand-written single-process ``webdataset.ShardWriter`` loop (jpg + txt + json);
+- LitData ``optimize`` with 2 workers, when ``litdata`` imports (optional);
+- ``capshard build`` passthrough with ``--workers 1`` and ``--workers 2``;
+- a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
+- ``capshard build --resize 256 --workers 2``.
+
+Every method runs as its own process (imports included, as a user would run it).
+``--compare NAME=PATH`` adds capshard rows for another checkout (e.g. main before a
+change) to the same rounds. Medians of the rounds are reported, with ratios.
+
+    python benchmarks/bench_etl.py --images 3000 --rounds 3 --out benchmarks/results/etl.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFilter
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = (500, 375)
+
+HAND_WRITTEN = """
+import csv, sys
+from pathlib import Path
+import webdataset as wds
+token, images, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+captions = {}
+with open(token, newline="") as f:
+    for name_n, caption in csv.reader(f, delimiter="\\t"):
+        captions.setdefault(name_n.split("#")[0], []).append(caption)
+out.mkdir()
+with wds.ShardWriter(str(out / "train-%06d.tar"), maxcount=1000, verbose=0) as sink:
+    for i, (name, caps) in enumerate(captions.items()):
+        sink.write({"__key__": f"{i:08d}", "jpg": (images / name).read_bytes(),
+                    "json": {"image_id": name, "captions": caps}, "txt": "\\n".join(caps)})
+"""
+
+PILLOW_RESIZE = """
+import io, sys
+from multiprocessing import Pool
+from pathlib import Path
+from PIL import Image
+
+def work(args):
+    names, images, out = args
+    for name in names:
+        with Image.open(images / name) as img:
+            w, h = img.size
+            scale = 256 / min(w, h)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            img.draft("RGB", size)
+            img = img.convert("RGB").resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=95)
+        (out / name).write_bytes(buf.getvalue())
+
+if __name__ == "__main__":
+    images, out, procs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    out.mkdir()
+    names = sorted(p.name for p in images.iterdir())
+    with Pool(procs) as pool:
+        pool.map(work, [(names[i::procs], images, out) for i in range(procs)])
+"""
+
+LITDATA = """
+import sys
+from pathlib import Path
+from litdata import optimize
+
+def sample(line):
+    name, caps = line.split("\\t", 1)
+    return {"jpg": (Path(sys.argv[2]) / name).read_bytes(), "txt": caps}
+
+if __name__ == "__main__":
+    by_name = {}
+    for line in open(sys.argv[1], encoding="utf-8"):
+        name_n, caption = line.rstrip("\\n").split("\\t", 1)
+        by_name.setdefault(name_n.split("#")[0], []).append(caption)
+    inputs = [f"{n}\\t" + "\\n".join(c) for n, c in by_name.items()]
+    optimize(fn=sample, inputs=inputs, output_dir=sys.argv[3], num_workers=2, chunk_bytes="64MB")
+"""
+
+
+def scene(rng: random.Random) -> Image.Image:
+    """A blurred background: a rotated colour gradient with shapes and edges."""
+    w, h = SIZE
+    base = Image.linear_gradient("L").resize(SIZE).rotate(rng.randrange(360))
+    img = Image.merge("RGB", [base.point(lambda v, k=k: (v * rng.uniform(0.3, 1.0) + 60 * k) % 256)
+                              for k in range(3)])
+    draw = ImageDraw.Draw(img)
+    for _ in range(25):
+        x, y, r = rng.randrange(w), rng.randrange(h), rng.randrange(10, 120)
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+
+
+def photo(rng: random.Random, scenes: list[Image.Image], grains: list[Image.Image]) -> bytes:
+    """A photo-like JPEG: a background with new sharp shapes, blended with film grain."""
+    img = scenes[rng.randrange(len(scenes))].copy()
+    draw = ImageDraw.Draw(img)
+    for _ in range(8):
+        x, y, r = rng.randrange(SIZE[0]), rng.randrange(SIZE[1]), rng.randrange(5, 60)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
+    img = Image.blend(img, grains[rng.randrange(len(grains))], rng.uniform(0.4, 0.5))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_dataset(root: Path, n: int) -> tuple[Path, Path]:
+    rng = random.Random(0)
+    scenes = [scene(rng) for _ in range(12)]
+    grains = [Image.effect_noise(SIZE, 30 + 4 * k).convert("RGB") for k in range(8)]
+    images = root / "images"
+    images.mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        name = f"{1000000 + i}_{i:04x}.jpg"
+        (images / name).write_bytes(photo(rng, scenes, grains))
+        lines += [f"{name}#{k}\tcaption {k} of picture {i} : a scene with shapes and grain ." for k in range(5)]
+    token = root / "Flickr8k.token.txt"
+    token.write_text("\n".join(lines) + "\n")
+    return token, images
+
+
+def run(cmd: list[str], cwd: Path) -> float:
+    """Seconds ``cmd`` takes; run in ``cwd`` (not the checkout, so ``-m pipeline`` follows PYTHONPATH)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return seconds
+
+
+def capshard(tree: Path, token: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "pipeline", "build", str(token), "--format", "flickr",
+            "--images", str(images), "--out", str(out), *extra]
+
+
+def has_litdata(python: str) -> bool:
+    return subprocess.run([python, "-c", "import litdata"], capture_output=True).returncode == 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                    help="Also time capshard from another checkout (e.g. main=/work/main).")
+    ap.add_argument("--out", type=Path, help="Write the markdown report here.")
+    ap.add_argument("--litdata-python", default=sys.executable,
+                    help="Python of an environment with litdata installed (LitData is skipped without it).")
+    args = ap.parse_args()
+    trees = [("", REPO)] + [(f" [{n}]", Path(p)) for n, p in (c.split("=", 1) for c in args.compare)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        token, images = make_dataset(root, args.images)
+        mean_kb = sum(p.stat().st_size for p in images.iterdir()) / args.images / 1000
+        py = sys.executable
+        methods: dict[str, object] = {
+            "`tar cf` of the same files": lambda o: ["tar", "cf", str(o) + ".tar", "-C", str(root),
+                                                     "images", token.name],
+            "hand-written single-process `webdataset.ShardWriter` loop": lambda o: [
+                py, "-c", HAND_WRITTEN, str(token), str(images), str(o)],
+        }
+        litdata = has_litdata(args.litdata_python)
+        if litdata:
+            methods["LitData `optimize`, 2 workers"] = lambda o: [
+                args.litdata_python, "-c", LITDATA, str(token), str(images), str(o)]
+        for label, tree in trees:
+            for w in ("1", "2"):
+                methods[f"capshard `--workers {w}`{label}"] = lambda o, t=tree, w=w: capshard(
+                    t, token, images, o, "--workers", w)
+        methods["Pillow loop: draft + resize 256 + JPEG q95, 2 processes"] = lambda o: [
+            py, "-c", PILLOW_RESIZE, str(images), str(o), "2"]
+        for label, tree in trees:
+            methods[f"capshard `--resize 256 --workers 2`{label}"] = lambda o, t=tree: capshard(
+                t, token, images, o, "--resize", "256", "--workers", "2")
+        run(["tar", "cf", os.devnull, "-C", str(root), "images"], root)  # warm the page cache for everyone
+        times: dict[str, list[float]] = {m: [] for m in methods}
+        for r in range(args.rounds):
+            for i, (method, cmd) in enumerate(methods.items()):
+                out = root / f"out-{r}-{i}"
+                times[method].append(run(cmd(out), root))  # type: ignore[operator]
+                shutil.rmtree(out, ignore_errors=True)
+                Path(str(out) + ".tar").unlink(missing_ok=True)
+                print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
+    rate = {m: args.images / statistics.median(t) for m, t in times.items()}
+    report = render(args, rate, times, mean_kb, litdata, trees)
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+
+
+def render(args: argparse.Namespace, rate: dict[str, float], times: dict[str, list[float]], mean_kb: float,
+           litdata: bool, trees: list[tuple[str, Path]]) -> str:
+    w2 = rate["capshard `--workers 2`"]
+    resized = rate["capshard `--resize 256 --workers 2`"]
+    pil = rate["Pillow loop: draft + resize 256 + JPEG q95, 2 processes"]
+    load = os.getloadavg()
+    lines = [
+        "# ETL benchmark",
+        "",
+        "Command: `python benchmarks/bench_etl.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        f"- data: {args.images} photo-like {SIZE[0]}x{SIZE[1]} JPEGs at q90 (mean {mean_kb:.0f} KB), 5 captions each",
+        f"- medians of {args.rounds} interleaved rounds; every method is one process tree started fresh",
+        "",
+        "| method | images/s | seconds per round | capshard `--workers 2` vs it |",
+        "| --- | ---: | --- | ---: |",
+    ]
+    for method, r in rate.items():
+        ratio = f"{w2 / r:.2f}" if not method.startswith(("capshard", "Pillow")) else "–"
+        if method.startswith("Pillow"):
+            ratio = f"{resized / r:.2f} (`--resize 256`)"
+        rounds = ", ".join(f"{t:.1f}" for t in times[method])
+        lines.append(f"| {method} | {r:,.0f} | {rounds} | {ratio} |")
+    lines += [
+        "",
+        f"- capshard `--workers 2` / `--workers 1`: {w2 / rate['capshard `--workers 1`']:.2f}",
+        f"- capshard `--resize 256 --workers 2` / Pillow loop: {resized / pil:.2f}",
+    ]
+    for label, _ in trees[1:]:
+        for m in ("capshard `--workers 1`", "capshard `--workers 2`", "capshard `--resize 256 --workers 2`"):
+            lines.append(f"- {m}: this checkout / {label.strip(' []')}: {rate[m] / rate[m + label]:.2f}")
+    if not litdata:
+        lines += ["", "LitData: not installed in this environment (`import litdata` failed), so not measured."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

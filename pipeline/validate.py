@@ -1,0 +1,125 @@
+"""Structural validation: prove an image file whole from its container, decoding no pixels.
+
+``check_structure(data, fmt)`` walks the container of a JPEG, PNG or WebP file and raises
+:class:`StructureError` when it is cut short or malformed:
+
+- JPEG: markers from SOI through every segment and the entropy-coded scan data to EOI
+  (a truncated file has no EOI); segment lengths must fit in the file.
+- PNG: every chunk from IHDR to IEND, each with its CRC; at least one IDAT.
+- WebP: the RIFF size against the file, and every chunk's size within it; an image chunk.
+
+What it cannot see, because it never decodes: a corrupt zlib stream inside PNG chunks
+whose CRCs match, some corrupt VP8 bitstreams, damaged data inside a JPEG scan (which a
+full decode mostly lets through too: libjpeg only warns). See the README.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+
+#: Build options: ``structure`` walks containers (default), ``decode`` decodes every image.
+VALIDATE_MODES = ("structure", "decode")
+
+# In JPEG entropy-coded data, 0xFF is followed by 0x00 (stuffing) or a restart marker
+# (0xD0-0xD7); anything else starts the next marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_WEBP_IMAGE_CHUNKS = (b"VP8 ", b"VP8L", b"VP8X")
+
+
+class StructureError(ValueError):
+    """The container of an image file is truncated or malformed."""
+
+
+def check_structure(data: bytes, fmt: str) -> None:
+    """Raise :class:`StructureError` unless ``data`` is a whole ``fmt`` (JPEG/PNG/WEBP) file."""
+    checker = _CHECKERS.get(fmt)
+    if checker is None:
+        raise StructureError(f"no structural check for format {fmt!r}")
+    checker(data)
+
+
+def _jpeg(data: bytes) -> None:
+    if not data.startswith(b"\xff\xd8"):
+        raise StructureError("JPEG does not start with an SOI marker")
+    pos, end, scans = 2, len(data), 0
+    while True:
+        if pos >= end or data[pos] != 0xFF:
+            raise StructureError(f"JPEG truncated or malformed at byte {pos}: expected a marker (no EOI)")
+        while pos < end and data[pos] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        if pos >= end:
+            raise StructureError("JPEG truncated: ends inside a marker (no EOI)")
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:  # EOI
+            if not scans:
+                raise StructureError("JPEG has no image scan before its EOI marker")
+            return
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # standalone markers: no length
+            continue
+        if marker in (0x00, 0xD8):
+            raise StructureError(f"JPEG malformed at byte {pos - 1}: unexpected marker 0x{marker:02X}")
+        if pos + 2 > end:
+            raise StructureError("JPEG truncated inside a segment header (no EOI)")
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2 or pos + length > end:
+            raise StructureError(f"JPEG truncated: segment 0xFF{marker:02X} runs past the end of the file (no EOI)")
+        pos += length
+        if marker == 0xDA:  # SOS: entropy-coded data follows, up to the next real marker
+            scans += 1
+            found = _JPEG_MARKER.search(data, pos)
+            if found is None:
+                raise StructureError("JPEG truncated inside its scan data (no EOI)")
+            pos = found.start()
+
+
+def _png(data: bytes) -> None:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise StructureError("PNG signature missing")
+    pos, end, first, idat = len(_PNG_SIGNATURE), len(data), True, False
+    while True:
+        if pos + 8 > end:
+            raise StructureError("PNG truncated: ends before its IEND chunk")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        body = pos + 4
+        stop = pos + 8 + length
+        if stop + 4 > end:
+            raise StructureError(f"PNG truncated inside its {kind.decode('latin-1')!r} chunk (no IEND)")
+        (crc,) = struct.unpack_from(">I", data, stop)
+        if zlib.crc32(data[body:stop]) != crc:
+            raise StructureError(f"PNG chunk {kind.decode('latin-1')!r} at byte {pos} fails its CRC")
+        if first and kind != b"IHDR":
+            raise StructureError("PNG does not start with an IHDR chunk")
+        first = False
+        idat = idat or kind == b"IDAT"
+        if kind == b"IEND":
+            if not idat:
+                raise StructureError("PNG has no IDAT chunk")
+            return
+        pos = stop + 4
+
+
+def _webp(data: bytes) -> None:
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        raise StructureError("WebP RIFF header missing")
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    end = 8 + riff_size
+    if end > len(data):
+        raise StructureError(f"WebP truncated: RIFF declares {end} bytes, the file has {len(data)}")
+    pos, image = 12, False
+    while pos < end:
+        if pos + 8 > end:
+            raise StructureError(f"WebP malformed: a chunk header at byte {pos} runs past the RIFF size")
+        kind, size = struct.unpack_from("<4sI", data, pos)
+        if pos + 8 + size > end:
+            raise StructureError(f"WebP chunk {kind.decode('latin-1')!r} runs past the RIFF size")
+        pos += 8 + size + (size & 1)  # odd sizes are padded; a missing last pad is tolerated
+        image = image or kind in _WEBP_IMAGE_CHUNKS
+    if not image:
+        raise StructureError("WebP has no image chunk")
+
+
+_CHECKERS = {"JPEG": _jpeg, "PNG": _png, "WEBP": _webp}
