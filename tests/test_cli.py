@@ -94,3 +94,32 @@ def test_help_lists_every_command_without_importing_them(tmp_path: Path) -> None
         assert f"  {command} " in proc.stdout
     build_help = capshard("build", "--help", cwd=tmp_path)
     assert "--max-images-per-shard" in build_help.stdout and "--on-leak" in build_help.stdout
+
+
+#: ``python -c`` preamble of an interpreter where ``import torch`` fails, as in a venv without it.
+#: (None in sys.modules: ``import torch`` raises ModuleNotFoundError, ``find_spec("torch")`` is None.)
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+from pipeline.cli import main
+sys.argv[0] = "capshard"
+main()
+"""
+
+
+def capshard_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_commands_needing_torch_say_so_in_one_line_without_it(tmp_path: Path) -> None:
+    for command in ("diagnose", "smoke-train"):
+        proc = capshard_without_torch(command, str(tmp_path), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == f"capshard: error: {command} needs the loader extra: pip install 'capshard[loader]'\n"
+        assert proc.stdout == ""
+        shown = capshard_without_torch(command, "--help", cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "Needs the loader extra (torch): pip install 'capshard[loader]'." in shown.stdout
+    listed = capshard_without_torch("--help", cwd=tmp_path)
+    assert listed.stdout.count("(loader extra)") == 2

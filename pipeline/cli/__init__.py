@@ -32,8 +32,8 @@ SHORT_HELP: dict[str, str] = {
     "build": "Build WebDataset shards from a dataset (no SOURCE: the embedded sample).",
     "inspect": "Summarise a build: counts, groups, resolution, rejects.",
     "verify": "Prove a build intact: checksums, samples, and every row accounted for.",
-    "diagnose": "Read a build through the loader and check the batches carry positives.",
-    "smoke-train": "Train a tiny CLIP on a build for a minute and report the positive/negative gap.",
+    "diagnose": "Read a build through the loader and check the batches carry positives (loader extra).",
+    "smoke-train": "Train a tiny CLIP on a build for a minute; report the positive/negative gap (loader extra).",
 }
 
 

@@ -11,7 +11,11 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..resolve import SPLIT_NAME
+
+#: What a command that needs torch says in its --help.
+LOADER_EXTRA_HELP = "Needs the loader extra (torch): pip install 'capshard[loader]'."
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -90,3 +94,15 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def require_loader_extra(command: str) -> None:
+    """Fail in one line (exit 2) when torch, which ``command`` needs, cannot be imported."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise UsageError(f"{command} needs the loader extra, but importing torch failed: {e}") from None
+        raise UsageError(f"{command} needs the loader extra: pip install 'capshard[loader]'") from None
+    except ImportError as e:
+        raise UsageError(f"{command} needs the loader extra, but importing torch failed: {e}") from None

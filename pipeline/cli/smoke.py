@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from ..smoke import Figures, GapTooSmall, SmokeConfig, SmokeResult, write_plot
-from ..smoke import smoke_train as run_smoke
-from .options import CaptionsPerImage, json_option
+from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+
+if TYPE_CHECKING:
+    from ..smoke import Figures, SmokeResult
 
 
-@click.command("smoke-train")
+@click.command("smoke-train", epilog=LOADER_EXTRA_HELP)
 @click.argument("source", metavar="DIR")
 @click.option("--split", default="train", show_default=True, help="Split to train on.")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
@@ -76,6 +77,10 @@ def smoke_train(
     The gap is the mean cosine of positive image-caption pairs minus that of negative
     pairs. Exits 0 when the final gap is above --min-gap, 1 otherwise.
     """
+    require_loader_extra("smoke-train")
+    from ..smoke import GapTooSmall, SmokeConfig, write_plot
+    from ..smoke import smoke_train as run_smoke
+
     config = SmokeConfig(
         source=source,
         split=split,
