@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,47 @@ def test_commands_needing_torch_say_so_in_one_line_without_it(tmp_path: Path) ->
         assert "Needs the loader extra (torch): pip install 'capshard[loader]'." in shown.stdout
     listed = capshard_without_torch("--help", cwd=tmp_path)
     assert listed.stdout.count("(loader extra)") == 2
+
+
+def test_counts_read_as_words_and_sizes_as_people_write_them(tmp_path: Path) -> None:
+    proc = capshard("build", "--sample-images", "3", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train 3 images/1 shard\n" in proc.stdout, proc.stdout
+    verified = capshard("verify", "shards/sample", cwd=tmp_path)
+    assert verified.stdout.startswith("verified shards/sample: 1 shard intact, 3 images, 15 captions + 0 rejected "
+                                      "rows = 15 rows")
+    shown = capshard("build", "--help", cwd=tmp_path).stdout
+    assert "[default: 1GiB]" in " ".join(shown.split())
+    sized = capshard("build", "--sample-images", "3", "--max-shard-bytes", "512MiB", "--out", "o", "--json",
+                     cwd=tmp_path)
+    assert sized.returncode == 0, sized.stderr
+    assert json.loads(sized.stdout)["manifest"]["options"]["max_shard_bytes"] == 512 * 2**20
+
+
+def test_progress_without_a_terminal_is_log_lines(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in a cluster job's log: no bar, but lines per stage and every N seconds."""
+    args = ("build", "--sample-images", "20", "--max-images-per-shard", "2", "--workers", "1")
+    def run(out: str, every: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--out", out], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CAPSHARD_PROGRESS_EVERY": every})
+
+    quiet = run("quiet", "100000")  # no interval elapses: a line when each stage starts and one when it ends
+    assert quiet.returncode == 0, quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if line.startswith("progress: ")] == [
+        "progress: probing images: 20 images",
+        *[line for line in quiet.stderr.splitlines() if line.startswith("progress: probing images: 20/20 images in ")],
+        "progress: writing shards: 20 images",
+        *[line for line in quiet.stderr.splitlines() if line.startswith("progress: writing shards: 20/20 images in ")],
+    ]
+    assert len(quiet.stderr.splitlines()) == 5  # and the detected format
+
+    every = run("every", "0")  # a line at every step
+    assert every.returncode == 0, every.stderr
+    lines = [line for line in every.stderr.splitlines() if line.startswith("progress: writing shards: ")]
+    assert lines[0] == "progress: writing shards: 20 images"
+    assert re.fullmatch(r"progress: writing shards: 20/20 images in \d+ s \(\d+ images/s\)", lines[-1])
+    ticks = lines[1:-1]
+    assert len(ticks) >= 5  # a shard of 2 images at a time: 10 shards, a line after each but the last
+    for line in ticks:
+        assert re.fullmatch(r"progress: writing shards: \d+/20 images \(\d+%\), \d+ images/s, ETA \d+ s", line), line

@@ -130,7 +130,9 @@ def test_a_signal_mid_write_stops_cleanly_and_the_same_command_finishes(
         proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
-    assert stderr.strip() == message and stdout == ""
+    # Progress lines (stderr is not a terminal), then the message: no blank line before it.
+    assert stderr.splitlines()[-1] == message and stdout == "", stderr
+    assert all(line.startswith("progress: ") for line in stderr.splitlines()[:-1]), stderr
     assert not (source / out / "manifest.json").exists()
     assert not temporaries(source / out)
     assert 0 < assert_no_half_written_shard(source / out) < SHARDS

@@ -52,6 +52,13 @@ class LazyGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C as Abort here, before click's own handler would print a blank line first.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
             formatter.write_dl([(name, SHORT_HELP[name]) for name in COMMANDS])
@@ -91,8 +98,9 @@ def main(argv: list[str] | None = None) -> Any:
         return cli.main(args=argv, prog_name="capshard", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.Abort:
-        click.echo("capshard: interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt):
+        # On a terminal, \r writes over the ^C it echoed; a log gets the line alone.
+        click.echo(("\r" if sys.stderr.isatty() else "") + "capshard: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -100,9 +108,6 @@ def main(argv: list[str] | None = None) -> Any:
     except CapshardError as e:
         click.echo(f"capshard: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("capshard: interrupted", err=True)
-        sys.exit(130)
     except Terminated:
         click.echo("capshard: terminated", err=True)
         sys.exit(143)

@@ -15,6 +15,7 @@ from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
 from ..readers import READERS, SourceSpec, detect
 from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
+from ..text import byte_size, plural
 from .options import ByteSize, SplitFile, json_option, progress_bar
 
 SAMPLE_OUT = Path("shards") / "sample"
@@ -66,7 +67,12 @@ SAMPLE_OUT = Path("shards") / "sample"
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the per-split shuffle.")
 @click.option("--max-images-per-shard", type=click.IntRange(min=1), default=1000)
-@click.option("--max-shard-bytes", type=ByteSize(), default=DEFAULT_MAX_SHARD_BYTES, help="e.g. 512MB, 1GiB.")
+@click.option(
+    "--max-shard-bytes",
+    type=ByteSize(),
+    default=byte_size(DEFAULT_MAX_SHARD_BYTES),
+    help="Largest shard, e.g. 512MiB, 1GiB, 500MB.",
+)
 @click.option("--resize", type=click.IntRange(min=8), help="Re-encode so the shorter side is at most N pixels.")
 @click.option(
     "--max-reject-fraction",
@@ -190,11 +196,15 @@ def summary_line(result: BuildResult) -> str:
     """A short human summary of a build."""
     m = result.manifest
     c = m["counts"]
-    splits = ", ".join(f"{s} {v['images']} images/{len(v['shards'])} shards" for s, v in sorted(m["splits"].items()))
+    splits = ", ".join(
+        f"{s} {plural(v['images'], 'image')}/{plural(len(v['shards']), 'shard')}"
+        for s, v in sorted(m["splits"].items())
+    )
     res = m["resolution"]
     verb = {"built": "built", "resumed": "finished (resumed)", "up_to_date": "up to date:"}[result.status]
     lines = [
-        f"{verb} {result.out}: {c['images']} images, {c['captions']} captions from {c['rows']} rows "
+        f"{verb} {result.out}: {plural(c['images'], 'image')}, {plural(c['captions'], 'caption')} "
+        f"from {plural(c['rows'], 'row')} "
         f"({m['source']['format']}); {splits}",
         f"resolution: {res['strategy']} via {res['id_source']}, merged ids {res['merged_ids']}, "
         f"conflicts {res['conflicts']}; rejected rows {c['rejected_rows']}"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..text import plural
 from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def diagnose(
         # The problems are in the report above (or in the JSON); this line only says so.
         n = len(report.problems)
         raise DiagnosisFailed(
-            f"diagnose: {n} problem{'s' if n != 1 else ''} in split {report.split} of {report.source} "
+            f"diagnose: {plural(n, 'problem')} in split {report.split} of {report.source} "
             + ("(see the JSON's problems)" if as_json else "(PROBLEM lines above)")
         )
 
@@ -79,7 +80,7 @@ def render(r: DiagnoseReport) -> str:
         return f"{s.min:g} .. {s.max:g} (mean {s.mean:g})"
 
     lines = [
-        f"{r.source} split {r.split}: {r.batches} of {r.batches_per_epoch} batches read, "
+        f"{r.source} split {r.split}: {r.batches} of {plural(r.batches_per_epoch, 'batch', 'batches')} read, "
         f"batch size {r.batch_size}, captions per image {r.captions_per_image}, epoch {r.epoch}",
         f"  images per batch        {spread(r.images_per_batch)}",
         f"  captions per batch      {spread(r.captions_per_batch)}",
@@ -91,7 +92,10 @@ def render(r: DiagnoseReport) -> str:
     ]
     lines.extend(f"  note: {n}" for n in r.notes)
     if r.ok:
-        lines.append(f"OK: {r.images} images and {r.captions} captions; every caption has the positives asked for")
+        lines.append(
+            f"OK: {plural(r.images, 'image')} and {plural(r.captions, 'caption')}; "
+            "every caption has the positives asked for"
+        )
     else:
         lines.extend(f"PROBLEM: {p}" for p in r.problems)
     return "\n".join(lines)

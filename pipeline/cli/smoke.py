@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
+from ..text import plural
 from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def _figures_line(f: Figures, control: bool) -> str:
 def _summary(result: SmokeResult, min_gap: float, plot: Path | None) -> str:
     f, c = result.final, result.config
     lines = [
-        f"final, {f.batches} batches of {c.split} after training (no update):",
+        f"final, {plural(f.batches, 'batch', 'batches')} of {c.split} after training (no update):",
         f"  positive cos {f.positive_cos:.3f}  negative cos {f.negative_cos:.3f}  gap {f.gap:.3f}  loss {f.loss:.3f}",
         f"  batches with positives besides the diagonal: {f.multi_positive_share:.0%}",
     ]
@@ -145,7 +146,7 @@ def _summary(result: SmokeResult, min_gap: float, plot: Path | None) -> str:
             + (f", mean cos {f.false_negative_cos:.3f}" if f.false_negative_cos is not None else ""),
         ]
     lines.append(
-        f"{result.steps} steps ({result.epochs} epochs), vocabulary {result.vocab_size}, "
+        f"{plural(result.steps, 'step')} ({plural(result.epochs, 'epoch')}), vocabulary {result.vocab_size}, "
         f"{result.seconds:.1f} s on {c.device}"
     )
     if plot is not None:
