@@ -168,3 +168,32 @@ def test_progress_without_a_terminal_is_log_lines(tmp_path: Path) -> None:
     assert len(ticks) >= 5  # a shard of 2 images at a time: 10 shards, a line after each but the last
     for line in ticks:
         assert re.fullmatch(r"progress: writing shards: \d+/20 images \(\d+%\), \d+ images/s, ETA \d+ s", line), line
+
+
+def test_a_format_that_does_not_fit_its_file_is_named_with_the_file(tmp_path: Path) -> None:
+    names = [f"{i}.jpg" for i in range(4)]
+    write_images(tmp_path / "img", names)
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"img/{n},a caption of {n}\n" for n in names))
+    line = _one_line_error(capshard("build", "pairs.csv", "--format", "hf", "--out", "o", cwd=tmp_path), 2)
+    assert line.startswith("capshard: error: --format hf cannot read pairs.csv: ")
+    assert line.endswith("pairs.csv does not look like a hf source (it looks like a table source); try --format auto")
+    flickr_token_file(tmp_path / "captions.token", names, 2)
+    line = _one_line_error(
+        capshard("build", "captions.token", "--format", "karpathy", "--images", "img", "--out", "o", cwd=tmp_path), 2
+    )
+    assert "--format karpathy cannot read captions.token" in line and "it looks like a flickr source" in line
+    assert not (tmp_path / "o").exists()
+    assert capshard("build", "pairs.csv", "--format", "table", "--out", "o", cwd=tmp_path).returncode == 0
+
+
+def test_a_failed_build_removes_the_out_folder_it_created_and_left_empty(tmp_path: Path) -> None:
+    write_images(tmp_path / "val2017", ["a.jpg"])
+    (tmp_path / "captions_val2017.json").write_text('{"images": [')  # invalid COCO JSON
+    args = ("build", "captions_val2017.json", "--format", "coco", "--images", "val2017")
+    line = _one_line_error(capshard(*args, cwd=tmp_path), 1)
+    assert line.startswith("capshard: error: captions_val2017.json:") and "not valid JSON" in line
+    assert not (tmp_path / "shards").exists()  # neither shards/captions_val2017 nor the shards/ it made
+    # A folder that was there before is the user's: it stays.
+    (tmp_path / "mine").mkdir()
+    failed = capshard(*args, "--out", "mine", cwd=tmp_path)
+    assert failed.returncode == 1 and (tmp_path / "mine").is_dir()

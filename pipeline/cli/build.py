@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import click
 
-from ..build import BuildResult
+from ..build import STATE, BuildResult
 from ..build import build as run_build
 from ..config import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_SHARD_BYTES, LEAK_POLICIES, BuildConfig
+from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
-from ..readers import READERS, SourceSpec, detect
+from ..readers import READERS, SourceSpec, detect, format_mismatch
 from ..sample import MAX_IMAGES as SAMPLE_MAX_IMAGES
 from ..text import byte_size, plural
 from .options import ByteSize, SplitFile, json_option, progress_bar
@@ -164,7 +166,8 @@ def build(
             restval=restval_as,
         )
         out = out or Path("shards") / Path(source.rstrip("/")).stem
-    if fmt == "auto":
+    chosen = fmt != "auto"
+    if not chosen:
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
     config = BuildConfig(
@@ -185,11 +188,37 @@ def build(
         name=name,
         version=dataset_version,
     )
-    result = run_build(spec, config, progress=progress_bar)
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        result = run_build(spec, config, progress=progress_bar)
+    except (SourceError, UsageError) as e:
+        remove_created_if_unused(created)
+        hint = format_mismatch(spec, fmt) if chosen else None
+        if hint is None:
+            raise
+        raise UsageError(f"--format {fmt} cannot read {source}: {e}. {hint}") from None
+    except BaseException:
+        remove_created_if_unused(created)
+        raise
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
     else:
         click.echo(summary_line(result))
+
+
+def remove_created_if_unused(created: list[Path]) -> None:
+    """After a failed build: remove the folders it created (``--out`` first, then its parents),
+    as long as they hold nothing but capshard's own transient state. A saved plan (a re-run
+    resumes from it) or a rejects report keeps the folder."""
+    for folder in created:
+        if not folder.is_dir():
+            continue
+        entries = list(folder.iterdir())
+        if any(not e.name.startswith(STATE) for e in entries) or (folder / STATE / "state.json").exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            return
 
 
 def summary_line(result: BuildResult) -> str:
