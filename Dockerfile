@@ -18,13 +18,19 @@ ENV HOME=/tmp \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/capshard
-COPY setup.cfg pyproject.toml README.md ./
+# Dependencies first, in a layer that only setup.cfg invalidates (an empty README and the
+# package's __init__ stand in for the rest); then the code.
+COPY setup.cfg pyproject.toml ./
+COPY pipeline/__init__.py ./pipeline/__init__.py
+RUN touch README.md \
+    && case ",$EXTRAS," in *,loader,*|*,dev,*) python -m pip install torch==2.13.0 ;; esac \
+    && python -m pip install ".${EXTRAS:+[$EXTRAS]}" \
+    && python -m pip uninstall -y capshard \
+    && mkdir -m 1777 /data
+COPY README.md ./
 COPY pipeline ./pipeline
 COPY docker-entrypoint.sh /usr/local/bin/capshard-entrypoint
-RUN case ",$EXTRAS," in *,loader,*|*,dev,*) python -m pip install torch==2.13.0 ;; esac \
-    && python -m pip install ".${EXTRAS:+[$EXTRAS]}" \
-    && chmod 0755 /usr/local/bin/capshard-entrypoint \
-    && mkdir -m 1777 /data
+RUN python -m pip install --no-deps . && chmod 0755 /usr/local/bin/capshard-entrypoint
 
 WORKDIR /data
 # capshard handles SIGTERM itself (exit 143, no half-written shard left), also as PID 1:
