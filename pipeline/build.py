@@ -359,10 +359,10 @@ def _write_shards(
     try:
         # closing(): on an interrupt the executor stops its workers before the clean-up below.
         written = contextlib.closing(executor.map_unordered(write_shard, todo))
-        with progress("writing shards", len(todo)) as advance, written as each:
+        with progress("writing shards", sum(len(t.samples) for t in todo)) as advance, written as each:
             for result in each:
                 results[result.name] = result
-                advance(1)
+                advance(result.images)
     finally:
         for stale in [*out.glob(f".*{TMP_MARK}*"), *(out / STATE / "done").glob(f".*{TMP_MARK}*")]:
             stale.unlink(missing_ok=True)

@@ -17,7 +17,11 @@ N_IMAGES = 24
 PER_SHARD = 2
 #: The lines a build that lost the race may print, whole: the lock, or (once the winner
 #: finished) the refusal to replace a finished build of other input or options.
-REFUSALS = ("is in use by capshard build", "holds a finished build of different input or options")
+REFUSALS = (
+    "is in use by capshard build",
+    "is in use by another capshard process",
+    "holds a finished build of different input or options",
+)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,105 @@ def test_help_lists_every_command_without_importing_them(tmp_path: Path) -> None
         assert f"  {command} " in proc.stdout
     build_help = capshard("build", "--help", cwd=tmp_path)
     assert "--max-images-per-shard" in build_help.stdout and "--on-leak" in build_help.stdout
+
+
+#: ``python -c`` preamble of an interpreter where ``import torch`` fails, as in a venv without it.
+#: (None in sys.modules: ``import torch`` raises ModuleNotFoundError, ``find_spec("torch")`` is None.)
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+from pipeline.cli import main
+sys.argv[0] = "capshard"
+main()
+"""
+
+
+def capshard_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_commands_needing_torch_say_so_in_one_line_without_it(tmp_path: Path) -> None:
+    for command in ("diagnose", "smoke-train"):
+        proc = capshard_without_torch(command, str(tmp_path), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr == f"capshard: error: {command} needs the loader extra: pip install 'capshard[loader]'\n"
+        assert proc.stdout == ""
+        shown = capshard_without_torch(command, "--help", cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "Needs the loader extra (torch): pip install 'capshard[loader]'." in shown.stdout
+    listed = capshard_without_torch("--help", cwd=tmp_path)
+    assert listed.stdout.count("(loader extra)") == 2
+
+
+def test_counts_read_as_words_and_sizes_as_people_write_them(tmp_path: Path) -> None:
+    proc = capshard("build", "--sample-images", "3", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "train 3 images/1 shard\n" in proc.stdout, proc.stdout
+    verified = capshard("verify", "shards/sample", cwd=tmp_path)
+    assert verified.stdout.startswith("verified shards/sample: 1 shard intact, 3 images, 15 captions + 0 rejected "
+                                      "rows = 15 rows")
+    shown = capshard("build", "--help", cwd=tmp_path).stdout
+    assert "[default: 1GiB]" in " ".join(shown.split())
+    sized = capshard("build", "--sample-images", "3", "--max-shard-bytes", "512MiB", "--out", "o", "--json",
+                     cwd=tmp_path)
+    assert sized.returncode == 0, sized.stderr
+    assert json.loads(sized.stdout)["manifest"]["options"]["max_shard_bytes"] == 512 * 2**20
+
+
+def test_progress_without_a_terminal_is_log_lines(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in a cluster job's log: no bar, but lines per stage and every N seconds."""
+    args = ("build", "--sample-images", "20", "--max-images-per-shard", "2", "--workers", "1")
+    def run(out: str, every: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--out", out], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "CAPSHARD_PROGRESS_EVERY": every})
+
+    quiet = run("quiet", "100000")  # no interval elapses: a line when each stage starts and one when it ends
+    assert quiet.returncode == 0, quiet.stderr
+    assert [line for line in quiet.stderr.splitlines() if line.startswith("progress: ")] == [
+        "progress: probing images: 20 images",
+        *[line for line in quiet.stderr.splitlines() if line.startswith("progress: probing images: 20/20 images in ")],
+        "progress: writing shards: 20 images",
+        *[line for line in quiet.stderr.splitlines() if line.startswith("progress: writing shards: 20/20 images in ")],
+    ]
+    assert len(quiet.stderr.splitlines()) == 5  # and the detected format
+
+    every = run("every", "0")  # a line at every step
+    assert every.returncode == 0, every.stderr
+    lines = [line for line in every.stderr.splitlines() if line.startswith("progress: writing shards: ")]
+    assert lines[0] == "progress: writing shards: 20 images"
+    assert re.fullmatch(r"progress: writing shards: 20/20 images in \d+ s \(\d+ images/s\)", lines[-1])
+    ticks = lines[1:-1]
+    assert len(ticks) >= 5  # a shard of 2 images at a time: 10 shards, a line after each but the last
+    for line in ticks:
+        assert re.fullmatch(r"progress: writing shards: \d+/20 images \(\d+%\), \d+ images/s, ETA \d+ s", line), line
+
+
+def test_a_format_that_does_not_fit_its_file_is_named_with_the_file(tmp_path: Path) -> None:
+    names = [f"{i}.jpg" for i in range(4)]
+    write_images(tmp_path / "img", names)
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"img/{n},a caption of {n}\n" for n in names))
+    line = _one_line_error(capshard("build", "pairs.csv", "--format", "hf", "--out", "o", cwd=tmp_path), 2)
+    assert line.startswith("capshard: error: --format hf cannot read pairs.csv: ")
+    assert line.endswith("pairs.csv does not look like a hf source (it looks like a table source); try --format auto")
+    flickr_token_file(tmp_path / "captions.token", names, 2)
+    line = _one_line_error(
+        capshard("build", "captions.token", "--format", "karpathy", "--images", "img", "--out", "o", cwd=tmp_path), 2
+    )
+    assert "--format karpathy cannot read captions.token" in line and "it looks like a flickr source" in line
+    assert not (tmp_path / "o").exists()
+    assert capshard("build", "pairs.csv", "--format", "table", "--out", "o", cwd=tmp_path).returncode == 0
+
+
+def test_a_failed_build_removes_the_out_folder_it_created_and_left_empty(tmp_path: Path) -> None:
+    write_images(tmp_path / "val2017", ["a.jpg"])
+    (tmp_path / "captions_val2017.json").write_text('{"images": [')  # invalid COCO JSON
+    args = ("build", "captions_val2017.json", "--format", "coco", "--images", "val2017")
+    line = _one_line_error(capshard(*args, cwd=tmp_path), 1)
+    assert line.startswith("capshard: error: captions_val2017.json:") and "not valid JSON" in line
+    assert not (tmp_path / "shards").exists()  # neither shards/captions_val2017 nor the shards/ it made
+    # A folder that was there before is the user's: it stays.
+    (tmp_path / "mine").mkdir()
+    failed = capshard(*args, "--out", "mine", cwd=tmp_path)
+    assert failed.returncode == 1 and (tmp_path / "mine").is_dir()

@@ -78,17 +78,33 @@ def test_cli_exit_codes_and_json(five: Path, single: Path) -> None:
     bad = capshard("diagnose", str(single), "--batch-size", "8", "--captions-per-image", "5")
     assert bad.returncode == 1
     assert "group sizes seen        1: 40" in bad.stdout
-    assert bad.stderr.strip().splitlines() == [
-        "capshard: error: no semantic grouping possible: every image carries a single caption, but "
+    problem = (
+        "no semantic grouping possible: every image carries a single caption, but "
         "--captions-per-image 5 was asked; if the source has several captions per picture, the build did not "
         "group them (check the manifest's resolution report and the --id strategy)"
-    ]
+    )
+    # Each problem is printed once: on stdout with the report; stderr only says there was one.
+    assert f"PROBLEM: {problem}" in bad.stdout.splitlines()
+    assert bad.stderr.splitlines() == [f"capshard: error: diagnose: 1 problem in split train of {single} "
+                                       "(PROBLEM lines above)"]
+    as_json = capshard("diagnose", str(single), "--batch-size", "8", "--captions-per-image", "5", "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["problems"] == [problem]
+    assert problem not in as_json.stderr
     usage = capshard("diagnose", str(five), "--captions-per-image", "none")
     assert usage.returncode == 2 and "'none' is neither a positive integer nor 'all'" in usage.stderr
     missing = capshard("diagnose", str(five), "--split", "val")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         f"capshard: error: split 'val' is not in {five / 'manifest.json'} (splits: train)"
     )
+
+
+def test_cli_reads_every_caption_by_default_like_smoke_train(five: Path) -> None:
+    proc = capshard("diagnose", str(five), "--batch-size", "8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["captions_per_image"] == "all"
+    assert report["positives_per_caption"] == {"min": 5, "mean": 5.0, "max": 5}
+    assert "captions per image all" in capshard("diagnose", str(five), "--batch-size", "8").stdout
 
 
 def test_cli_on_a_damaged_build(five: Path, tmp_path: Path) -> None:

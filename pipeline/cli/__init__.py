@@ -35,8 +35,8 @@ SHORT_HELP: dict[str, str] = {
     "build": "Build WebDataset shards from a dataset (no SOURCE: the embedded sample).",
     "inspect": "Summarise a build: counts, groups, resolution, rejects.",
     "verify": "Prove a build intact: checksums, samples, and every row accounted for.",
-    "diagnose": "Read a build through the loader and check the batches carry positives.",
-    "smoke-train": "Train a tiny CLIP on a build for a minute and report the positive/negative gap.",
+    "diagnose": "Read a build through the loader and check the batches carry positives (loader extra).",
+    "smoke-train": "Train a tiny CLIP on a build for a minute; report the positive/negative gap (loader extra).",
     "export": "Lay a build out for CLIP_benchmark (retrieval) or as a datasets.save_to_disk folder.",
     "hash": "Compute perceptual hashes of a build's images from its shards (sidecar parquet).",
     "overlap": "Find exact and near-duplicate images across splits and builds (leaks, contamination).",
@@ -57,6 +57,13 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Ctrl-C as Abort here, before click's own handler would print a blank line first.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.Abort() from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):
@@ -97,8 +104,9 @@ def main(argv: list[str] | None = None) -> Any:
         return cli.main(args=argv, prog_name="capshard", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.Abort:
-        click.echo("capshard: interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt):
+        # On a terminal, \r writes over the ^C it echoed; a log gets the line alone.
+        click.echo(("\r" if sys.stderr.isatty() else "") + "capshard: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
@@ -106,9 +114,6 @@ def main(argv: list[str] | None = None) -> Any:
     except CapshardError as e:
         click.echo(f"capshard: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("capshard: interrupted", err=True)
-        sys.exit(130)
     except Terminated:
         click.echo("capshard: terminated", err=True)
         sys.exit(143)

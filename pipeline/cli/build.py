@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import click
@@ -18,9 +19,12 @@ from ..config import (
     NEAR_LEAK_POLICIES,
     BuildConfig,
 )
+from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
 from ..media import DEFAULT_MAX_PIXELS
-from ..readers import SourceSpec, detect
+from ..outputs import STATE
+from ..readers import SourceSpec, detect, format_mismatch
+from ..text import byte_size, plural
 from ..validate import VALIDATE_MODES
 from .options import ByteSize, json_option, progress_bar
 from .source import check_inputs_option, source_options, source_spec
@@ -53,7 +57,12 @@ SAMPLE_MAX_IMAGES = 10_000
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the per-split shuffle.")
 @click.option("--max-images-per-shard", type=click.IntRange(min=1), default=1000)
-@click.option("--max-shard-bytes", type=ByteSize(), default=DEFAULT_MAX_SHARD_BYTES, help="e.g. 512MB, 1GiB.")
+@click.option(
+    "--max-shard-bytes",
+    type=ByteSize(),
+    default=byte_size(DEFAULT_MAX_SHARD_BYTES),
+    help="Largest shard, e.g. 512MiB, 1GiB, 500MB.",
+)
 @click.option("--resize", type=click.IntRange(min=8), help="Re-encode so the shorter side is at most N pixels.")
 @click.option(
     "--max-reject-fraction",
@@ -187,7 +196,8 @@ def build(
             captions_column=captions_column,
         )
         out = out or Path("shards") / Path(source.rstrip("/")).stem
-    if fmt == "auto":
+    chosen = fmt != "auto"
+    if not chosen:
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
     config = BuildConfig(
@@ -219,22 +229,52 @@ def build(
 
         for other in exclude_near:  # before the long probe: a build without hashes is a usage error
             load_hashes(other)
-    result = run_build(spec, config, progress=progress_bar)
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        result = run_build(spec, config, progress=progress_bar)
+    except (SourceError, UsageError) as e:
+        remove_created_if_unused(created)
+        hint = format_mismatch(spec, fmt) if chosen else None
+        if hint is None:
+            raise
+        raise UsageError(f"--format {fmt} cannot read {source}: {e}. {hint}") from None
+    except BaseException:
+        remove_created_if_unused(created)
+        raise
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
     else:
         click.echo(summary_line(result))
 
 
+def remove_created_if_unused(created: list[Path]) -> None:
+    """After a failed build: remove the folders it created (``--out`` first, then its parents),
+    as long as they hold nothing but capshard's own transient state. A saved plan (a re-run
+    resumes from it) or a rejects report keeps the folder."""
+    for folder in created:
+        if not folder.is_dir():
+            continue
+        entries = list(folder.iterdir())
+        if any(not e.name.startswith(STATE) for e in entries) or (folder / STATE / "state.json").exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists():
+            return
+
+
 def summary_line(result: BuildResult) -> str:
     """A short human summary of a build."""
     m = result.manifest
     c = m["counts"]
-    splits = ", ".join(f"{s} {v['images']} images/{len(v['shards'])} shards" for s, v in sorted(m["splits"].items()))
+    splits = ", ".join(
+        f"{s} {plural(v['images'], 'image')}/{plural(len(v['shards']), 'shard')}"
+        for s, v in sorted(m["splits"].items())
+    )
     res = m["resolution"]
     verb = {"built": "built", "resumed": "finished (resumed)", "up_to_date": "up to date:"}[result.status]
     lines = [
-        f"{verb} {result.out}: {c['images']} images, {c['captions']} captions from {c['rows']} rows "
+        f"{verb} {result.out}: {plural(c['images'], 'image')}, {plural(c['captions'], 'caption')} "
+        f"from {plural(c['rows'], 'row')} "
         f"({m['source']['format']}); {splits}",
         f"resolution: {res['strategy']} via {res['id_source']}, merged ids {res['merged_ids']}, "
         f"conflicts {res['conflicts']}; rejected rows {c['rejected_rows']}"

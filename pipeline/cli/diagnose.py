@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..diagnose import DiagnoseReport, DiagnosisFailed
-from ..diagnose import diagnose as run_diagnose
-from .options import CaptionsPerImage, json_option
+from ..text import plural
+from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+
+if TYPE_CHECKING:
+    from ..diagnose import DiagnoseReport
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True}, epilog=LOADER_EXTRA_HELP)
 @click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="train", help="Split to read.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per batch.")
-@click.option("--captions-per-image", type=CaptionsPerImage(), default="1", help="K captions per image, or all.")
+@click.option(
+    "--captions-per-image",
+    type=CaptionsPerImage(),
+    default="all",
+    help="K captions per image, or all (as smoke-train reads them).",
+)
 @click.option("--epoch", type=click.IntRange(min=0), default=0, help="Epoch to read (order, captions).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Loader seed.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")
@@ -37,7 +44,15 @@ def diagnose(
     max_batches: int | None,
     as_json: bool,
 ) -> None:
-    """Read BUILD_DIR through the loader and check the batches carry the positives asked for."""
+    """Read BUILD_DIR through the loader and check the batches carry the positives asked for.
+
+    Prints the report on stdout (each problem on a PROBLEM line) and exits 1 when there is a
+    problem.
+    """
+    require_loader_extra("diagnose")
+    from ..diagnose import DiagnosisFailed
+    from ..diagnose import diagnose as run_diagnose
+
     report = run_diagnose(
         build_dir,
         split=split,
@@ -50,7 +65,12 @@ def diagnose(
     )
     click.echo(json.dumps(report.to_dict()) if as_json else render(report))
     if not report.ok:
-        raise DiagnosisFailed(report.problems[0])
+        # The problems are in the report above (or in the JSON); this line only says so.
+        n = len(report.problems)
+        raise DiagnosisFailed(
+            f"diagnose: {plural(n, 'problem')} in split {report.split} of {report.source} "
+            + ("(see the JSON's problems)" if as_json else "(PROBLEM lines above)")
+        )
 
 
 def render(r: DiagnoseReport) -> str:
@@ -60,7 +80,7 @@ def render(r: DiagnoseReport) -> str:
         return f"{s.min:g} .. {s.max:g} (mean {s.mean:g})"
 
     lines = [
-        f"{r.source} split {r.split}: {r.batches} of {r.batches_per_epoch} batches read, "
+        f"{r.source} split {r.split}: {r.batches} of {plural(r.batches_per_epoch, 'batch', 'batches')} read, "
         f"batch size {r.batch_size}, captions per image {r.captions_per_image}, epoch {r.epoch}",
         f"  images per batch        {spread(r.images_per_batch)}",
         f"  captions per batch      {spread(r.captions_per_batch)}",
@@ -72,7 +92,10 @@ def render(r: DiagnoseReport) -> str:
     ]
     lines.extend(f"  note: {n}" for n in r.notes)
     if r.ok:
-        lines.append(f"OK: {r.images} images and {r.captions} captions; every caption has the positives asked for")
+        lines.append(
+            f"OK: {plural(r.images, 'image')} and {plural(r.captions, 'caption')}; "
+            "every caption has the positives asked for"
+        )
     else:
         lines.extend(f"PROBLEM: {p}" for p in r.problems)
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import click
 
 from ..errors import UsageError
 from ..finalize import read_manifest
+from ..text import plural
 from .options import json_option
 
 
@@ -71,7 +72,8 @@ def render(build_dir: Path, s: dict[str, Any]) -> str:
     ]
     for split, v in s["splits"].items():
         lines.append(f"{split:<12}{v['images']:>10}{v['captions']:>11}{v['shards']:>8}{v['bytes'] / 2**20:>10.1f}")
-    lines += ["", "captions per image: " + ", ".join(f"{k}: {v} images" for k, v in s["captions_per_image"].items())]
+    per_image = ", ".join(f"{k}: {plural(v, 'image')}" for k, v in s["captions_per_image"].items())
+    lines += ["", f"captions per image: {per_image}"]
     r = s["resolution"]
     lines.append(
         f"resolution: {r['strategy']} via {r['id_source']}; merged ids {r['merged_ids']}, conflicts {r['conflicts']}, "

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..resolve import SPLIT_NAME
+
+#: What a command that needs torch says in its --help.
+LOADER_EXTRA_HELP = "Needs the loader extra (torch): pip install 'capshard[loader]'."
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -79,14 +85,76 @@ class CaptionsPerImage(click.ParamType):
         return k
 
 
+#: Seconds between progress lines when stderr is not a terminal (env CAPSHARD_PROGRESS_EVERY).
+PROGRESS_EVERY = 30.0
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A click progress bar on stderr (only drawn on a terminal)."""
-    if not sys.stderr.isatty() or total <= 0:
+    """Progress of a stage on stderr: a bar on a terminal; otherwise (a job's log) log lines."""
+    if total <= 0:
         yield lambda n: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
-        yield bar.update
+    elif sys.stderr.isatty():
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
+            yield bar.update
+    else:
+        every = float(os.environ.get("CAPSHARD_PROGRESS_EVERY", PROGRESS_EVERY))
+        log = ProgressLog(label, total, every)
+        yield log.advance
+        log.finish()
+
+
+class ProgressLog:
+    """Progress for a log file: one line when a stage starts, one every ``every`` seconds
+    (images, images/s, ETA), one when it ends."""
+
+    def __init__(self, label: str, total: int, every: float) -> None:
+        self.label, self.total, self.every = label, total, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self._echo(f"{total} images")
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            self._echo(
+                f"{self.done}/{self.total} images ({self.done / self.total:.0%}), {rate:.0f} images/s, "
+                f"ETA {_duration(eta)}"
+            )
+
+    def finish(self) -> None:
+        """The stage ended; not called when it was interrupted or failed."""
+        seconds = time.monotonic() - self.start
+        rate = self.done / max(seconds, 1e-9)
+        self._echo(f"{self.done}/{self.total} images in {_duration(seconds)} ({rate:.0f} images/s)")
+
+    def _echo(self, text: str) -> None:
+        click.echo(f"progress: {self.label}: {text}", err=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def require_loader_extra(command: str) -> None:
+    """Fail in one line (exit 2) when torch, which ``command`` needs, cannot be imported."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise UsageError(f"{command} needs the loader extra, but importing torch failed: {e}") from None
+        raise UsageError(f"{command} needs the loader extra: pip install 'capshard[loader]'") from None
+    except ImportError as e:
+        raise UsageError(f"{command} needs the loader extra, but importing torch failed: {e}") from None

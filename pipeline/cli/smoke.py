@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
-from ..smoke import Figures, GapTooSmall, SmokeConfig, SmokeResult, write_plot
-from ..smoke import smoke_train as run_smoke
-from .options import CaptionsPerImage, json_option
+from ..text import plural
+from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+
+if TYPE_CHECKING:
+    from ..smoke import Figures, SmokeResult
 
 
-@click.command("smoke-train")
+@click.command("smoke-train", epilog=LOADER_EXTRA_HELP)
 @click.argument("source", metavar="DIR")
 @click.option("--split", default="train", show_default=True, help="Split to train on.")
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
@@ -76,6 +78,10 @@ def smoke_train(
     The gap is the mean cosine of positive image-caption pairs minus that of negative
     pairs. Exits 0 when the final gap is above --min-gap, 1 otherwise.
     """
+    require_loader_extra("smoke-train")
+    from ..smoke import GapTooSmall, SmokeConfig, write_plot
+    from ..smoke import smoke_train as run_smoke
+
     config = SmokeConfig(
         source=source,
         split=split,
@@ -128,7 +134,7 @@ def _figures_line(f: Figures, control: bool) -> str:
 def _summary(result: SmokeResult, min_gap: float, plot: Path | None) -> str:
     f, c = result.final, result.config
     lines = [
-        f"final, {f.batches} batches of {c.split} after training (no update):",
+        f"final, {plural(f.batches, 'batch', 'batches')} of {c.split} after training (no update):",
         f"  positive cos {f.positive_cos:.3f}  negative cos {f.negative_cos:.3f}  gap {f.gap:.3f}  loss {f.loss:.3f}",
         f"  batches with positives besides the diagonal: {f.multi_positive_share:.0%}",
     ]
@@ -140,7 +146,7 @@ def _summary(result: SmokeResult, min_gap: float, plot: Path | None) -> str:
             + (f", mean cos {f.false_negative_cos:.3f}" if f.false_negative_cos is not None else ""),
         ]
     lines.append(
-        f"{result.steps} steps ({result.epochs} epochs), vocabulary {result.vocab_size}, "
+        f"{plural(result.steps, 'step')} ({plural(result.epochs, 'epoch')}), vocabulary {result.vocab_size}, "
         f"{result.seconds:.1f} s on {c.device}"
     )
     if plot is not None:

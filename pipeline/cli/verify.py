@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ..errors import IntegrityError
+from ..text import plural
 from ..verify import VerifyReport
 from ..verify import verify as run_verify
 from ..verify_inputs import InputsReport, verify_inputs
@@ -73,11 +74,12 @@ def verify(
                 click.echo(problem.line())
         for where, n in shown.items():
             if n > LINES_PER_PLACE:
-                click.echo(f"{where}: … and {n - LINES_PER_PLACE} more problems (--json lists them all)")
+                more = plural(n - LINES_PER_PLACE, "more problem")
+                click.echo(f"{where}: … and {more} (--json lists them all)")
     if not report.ok:
         bad = sorted({p.where for p in report.problems})
         raise IntegrityError(
-            f"{build_dir} failed verification: {len(report.problems)} problems in {', '.join(bad[:10])}"
+            f"{build_dir} failed verification: {plural(len(report.problems), 'problem')} in {', '.join(bad[:10])}"
             + (", …" if len(bad) > 10 else "")
         )
 
@@ -86,8 +88,9 @@ def summary_line(report: VerifyReport) -> str:
     """One line for an intact build."""
     c = report.counts
     return (
-        f"verified {report.build_dir}: {len(report.shards)} shards intact, {c['images']} images, "
-        f"{c['captions']} captions + {c['rejected_rows']} rejected rows = {c['rows']} rows"
+        f"verified {report.build_dir}: {plural(len(report.shards), 'shard')} intact, {plural(c['images'], 'image')}, "
+        f"{plural(c['captions'], 'caption')} + {plural(c['rejected_rows'], 'rejected row')} "
+        f"= {plural(c['rows'], 'row')}"
     )
 
 

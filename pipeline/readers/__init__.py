@@ -54,4 +54,30 @@ def detect(spec: SourceSpec) -> str:
     raise UsageError(f"cannot tell the format of {path}; pass --format with one of: {', '.join(sorted(READERS))}")
 
 
-__all__ = ["DETECT_ORDER", "READERS", "ImageUnavailable", "Reader", "SourceSpec", "detect", "get_reader"]
+def format_mismatch(spec: SourceSpec, fmt: str) -> str | None:
+    """Why ``--format fmt`` may be the wrong choice for ``spec``'s file, or None when it looks right.
+
+    Asked after reading failed: names the file, the format asked for, and what ``--format
+    auto`` takes it for; None also when no format fits the file.
+    """
+    if spec.path is None or not Path(spec.path).exists() or READERS[fmt].sniff(Path(spec.path)):
+        return None
+    try:
+        found = detect(spec)
+    except UsageError:
+        return None  # a damaged file of no format: its own error says enough
+    if found == fmt:
+        return None
+    return f"{spec.path} does not look like a {fmt} source (it looks like a {found} source); try --format auto"
+
+
+__all__ = [
+    "DETECT_ORDER",
+    "READERS",
+    "ImageUnavailable",
+    "Reader",
+    "SourceSpec",
+    "detect",
+    "format_mismatch",
+    "get_reader",
+]
