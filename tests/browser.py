@@ -45,9 +45,21 @@ def _run(page: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedPr
         )
 
 
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to its console (``console.*`` calls, uncaught errors), from Chromium's log."""
+    return [line.split("] ", 1)[-1] for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
 def dump_dom(page: Path) -> str:
-    """The page's DOM after its scripts ran, as Chromium serialises it."""
-    return _run(page, "--virtual-time-budget=5000", "--dump-dom").stdout
+    """The page's DOM after its scripts ran, as Chromium serialises it.
+
+    Fails when the page wrote anything to its console: capshard's pages log nothing, so
+    any message there is a script error (``Uncaught …``) or a resource that did not load."""
+    done = _run(page, "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom")
+    messages = console_messages(done.stderr)
+    if messages:
+        raise AssertionError(f"{page.name}: console output in Chromium: {messages[:5]}")
+    return done.stdout
 
 
 def render(page: Path, png: Path, width: int = 1280, height: int = 900) -> Path:
