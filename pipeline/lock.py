@@ -2,10 +2,11 @@
 
 ``build`` (and so ``--overwrite``) holds the lock in **exclusive** mode from before it
 reads anything in ``OUT`` until its last file is written, so the identity a manifest
-records is that of the one process that wrote every shard it lists. **Shared** mode is
-for the slices of a split build (``write --task I --tasks N``) that share one plan but
-never a shard: any number of shared holders exclude every exclusive one (``plan``,
-``build``, ``finalize``), and an exclusive holder excludes everyone.
+records is that of the one process that wrote every shard it lists; ``capshard hash``
+holds it too while it rewrites the manifest. **Shared** mode is ready (and tested) for
+the slices of a split build that share one plan but never a shard (the planned
+``write --task I --tasks N``, not a command yet): any number of shared holders exclude
+every exclusive one, and an exclusive holder excludes everyone.
 
 The lock is ``flock(2)``: the kernel releases it when its holder dies, however it dies
 (``kill -9`` included), so a lock file whose lock can be taken belongs to nobody alive.

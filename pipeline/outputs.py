@@ -2,10 +2,12 @@
 
 Every file a build creates in ``OUT`` is recorded before it is created: its name goes
 into ``OUT/.capshard/ledger.txt`` (appended and fsynced). A finished build's manifest
-lists its own files (every shard, plus ``manifest.json``, ``index.parquet`` and
-``rejects.jsonl``), so the ledger can go with the rest of ``.capshard/`` once the manifest
-is written. The ``done`` record of a shard (written before its rename) also marks it
-as ours, and so does the temporary name of any file that is ours.
+lists its shards and its sidecars (``phash.parquet``), and the fixed build files
+(``manifest.json``, ``index.parquet``, ``rejects.jsonl``, ``inputs.parquet``,
+``sizes.json``: ``BUILD_FILES``) are always its own, so the ledger can go with the rest
+of ``.capshard/`` once the manifest is written. The ``done`` record of a shard (written
+before its rename) also marks it as ours, and so does the temporary name of any file
+that is ours.
 
 :func:`survey` sorts the entries of ``OUT`` into those and the rest. Anything capshard
 did not record is *foreign*: a folder holding foreign files is never written into or
