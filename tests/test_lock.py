@@ -125,3 +125,20 @@ def test_shared_holders_coexist_and_exclude_an_exclusive_one(tmp_path: Path) -> 
     assert not (tmp_path / LOCK).exists()
     with hold(tmp_path, "finalize"):
         pass
+
+
+def test_a_refused_build_never_cleans_up_the_winners_folder(tmp_path: Path) -> None:
+    """The losing build of a race created --out too (it did not exist when it started); its
+    clean-up after the refusal must leave the winner's state alone (found by the race test:
+    the winner lost its .capshard/ mid-plan). Without a holder, the same folder goes."""
+    from pipeline.cli.build import remove_created_if_unused
+
+    out = tmp_path / "shards" / "new"
+    out.mkdir(parents=True)
+    with hold(out, "build"):  # the winner, still planning: a ledger, no state.json yet
+        (out / ".capshard").mkdir()
+        (out / ".capshard" / "ledger.txt").write_text('"rejects.jsonl"\n')
+        remove_created_if_unused([out, out.parent])
+        assert (out / ".capshard" / "ledger.txt").is_file()
+    remove_created_if_unused([out, out.parent])
+    assert not out.parent.exists()

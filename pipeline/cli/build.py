@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from ..config import (
 )
 from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
+from ..lock import LockHeld, hold
 from ..media import DEFAULT_MAX_PIXELS
 from ..outputs import STATE
 from ..readers import SourceSpec, detect, format_mismatch
@@ -250,18 +252,30 @@ def build(
 def remove_created_if_unused(created: list[Path]) -> None:
     """After a failed build: remove the folders it created (``--out`` first, then its parents),
     as long as they hold nothing but capshard's own transient state. A saved plan (a re-run
-    resumes from it) or a rejects report keeps the folder."""
-    for folder in created:
-        if not folder.is_dir():
-            continue
-        entries = list(folder.iterdir())
-        if any(not e.name.startswith(STATE) for e in entries) or (folder / STATE / "state.json").exists():
-            return
-        shutil.rmtree(folder, ignore_errors=True)
-        if folder.exists():
-            return
+    resumes from it) or a rejects report keeps the folder.
 
-
+    ``--out`` is judged and removed under its lock: a build that lost the race for a folder
+    it created must not remove the winner's state (another build may have started in it
+    since). Parents go only when empty (``rmdir``), for the same reason."""
+    if not created:
+        return
+    out, *parents = created
+    if out.is_dir():
+        try:
+            with hold(out, "build (clean-up after a failure)"):
+                entries = list(out.iterdir())
+                if any(not e.name.startswith(STATE) for e in entries) or (out / STATE / "state.json").exists():
+                    return
+                shutil.rmtree(out / STATE, ignore_errors=True)
+        except (LockHeld, OSError):
+            return  # in use by another capshard process, or not ours to judge
+        with contextlib.suppress(OSError):
+            out.rmdir()  # the lock file went with the lock; anything new keeps the folder
+    for folder in parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 def summary_line(result: BuildResult) -> str:
     """A short human summary of a build."""
     m = result.manifest
