@@ -24,12 +24,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import IntegrityError, UsageError
+from .errors import IntegrityError, OutputError, UsageError
 from .executors import make_executor
 from .finalize import INDEX, read_manifest, write_manifest
 from .lock import hold
 from .media import EXTENSIONS
-from .outputs import HASH_PARTS
+from .outputs import HASH_PARTS, STATE, record, survey
 from .phash import phash_bytes, to_int64
 from .write import file_sha256, write_bytes_atomic
 
@@ -98,6 +98,8 @@ def _hash_build(
     build_dir: Path, workers: int, executor: str, flip: bool, on_progress: Callable[[int], None]
 ) -> HashResult:
     manifest = _manifest(build_dir)
+    if SIDECAR in survey(build_dir).foreign:
+        raise OutputError(f"{build_dir / SIDECAR} was not written by capshard; move it away to hash this build")
     shards = {s["name"]: s["sha256"] for split in manifest["splits"].values() for s in split["shards"]}
     listed = manifest.get("sidecars", {}).get("phash")
     if listed and listed.get("flip") == flip and _intact(build_dir / SIDECAR, listed["sha256"]):
@@ -122,6 +124,7 @@ def _hash_build(
     ).sort_by("key")
     sink = pa.BufferOutputStream()
     pq.write_table(table.cast(SIDECAR_SCHEMA), sink)
+    record(build_dir, [SIDECAR])  # capshard's before it exists, until the manifest lists it
     write_bytes_atomic(build_dir / SIDECAR, sink.getvalue().to_pybytes())
     manifest.setdefault("sidecars", {})["phash"] = {
         "file": SIDECAR,
@@ -132,6 +135,8 @@ def _hash_build(
     }
     write_manifest(build_dir, manifest)
     shutil.rmtree(parts_dir, ignore_errors=True)
+    if not (build_dir / STATE / "state.json").exists():  # a finished build keeps no state folder
+        shutil.rmtree(build_dir / STATE, ignore_errors=True)
     return HashResult(build_dir, table.num_rows, len(shards), reused)
 
 

@@ -31,6 +31,9 @@ from .write import write_bytes_atomic
 
 INPUTS = "inputs.parquet"
 CHECKS = ("stat", "content")
+#: The ``sha256`` of a listed file that exists but is not read: outside the image folder
+#: through a symlink, not a regular file, or unreadable (the probe rejects it, with why).
+UNREADABLE = "unreadable"
 
 INPUTS_SCHEMA = pa.schema(
     [
@@ -38,7 +41,7 @@ INPUTS_SCHEMA = pa.schema(
         ("size", pa.int64()),  # null: the file did not exist
         ("mtime_ns", pa.int64()),
         ("etag", pa.string()),
-        ("sha256", pa.string()),  # null: not read (yet), or unreadable
+        ("sha256", pa.string()),  # null: not read (yet) or no file; UNREADABLE: a file not to be read
     ]
 )
 
@@ -145,7 +148,7 @@ def with_hashes(listing: pa.Table, known: dict[str, str], root: str) -> pa.Table
     ):
         path = absolute_path(shown, root)
         if sha is None and size is not None:
-            sha = known.get(path) or content_sha256(path, root or None)
+            sha = known.get(path) or content_sha256(path, root or None) or UNREADABLE
         shas.append(sha)
     return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", pa.array(shas, pa.string()))
 

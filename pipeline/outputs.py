@@ -101,13 +101,14 @@ def clean(folder: Folder) -> None:
     """
     refuse_foreign(folder)
     out = folder.out
-    files = [n for n in folder.owned if n not in (LOCK, STATE)]
-    if not files and STATE not in folder.owned:
+    files = [n for n in folder.owned if n not in (LOCK, STATE, HASH_PARTS)]
+    if not files and STATE not in folder.owned and HASH_PARTS not in folder.owned:
         return
     record(out, files)
     for name in sorted(files, key=lambda n: n != MANIFEST):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / STATE)
+    shutil.rmtree(out / HASH_PARTS, ignore_errors=True)  # an interrupted `capshard hash`'s parts
+    shutil.rmtree(out / STATE, ignore_errors=True)
     fsync_dir(out)
 
 

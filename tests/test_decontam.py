@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import imagehash
@@ -128,3 +129,18 @@ def test_near_leak_fail_names_the_pair(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "1 near-duplicate pairs across splits" in result.stderr
     assert "a.jpg (test) ~ b.jpg (train)" in result.stderr
+
+
+def test_exclude_near_may_not_name_the_builds_own_out(tmp_path: Path) -> None:
+    """With --overwrite the clean-up would delete the very index --exclude-near reads."""
+    first = subprocess.run([sys.executable, "-m", "pipeline", "build", "--sample-images", "12", "--out", "o"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "build", "--sample-images", "12", "--out", "o", "--overwrite",
+         "--exclude-near", "./o"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "capshard: error: --exclude-near o is this build's own --out; name an evaluation build")
+    assert (tmp_path / "o" / "index.parquet").is_file()

@@ -206,3 +206,21 @@ def test_a_manifest_without_an_inputs_listing_is_refused_with_a_reason(built: Pa
     line = error_line(capshard(*BUILD, cwd=built))
     assert "images not recorded (a build by an older capshard)" in line
     assert capshard("verify", "out", "--inputs", "pairs.csv", cwd=built).returncode == 1
+
+
+def test_content_check_rerun_with_a_listed_image_that_is_not_read(tmp_path: Path) -> None:
+    """A row naming a symlink out of the table's folder is rejected and never read; the
+    content check of the re-run lists it as unreadable instead of failing."""
+    data = tmp_path / "data"
+    table = pairs_table(data)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.jpg").write_bytes(image_bytes(99))
+    (data / "imgs" / "evil.jpg").symlink_to(tmp_path / "outside" / "secret.jpg")
+    with open(table, "a") as f:
+        f.write("imgs/evil.jpg,a photo that is not ours\n")
+    args = (*BUILD, "--max-reject-fraction", "1", "--check-inputs", "content")
+    first = capshard(*args, cwd=data)
+    assert first.returncode == 0, first.stderr
+    assert '"path_outside_images"' in (data / "out" / "rejects.jsonl").read_text()
+    again = capshard(*args, cwd=data)
+    assert again.returncode == 0 and again.stdout.startswith("up to date: out"), again.stderr

@@ -210,3 +210,33 @@ def test_a_killed_build_can_be_replaced_or_resumed(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.startswith(f"finished (resumed) {out}")
     assert snapshot(out) == snapshot(clean["0"])
+
+
+def test_overwrite_after_an_interrupted_hash_run(tmp_path: Path) -> None:
+    """``capshard hash`` killed midway leaves its parts folder; --overwrite removes it with
+    the rest of the build instead of failing on a folder."""
+    spec = source(tmp_path)
+    out = tmp_path / "b"
+    build(spec, config(out))
+    (out / ".capshard-hash").mkdir()
+    (out / ".capshard-hash" / "train-000000.tar.0123.parquet").write_bytes(b"part")
+    assert build(spec, config(out, overwrite=True, seed=1)).status == "built"
+    assert not (out / ".capshard-hash").exists()
+    assert verify(out).ok
+
+
+def test_hash_refuses_a_foreign_sidecar_and_records_its_own(tmp_path: Path) -> None:
+    from pipeline.hashes import hash_build
+
+    spec = source(tmp_path)
+    out = tmp_path / "b"
+    build(spec, config(out))
+    (out / "phash.parquet").write_bytes(b"the user's own file")
+    with pytest.raises(OutputError, match=r"phash\.parquet was not written by capshard"):
+        hash_build(out)
+    assert (out / "phash.parquet").read_bytes() == b"the user's own file"
+    (out / "phash.parquet").unlink()
+    hash_build(out)
+    assert not (out / ".capshard").exists()  # the ledger went once the manifest listed the sidecar
+    assert build(spec, config(out, overwrite=True, seed=1)).status == "built"  # the sidecar is capshard's
+    assert not (out / "phash.parquet").exists()

@@ -230,6 +230,8 @@ def build(
         from ..hashes import load_hashes
 
         for other in exclude_near:  # before the long probe: a build without hashes is a usage error
+            if Path(other).resolve() == out.resolve():
+                raise UsageError(f"--exclude-near {other} is this build's own --out; name an evaluation build")
             load_hashes(other)
     created = [d for d in (out, *out.parents) if not d.exists()]
     try:
