@@ -63,8 +63,10 @@ def run(
 
 def start_and_wait_for_writes(root: Path, out: str) -> subprocess.Popen[str]:
     """Start a build and return once some shards are done and others are being written."""
+    # Ctrl-C as on a terminal: a runner that started us in the background (bash's `cmd &`)
+    # passes SIGINT down ignored, and Python keeps an ignored SIGINT ignored.
     proc = subprocess.Popen(command(root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     done = root / out / ".capshard" / "done"
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -73,6 +75,10 @@ def start_and_wait_for_writes(root: Path, out: str) -> subprocess.Popen[str]:
         time.sleep(0.005)
     assert proc.poll() is None, "the build ended before it could be interrupted; make it bigger"
     return proc
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def temporaries(out: Path) -> list[Path]:
