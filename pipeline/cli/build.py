@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -132,17 +133,6 @@ def build(
     source: str | None,
     out: Path | None,
     fmt: str,
-    images: Path | None,
-    follow_symlinks: bool,
-    split_files: tuple[tuple[str, Path], ...],
-    image_column: str | None,
-    caption_column: str | None,
-    id_column: str | None,
-    split_column: str | None,
-    restval_as: str,
-    captions_from: str | None,
-    captions_key: str,
-    captions_column: str | None,
     id_strategy: str,
     on_leak: str,
     seed: int,
@@ -165,6 +155,7 @@ def build(
     near_threshold: int,
     on_near_leak: str,
     as_json: bool,
+    **reading: Any,
 ) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.
 
@@ -183,20 +174,7 @@ def build(
         spec = SourceSpec(dataset=sample_dataset(sample_images), name="capshard-sample", sample_images=sample_images)
         out = out or SAMPLE_OUT
     else:
-        spec = source_spec(
-            source,
-            images=images,
-            follow_symlinks=follow_symlinks,
-            split_files=split_files,
-            image_column=image_column,
-            caption_column=caption_column,
-            id_column=id_column,
-            split_column=split_column,
-            restval_as=restval_as,
-            captions_from=captions_from,
-            captions_key=captions_key,
-            captions_column=captions_column,
-        )
+        spec = source_spec(source, **reading)
         out = out or Path("shards") / Path(source.rstrip("/")).stem
     chosen = fmt != "auto"
     if not chosen:
@@ -226,13 +204,7 @@ def build(
         near_threshold=near_threshold,
         on_near_leak=on_near_leak,
     )
-    if exclude_near:
-        from ..hashes import load_hashes
-
-        for other in exclude_near:  # before the long probe: a build without hashes is a usage error
-            if Path(other).resolve() == out.resolve():
-                raise UsageError(f"--exclude-near {other} is this build's own --out; name an evaluation build")
-            load_hashes(other)
+    _check_exclude_near(exclude_near, out)
     created = [d for d in (out, *out.parents) if not d.exists()]
     try:
         result = run_build(spec, config, progress=progress_bar)
@@ -249,6 +221,18 @@ def build(
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
     else:
         click.echo(summary_line(result))
+
+
+def _check_exclude_near(builds: tuple[Path, ...], out: Path) -> None:
+    """Before the long probe: every --exclude-near build has hashes and is not this build."""
+    if not builds:
+        return
+    from ..hashes import load_hashes
+
+    for other in builds:
+        if other.resolve() == out.resolve():  # --overwrite would delete the index it reads
+            raise UsageError(f"--exclude-near {other} is this build's own --out; name an evaluation build")
+        load_hashes(other)
 
 
 def remove_created_if_unused(created: list[Path]) -> None:
