@@ -30,9 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from . import FORMAT_VERSION
+from . import FORMAT_VERSION, plan_store
 from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
@@ -51,13 +50,13 @@ from .inputs import (
     write_listing,
 )
 from .lock import hold
-from .outputs import BUILD_FILES, STATE, check_location, clean, record, refuse_foreign, survey
+from .outputs import BUILD_FILES, check_location, clean, record, refuse_foreign, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
-from .resolve import REJECT_SCHEMA, resolve
+from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
-from .write import TMP_MARK, SampleSpec, ShardResult, ShardTask, done_path, file_sha256, write_json_atomic, write_shard
+from .write import TMP_MARK, ShardResult, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -113,45 +112,83 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
     existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite, lock)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
-
-    state = out / STATE
-    resumed = (state / "state.json").is_file()
+    resumed = plan_store.status(out) == "complete"
     with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
-        if resumed:
-            planned, rejects, report, n_rows = _load_plan(state)
-            known = _known_hashes(read_listing(state / INPUTS), root)
-            log.info("resuming the unfinished build in %s", out)
-        else:
-            planned, rejects, report, n_rows, known = _plan(rows, reader, config, executor, progress)
-        listing = with_hashes(listing, known, root)
+        plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed)
+        results, reused = _write_shards(out, plan, executor, progress)
+    manifest = _finish(out, plan, results, _name(spec, config), config.version or default_version(plan.identity))
+    return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
+
+
+def _planned(
+    rows: pa.Table,
+    reader: Reader,
+    spec: SourceSpec,
+    config: BuildConfig,
+    executor: Executor,
+    progress: Progress,
+    identity: dict[str, Any],
+    listing: pa.Table,
+    resumed: bool,
+) -> plan_store.Plan:
+    """The plan: the saved one when resuming, else planned now and saved; ``identity["inputs"]``
+    updated with the images' sha256 (known from the saved listing or from the probe)."""
+    out, root = config.out, image_root(spec.images, spec.path)
+    if resumed:
+        saved = plan_store.load(out)
+        listing = with_hashes(listing, _known_hashes(saved.listing, root), root)
         identity["inputs"] = summary(listing)
-        if not resumed:
-            with _output_errors(out):
-                _save_plan(state, identity, listing, planned, rejects, report, n_rows)
-        results, reused = _write_shards(out, fmt, planned, config, executor, progress)
-    with _output_errors(out):
-        write_index(out, planned, results)
-        write_rejects(out, rejects)
-        write_listing(out / INPUTS, listing)
-        write_sizes(out, results)
-    name = config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
-    version = config.version or default_version(identity)
-    manifest = manifest_dict(
+        log.info("resuming the unfinished build in %s", out)
+        return dataclasses.replace(saved, identity=identity, listing=listing)
+    if plan_store.status(out) == "stale":
+        log.info("%s holds the plan of an older capshard: planning again", out)
+    resolution, known = _plan(rows, reader, config, executor, progress)
+    listing = with_hashes(listing, known, root)
+    identity["inputs"] = summary(listing)
+    plan = plan_store.Plan(
         identity=identity,
+        listing=listing,
+        images=resolution.images,
+        rejects=resolution.rejects,
+        report=resolution.report,
+        n_rows=resolution.n_rows,
+        resize=config.resize,
+        source=plan_store.source_record(spec),
+    )
+    with _output_errors(out):
+        plan_store.save(out, plan)
+    return plan
+
+
+def _name(spec: SourceSpec, config: BuildConfig) -> str:
+    return config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
+
+
+def _finish(
+    out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str
+) -> dict[str, Any]:
+    """*finalize*: index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
+    with _output_errors(out):
+        write_index(out, plan.images, results)
+        write_rejects(out, plan.rejects)
+        write_listing(out / INPUTS, plan.listing)
+        write_sizes(out, results)
+    manifest = manifest_dict(
+        identity=plan.identity,
         name=name,
         version=version,
-        source_path=spec.path,
-        planned=planned,
+        source_path=plan.source.get("path"),
+        planned=plan.images,
         results=results,
-        rejects=rejects,
-        report=report,
-        n_rows=n_rows,
+        rejects=plan.rejects,
+        report=plan.report.as_dict(),
+        n_rows=plan.n_rows,
     )
     _check_accounting(manifest)
     with _output_errors(out):
         write_manifest(out, manifest)
-    shutil.rmtree(state, ignore_errors=True)
-    return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
+    shutil.rmtree(plan_store.state_dir(out), ignore_errors=True)
+    return manifest
 
 
 def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack) -> dict[str, Any] | None:
@@ -163,7 +200,7 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
         lock.enter_context(hold(out, "build"))
     folder = survey(out)
     manifest = folder.manifest
-    state_file = out / STATE / "state.json"
+    state_file = plan_store.state_dir(out) / plan_store.IDENTITY
     if manifest is not None:
         diffs = [] if overwrite else differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
         if not overwrite and not diffs:
@@ -179,7 +216,7 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
         refuse_foreign(folder)
         if not overwrite:
             with open(state_file, encoding="utf-8") as f:
-                diffs = differs(json.load(f), read_listing(out / STATE / INPUTS))
+                diffs = differs(json.load(f), read_listing(plan_store.state_dir(out) / INPUTS))
             if diffs:
                 raise OutputError(
                     f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
@@ -231,9 +268,9 @@ def _known_hashes(listing: pa.Table | None, root: str) -> dict[str, str]:
 
 def _plan(
     rows: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress
-) -> tuple[pa.Table, pa.Table, dict[str, Any], int, dict[str, str]]:
-    """probe → resolve → plan, with the reject budget checked before writing; also the
-    sha256 the probe found for each image path."""
+) -> tuple[Resolution, dict[str, str]]:
+    """probe → resolve → plan (the resolution's images with ``shard`` and ``position``), with the
+    reject budget checked before writing; also the sha256 the probe found for each image path."""
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
@@ -254,6 +291,15 @@ def _plan(
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     if config.hashes:
         resolution = apply_near(resolution, rows, probed, near_options(config))
+    _check_reject_budget(resolution, config)
+    planned = dataclasses.replace(resolution, images=plan_shards(resolution.images, config))
+    hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
+    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
+    return planned, known
+
+
+def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
+    """Stop before writing when more rows are rejected than ``--max-reject-fraction`` allows."""
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
         with _output_errors(config.out):
@@ -266,89 +312,16 @@ def _plan(
             f"{rejects.num_rows} of {n_rows} rows rejected ({rejects.num_rows / n_rows:.1%}), over "
             f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {config.out / REJECTS}.{hint}"
         )
-    planned = plan_shards(resolution.images, config)
-    hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
-    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
-    return planned, rejects, resolution.report, n_rows, known
-
-
-def _save_plan(
-    state: Path,
-    identity: dict[str, Any],
-    listing: pa.Table,
-    planned: pa.Table,
-    rejects: pa.Table,
-    report: dict[str, Any],
-    n_rows: int,
-) -> None:
-    record(state.parent, sorted(set(planned["shard"].to_pylist())))  # before any shard exists
-    state.mkdir(parents=True, exist_ok=True)
-    write_listing(state / INPUTS, listing)
-    pq.write_table(planned, state / "plan.parquet")
-    pq.write_table(rejects, state / "rejects.parquet")
-    write_json_atomic(state / "resolution.json", {"report": report, "rows": n_rows})
-    write_json_atomic(state / "state.json", identity)  # last: the plan is complete
-
-
-def _load_plan(state: Path) -> tuple[pa.Table, pa.Table, dict[str, Any], int]:
-    planned = pq.read_table(state / "plan.parquet")
-    rejects = pq.read_table(state / "rejects.parquet").cast(REJECT_SCHEMA)
-    with open(state / "resolution.json", encoding="utf-8") as f:
-        saved = json.load(f)
-    return planned, rejects, saved["report"], saved["rows"]
-
-
-def _shard_tasks(out: Path, fmt: str, planned: pa.Table, resize: int | None) -> list[ShardTask]:
-    samples: dict[str, list[SampleSpec]] = {}
-    for r in planned.to_pylist():
-        samples.setdefault(r["shard"], []).append(
-            SampleSpec(
-                key=r["key"],
-                image_id=r["image_id"],
-                group=r["group"],
-                split=r["split"],
-                captions=tuple(r["captions"]),
-                caption_ids=tuple(r["caption_ids"]),
-                row_ids=tuple(r["row_ids"]),
-                source_ids=tuple(r["source_ids"]),
-                source_urls=tuple(r.get("source_urls") or ()),
-                sha256=r["sha256"],
-                format=r["format"],
-                width=r["width"],
-                height=r["height"],
-                image_path=r["image_path"],
-                image_index=r["image_index"],
-                file_name=r["file_name"],
-            )
-        )
-    return [ShardTask(name, str(out), tuple(s), fmt, resize) for name, s in sorted(samples.items())]
-
-
-def _finished(out: Path, name: str) -> ShardResult | None:
-    """The record of a shard written by an earlier run, if the file on disk still matches it."""
-    record, shard = done_path(out, name), out / name
-    if not (record.is_file() and shard.is_file()):
-        return None
-    with open(record, encoding="utf-8") as f:
-        result = ShardResult.from_json(json.load(f))
-    if shard.stat().st_size != result.bytes or file_sha256(shard)[0] != result.sha256:
-        return None
-    return result
 
 
 def _write_shards(
-    out: Path,
-    fmt: str,
-    planned: pa.Table,
-    config: BuildConfig,
-    executor: Executor,
-    progress: Progress,
+    out: Path, plan: plan_store.Plan, executor: Executor, progress: Progress
 ) -> tuple[dict[str, ShardResult], int]:
-    tasks = _shard_tasks(out, fmt, planned, config.resize)
+    """Write every planned shard that is not already written (and unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
     todo = []
-    for task in tasks:
-        done = _finished(out, task.name)
+    for task in plan.tasks(out):
+        done = plan_store.finished(out, task.name)
         if done is not None:
             results[task.name] = done
         else:
@@ -364,7 +337,7 @@ def _write_shards(
                 results[result.name] = result
                 advance(result.images)
     finally:
-        for stale in [*out.glob(f".*{TMP_MARK}*"), *(out / STATE / "done").glob(f".*{TMP_MARK}*")]:
+        for stale in [*out.glob(f".*{TMP_MARK}*"), *plan_store.done_dir(out).glob(f".*{TMP_MARK}*")]:
             stale.unlink(missing_ok=True)
     return results, reused
 

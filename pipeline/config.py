@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .executors import EXECUTORS
+from .idspec import IdSpec, parse_id
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS
 from .validate import VALIDATE_MODES
 
-ID_STRATEGIES = ("auto", "content", "filename")
+#: ``--executor`` names (the factories are in :mod:`pipeline.executors`, which this module does not import).
+EXECUTOR_NAMES = ("process", "ray")
 #: How a re-run compares the images with the build's listing (``pipeline.inputs``).
 INPUT_CHECKS = ("stat", "content")
 LEAK_POLICIES = ("fail", "reject")
@@ -56,21 +57,20 @@ class BuildConfig:
     exclude_near: tuple[Path, ...] = ()
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
     on_near_leak: str = "report"
+    #: ``id`` parsed (set on creation; stages read this, never the string).
+    id_spec: IdSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        if self.id not in ID_STRATEGIES and not (self.id.startswith("column:") and len(self.id) > 7):
-            raise UsageError(
-                f"--id must be one of {', '.join(ID_STRATEGIES)} or column:NAME, not {self.id!r}"
-            )
+        object.__setattr__(self, "id_spec", parse_id(self.id))
         if self.on_leak not in LEAK_POLICIES:
             raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
         if self.check_inputs not in INPUT_CHECKS:
             raise UsageError(f"--check-inputs must be one of {', '.join(INPUT_CHECKS)}, not {self.check_inputs!r}")
         if self.validate not in VALIDATE_MODES:
             raise UsageError(f"--validate must be one of {', '.join(VALIDATE_MODES)}, not {self.validate!r}")
-        if self.executor not in EXECUTORS:
-            raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.executor not in EXECUTOR_NAMES:
+            raise UsageError(f"--executor must be one of {', '.join(EXECUTOR_NAMES)}, not {self.executor!r}")
         for name in ("max_images_per_shard", "max_shard_bytes", "workers", "max_caption_chars", "max_pixels"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -91,7 +91,7 @@ class BuildConfig:
     @property
     def id_column(self) -> str | None:
         """The column named by ``--id column:NAME``, else None."""
-        return self.id[len("column:") :] if self.id.startswith("column:") else None
+        return self.id_spec.column
 
     @property
     def hashes(self) -> bool:

@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 from .errors import BuildError
 from .hashes import load_hashes
 from .nearsearch import NearIndex, self_pairs
-from .resolve import REJECT_SCHEMA, SPLIT_PRIORITY, Resolution
+from .rejects import REJECT_SCHEMA, detail
+from .resolve import SPLIT_PRIORITY, Resolution, ResolutionReport
 
 EVAL_SPLITS = frozenset(s for s, p in SPLIT_PRIORITY.items() if p < SPLIT_PRIORITY["train"])
 
@@ -49,7 +50,7 @@ def apply_near(resolution: Resolution, rows: pa.Table, probed: pa.Table, options
     phash_of = dict(zip(valid["sha256"].to_pylist(), valid["phash"].to_pylist(), strict=True))
     hashes = np.array([phash_of[s] for s in images["sha256"].to_pylist()], np.int64)
     images = images.append_column("phash", pa.array(hashes, pa.int64()))
-    report = dict(resolution.report)
+    notes = resolution.report.notes
     section: dict[str, Any] = {"threshold": options.threshold, "on_near_leak": options.on_near_leak}
     rejected: dict[int, tuple[str, str]] = {}  # image position -> (reason, detail)
 
@@ -73,15 +74,15 @@ def apply_near(resolution: Resolution, rows: pa.Table, probed: pa.Table, options
         if options.on_near_leak == "reject":
             for (i, j, _), text in zip(leaks, named, strict=True):
                 drop = i if SPLIT_PRIORITY.get(splits[i], 2) >= SPLIT_PRIORITY.get(splits[j], 2) else j
-                rejected.setdefault(drop, ("near_leak", f"near-duplicate across splits: {text}"))
+                rejected.setdefault(drop, ("near_leak", detail("near_leak", pair=text)))
             section["near_leaks_rejected"] = sum(1 for r, _ in rejected.values() if r == "near_leak")
         else:
-            report["notes"] = [
-                *report.get("notes", []),
+            notes = (
+                *notes,
                 f"{len(leaks)} near-duplicate image pairs across splits "
                 f"(pHash distance <= {options.threshold}); kept, as --on-near-leak report says",
-            ]
-    report["near_duplicates"] = section
+            )
+    report = dataclasses.replace(resolution.report, notes=notes, near_duplicates=section)
     if not rejected:
         return dataclasses.replace(resolution, images=images, report=report)
     return _drop(resolution, images, rows, rejected, report)
@@ -101,8 +102,14 @@ def _exclude(images: pa.Table, hashes: np.ndarray, options: NearOptions, rejecte
                 pos,
                 (
                     "near_duplicate_of_eval",
-                    f"near-duplicate (pHash distance {d} <= {options.threshold}) of image "
-                    f"{ids[j]!r} ({splits[j]}) of build {build}",
+                    detail(
+                        "near_duplicate_of_eval",
+                        distance=d,
+                        threshold=options.threshold,
+                        other=ids[j],
+                        split=splits[j],
+                        build=build,
+                    ),
                 ),
             )
 
@@ -124,7 +131,7 @@ def _drop(
     images: pa.Table,
     rows: pa.Table,
     rejected: dict[int, tuple[str, str]],
-    report: dict[str, Any],
+    report: ResolutionReport,
 ) -> Resolution:
     """Move the rejected images' caption rows to the rejects; renumber groups 0..n-1."""
     row_ids = images["row_ids"].to_pylist()

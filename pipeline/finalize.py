@@ -68,7 +68,7 @@ def write_sizes(out: Path, results: dict[str, ShardResult]) -> None:
 
 def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -> None:
     """``index.parquet``: one row per image, with what was stored (sha256 and size after re-encoding)."""
-    stored = {key: s for r in results.values() for key, *s in r.samples}
+    stored = {s.key: s for r in results.values() for s in r.samples}
     keys = planned["key"].to_pylist()
     table = pa.table(
         {
@@ -79,9 +79,9 @@ def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -
             "position": planned["position"],
             "key": planned["key"],
             "captions": pc.list_value_length(planned["captions"]).cast(pa.int64()),
-            "sha256": pa.array([stored[k][0] for k in keys], pa.string()),
-            "width": pa.array([stored[k][1] for k in keys], pa.int64()),
-            "height": pa.array([stored[k][2] for k in keys], pa.int64()),
+            "sha256": pa.array([stored[k].sha256 for k in keys], pa.string()),
+            "width": pa.array([stored[k].width for k in keys], pa.int64()),
+            "height": pa.array([stored[k].height for k in keys], pa.int64()),
         },
         schema=INDEX_SCHEMA,
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -32,15 +32,10 @@ import pyarrow.compute as pc
 
 from .config import BuildConfig
 from .errors import BuildError
+from .idspec import IdSpec
+from .rejects import REJECT_SCHEMA, reject
 
-REJECT_SCHEMA = pa.schema(
-    [
-        ("row_id", pa.int64()),
-        ("location", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-    ]
-)
+__all__ = ["REJECT_SCHEMA", "SPLIT_PRIORITY", "Resolution", "ResolutionReport", "ref_key", "resolve", "sanitize_key"]
 
 #: Which split keeps a leaked image under ``--on-leak reject``: evaluation splits first.
 SPLIT_PRIORITY = {"test": 0, "val": 1, "validation": 1, "dev": 1, "train": 2}
@@ -51,13 +46,57 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
+class ResolutionReport:
+    """How image identity was resolved: the manifest's ``resolution`` section (docs/FORMAT.md)."""
+
+    #: ``--id`` as given.
+    strategy: str
+    #: Where image names came from: ``column:NAME``, ``filename`` or ``content``.
+    id_source: str
+    merged_ids: int = 0
+    conflicts: int = 0
+    duplicate_content: int = 0
+    notes: tuple[str, ...] = ()
+    #: The near-duplicate section (:mod:`pipeline.decontam`), when the build computes pHashes.
+    near_duplicates: dict[str, Any] | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form, as the manifest and the saved plan hold it."""
+        data: dict[str, Any] = {
+            "strategy": self.strategy,
+            "id_source": self.id_source,
+            "merged_ids": self.merged_ids,
+            "conflicts": self.conflicts,
+            "duplicate_content": self.duplicate_content,
+            "notes": list(self.notes),
+        }
+        return data if self.near_duplicates is None else {**data, "near_duplicates": self.near_duplicates}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResolutionReport:
+        """The inverse of :meth:`as_dict`."""
+        return cls(**{**data, "notes": tuple(data.get("notes", ()))})
+
+
+@dataclass(frozen=True)
 class Resolution:
     """What *resolve* produces: images, rejected rows and the report."""
 
     images: pa.Table
     rejects: pa.Table
-    report: dict[str, Any]
+    report: ResolutionReport
     n_rows: int
+
+
+@dataclass(frozen=True)
+class _Naming:
+    """Image id per identity (content hash or trusted name), and what naming found."""
+
+    ids: dict[str, str]
+    merged_ids: int = 0
+    conflicts: int = 0
+    duplicate_content: int = 0
+    notes: tuple[str, ...] = ()
 
 
 def ref_key(table: pa.Table) -> pa.Array:
@@ -83,10 +122,44 @@ def resolve(
 ) -> Resolution:
     """Resolve image identity for every row; see the module docstring for the strategies."""
     n_rows = rows.num_rows
+    spec = config.id_spec
+    rows = _with_reasons(_join_probe(rows, probed), config.max_caption_chars)
+    names, id_source = _NAMES[spec.name](rows, spec, id_column)
+    rows = _require_names(rows.append_column("name", names), spec)
+
+    rejected = rows.filter(pc.is_valid(rows["reason"]))
+    valid = rows.filter(pc.is_null(rows["reason"]))
+    rejects = [_reject_record(r, config) for r in rejected.to_pylist()]
+
+    naming = _name_by_content(valid, spec.name) if spec.by_content else _trusted_ids(valid)
+    report = ResolutionReport(
+        strategy=spec.text,
+        id_source=id_source,
+        merged_ids=naming.merged_ids,
+        conflicts=naming.conflicts,
+        duplicate_content=naming.duplicate_content,
+        notes=naming.notes,
+    )
+    identity = valid["sha256"] if spec.by_content else valid["name"]
+    valid = valid.append_column("identity", identity)
+    valid = valid.append_column("image_id", pa.array([naming.ids[k] for k in identity.to_pylist()], pa.string()))
+
+    valid, leak_rejects = _handle_leaks(valid, config)
+    rejects.extend(leak_rejects)
+    images = _images(valid, multi_caption or report.duplicate_content > 0)
+    reject_table = pa.Table.from_pylist(sorted(rejects, key=lambda r: r["row_id"]), schema=REJECT_SCHEMA)
+    return Resolution(images=images, rejects=reject_table, report=report, n_rows=n_rows)
+
+
+def _join_probe(rows: pa.Table, probed: pa.Table) -> pa.Table:
+    """Each caption row with its image's probe result, in row order."""
     rows = rows.append_column("ref", ref_key(rows))
     probed = probed.append_column("ref", ref_key(probed)).drop_columns(["image_path", "image_index"])
-    rows = rows.join(probed, "ref", join_type="left outer", use_threads=False).sort_by("row_id")
+    return rows.join(probed, "ref", join_type="left outer", use_threads=False).sort_by("row_id")
 
+
+def _with_reasons(rows: pa.Table, max_caption_chars: int) -> pa.Table:
+    """Captions stripped, and a ``reason`` column: the first reason a row cannot be used, else null."""
     caption = pc.utf8_trim_whitespace(rows["caption"])
     rows = rows.set_column(rows.schema.get_field_index("caption"), "caption", caption)
     length = pc.utf8_length(caption)
@@ -97,81 +170,60 @@ def resolve(
         rows["reject"],
         pc.if_else(pc.is_null(rows["split"]), pa.scalar("no_split"), none),
         pc.if_else(good_split, none, pa.scalar("bad_split_name")),
-        pc.if_else(no_ref, pa.scalar("missing_image"), pa.scalar(None, pa.string())),
+        pc.if_else(no_ref, pa.scalar("missing_image"), none),
         rows["image_reason"],
-        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), pa.scalar(None, pa.string())),
-        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), pa.scalar(None, pa.string())),
-        pc.if_else(
-            pc.greater(length, config.max_caption_chars),
-            pa.scalar("caption_too_long"),
-            pa.scalar(None, pa.string()),
-        ),
+        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), none),
+        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), none),
+        pc.if_else(pc.greater(length, max_caption_chars), pa.scalar("caption_too_long"), none),
     )
-    rows = rows.append_column("reason", reason)
+    return rows.append_column("reason", reason)
 
-    strategy = config.id
-    names, id_source = _source_names(rows, config, id_column)
-    rows = rows.append_column("name", names)
-    if strategy == "filename" or config.id_column is not None:
-        missing = pc.and_(pc.is_null(rows["reason"]), pc.is_null(rows["name"]))
-        code = "no_file_name" if strategy == "filename" else "no_image_id"
-        rows = rows.set_column(
-            rows.schema.get_field_index("reason"),
-            "reason",
-            pc.if_else(missing, pa.scalar(code), rows["reason"]),
-        )
 
-    rejected = rows.filter(pc.is_valid(rows["reason"]))
-    valid = rows.filter(pc.is_null(rows["reason"]))
-    rejects = [_reject_record(r, config) for r in rejected.to_pylist()]
+def _no_names(rows: pa.Table) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.nulls(len(rows), pa.string())])
 
-    report: dict[str, Any] = {
-        "strategy": strategy,
-        "id_source": id_source,
-        "merged_ids": 0,
-        "conflicts": 0,
-        "duplicate_content": 0,
-        "notes": [],
-    }
-    if strategy in ("auto", "content"):
-        image_ids = _name_by_content(valid, strategy, report)
-        identity = valid["sha256"]
-    else:
-        image_ids = _trusted_ids(valid, report)
-        identity = valid["name"]
-    valid = valid.append_column("identity", identity)
-    id_of = image_ids  # identity -> image id
-    valid = valid.append_column("image_id", pa.array([id_of[k] for k in identity.to_pylist()], pa.string()))
 
-    valid, leak_rejects = _handle_leaks(valid, config)
-    rejects.extend(leak_rejects)
+def _auto_names(rows: pa.Table, spec: IdSpec, id_column: str | None) -> tuple[pa.ChunkedArray, str]:
+    """The source's id column when it has values, else its file names, else none (content alone)."""
+    if id_column and rows["id_hint"].null_count < len(rows):
+        return rows["id_hint"], f"column:{id_column}"
+    if rows["file_name"].null_count < len(rows):
+        return rows["file_name"], "filename"
+    return _no_names(rows), "content"
 
+
+#: Per ``--id`` strategy: ``(rows, spec, reader's id column)`` → each row's name for its image, and its source.
+_NAMES = {
+    "auto": _auto_names,
+    "content": lambda rows, spec, id_column: (_no_names(rows), "content"),
+    "filename": lambda rows, spec, id_column: (rows["file_name"], "filename"),
+    "column": lambda rows, spec, id_column: (rows["id_hint"], spec.text),
+}
+
+
+def _require_names(rows: pa.Table, spec: IdSpec) -> pa.Table:
+    """Under a strategy that trusts a name, a usable row without one is rejected."""
+    if spec.missing_reason is None:
+        return rows
+    missing = pc.and_(pc.is_null(rows["reason"]), pc.is_null(rows["name"]))
+    reason = pc.if_else(missing, pa.scalar(spec.missing_reason), rows["reason"])
+    return rows.set_column(rows.schema.get_field_index("reason"), "reason", reason)
+
+
+def _images(valid: pa.Table, several_captions_expected: bool) -> pa.Table:
+    """One row per image, sorted by image id, with its group number and WebDataset key."""
     images = _aggregate(valid)
-    _check_single_captions(images, multi_caption, report)
+    if several_captions_expected:
+        _check_single_captions(images)
     images = images.sort_by("image_id")
     keys = [sanitize_key(i) for i in images["image_id"].to_pylist()]
     assert len(set(keys)) == len(keys), "sanitised keys must be unique"
     images = images.append_column("group", pa.array(range(images.num_rows), pa.int64()))
-    images = images.append_column("key", pa.array(keys, pa.string()))
-    reject_table = pa.Table.from_pylist(sorted(rejects, key=lambda r: r["row_id"]), schema=REJECT_SCHEMA)
-    return Resolution(images=images, rejects=reject_table, report=report, n_rows=n_rows)
+    return images.append_column("key", pa.array(keys, pa.string()))
 
 
-def _source_names(rows: pa.Table, config: BuildConfig, id_column: str | None) -> tuple[pa.ChunkedArray, str]:
-    """Per row, the source's name for its image, and where that name comes from."""
-    if config.id == "filename":
-        return rows["file_name"], "filename"
-    if config.id_column is not None or (config.id == "auto" and id_column and rows["id_hint"].null_count < len(rows)):
-        return rows["id_hint"], f"column:{config.id_column or id_column}"
-    if config.id == "content":
-        return pa.chunked_array([pa.nulls(len(rows), pa.string())]), "content"
-    if rows["file_name"].null_count < len(rows):
-        return rows["file_name"], "filename"
-    return pa.chunked_array([pa.nulls(len(rows), pa.string())]), "content"
-
-
-def _name_by_content(valid: pa.Table, strategy: str, report: dict[str, Any]) -> dict[str, str]:
-    """Image id per content hash; counts merges and conflicts into ``report``."""
+def _name_by_content(valid: pa.Table, strategy: str) -> _Naming:
+    """Image id per content hash; under ``auto``, with the merges and conflicts counted."""
     pairs = valid.group_by(["sha256", "name"], use_threads=False).aggregate([("file_name", "distinct")])
     shas_of_name: dict[str, set[str]] = defaultdict(set)
     names_of_sha: dict[str, set[str]] = defaultdict(set)
@@ -199,22 +251,23 @@ def _name_by_content(valid: pa.Table, strategy: str, report: dict[str, Any]) -> 
             files = files_of_sha[sha]
             name = next(iter(files)) if len(files) == 1 else min(names)
             ids[sha] = f"{name}~{sha[:8]}" if name in conflicted else name
-    if strategy == "auto":
-        merged = {sha: names for sha, names in names_of_sha.items() if len(names) > 1}
-        report["merged_ids"] = sum(len(n) - 1 for n in merged.values())
-        report["conflicts"] = len(conflicted)
-        if merged:
-            example = sorted(next(iter(sorted(merged.values(), key=min))))[:5]
-            report["notes"].append(
-                f"{report['merged_ids']} source ids were merged into {len(merged)} images with identical bytes "
-                f"(e.g. {', '.join(example)}); if the id column counts rows, this is the loop-counter bug fixed"
-            )
-        if conflicted:
-            report["notes"].append(
-                f"{len(conflicted)} ids carry different image bytes and were kept apart as id~sha8 "
-                f"(e.g. {', '.join(sorted(conflicted)[:5])})"
-            )
-    return _unique_ids(ids)
+    if strategy != "auto":
+        return _Naming(_unique_ids(ids))
+    merged = {sha: names for sha, names in names_of_sha.items() if len(names) > 1}
+    merged_ids = sum(len(n) - 1 for n in merged.values())
+    notes = []
+    if merged:
+        example = sorted(next(iter(sorted(merged.values(), key=min))))[:5]
+        notes.append(
+            f"{merged_ids} source ids were merged into {len(merged)} images with identical bytes "
+            f"(e.g. {', '.join(example)}); if the id column counts rows, this is the loop-counter bug fixed"
+        )
+    if conflicted:
+        notes.append(
+            f"{len(conflicted)} ids carry different image bytes and were kept apart as id~sha8 "
+            f"(e.g. {', '.join(sorted(conflicted)[:5])})"
+        )
+    return _Naming(_unique_ids(ids), merged_ids=merged_ids, conflicts=len(conflicted), notes=tuple(notes))
 
 
 def _unique_ids(ids: dict[str, str]) -> dict[str, str]:
@@ -225,7 +278,7 @@ def _unique_ids(ids: dict[str, str]) -> dict[str, str]:
     return {k: (f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}" if count[v] > 1 else v) for k, v in ids.items()}
 
 
-def _trusted_ids(valid: pa.Table, report: dict[str, Any]) -> dict[str, str]:
+def _trusted_ids(valid: pa.Table) -> _Naming:
     """Ids taken as given; one id with several contents is an error, shared contents a note."""
     per_name = valid.group_by("name", use_threads=False).aggregate([("sha256", "count_distinct")])
     bad = per_name.filter(pc.greater(per_name["sha256_count_distinct"], 1))["name"].to_pylist()
@@ -237,10 +290,8 @@ def _trusted_ids(valid: pa.Table, report: dict[str, Any]) -> dict[str, str]:
         )
     per_sha = valid.group_by("sha256", use_threads=False).aggregate([("name", "count_distinct")])
     shared = pc.sum(pc.greater(per_sha["name_count_distinct"], 1)).as_py() or 0
-    report["duplicate_content"] = int(shared)
-    if shared:
-        report["notes"].append(f"{shared} images have the same bytes as another id; kept apart as --id asked")
-    return {n: n for n in per_name["name"].to_pylist()}
+    notes = (f"{shared} images have the same bytes as another id; kept apart as --id asked",) if shared else ()
+    return _Naming({n: n for n in per_name["name"].to_pylist()}, duplicate_content=int(shared), notes=notes)
 
 
 def _handle_leaks(valid: pa.Table, config: BuildConfig) -> tuple[pa.Table, list[dict[str, Any]]]:
@@ -268,12 +319,7 @@ def _handle_leaks(valid: pa.Table, config: BuildConfig) -> tuple[pa.Table, list[
     mask = pa.array(drop_mask)
     dropped = valid.filter(mask)
     rejects = [
-        {
-            "row_id": r["row_id"],
-            "location": r["location"],
-            "reason": "split_leak",
-            "detail": f"image {r['image_id']} is also in split {keep[r['image_id']]}, which keeps it",
-        }
+        reject(r["row_id"], r["location"], "split_leak", image_id=r["image_id"], kept=keep[r["image_id"]])
         for r in dropped.select(["row_id", "location", "image_id"]).to_pylist()
     ]
     return valid.filter(pc.invert(mask)), rejects
@@ -330,14 +376,12 @@ def _aggregate(valid: pa.Table) -> pa.Table:
     )
 
 
-def _check_single_captions(images: pa.Table, multi_caption: bool, report: dict[str, Any]) -> None:
+def _check_single_captions(images: pa.Table) -> None:
     """Every image with one caption, where the source has several: the id bug, not the data."""
     if images.num_rows < 2:
         return
     counts = pc.list_value_length(images["captions"])
-    if pc.max(counts).as_py() != 1:
-        return
-    if multi_caption or report["duplicate_content"]:
+    if pc.max(counts).as_py() == 1:
         raise BuildError(
             f"every one of the {images.num_rows} images ended up with exactly one caption, but this source "
             "carries several captions per image. The image ids are most likely per caption (a row counter), "
@@ -347,21 +391,17 @@ def _check_single_captions(images: pa.Table, multi_caption: bool, report: dict[s
 
 
 def _reject_record(row: dict[str, Any], config: BuildConfig) -> dict[str, Any]:
+    """The reject of a row: the probe's own message when its image was the reason, else the table's sentence."""
     reason = row["reason"]
-    if reason == row.get("image_reason"):
-        detail = row["image_detail"]
-    elif reason == "missing_image" and row.get("image_path") is None and row.get("image_index") is None:
-        detail = "row names no image"
-    elif reason == "caption_too_long":
-        detail = f"caption has {len(row['caption'])} characters, over the cap of {config.max_caption_chars}"
-    elif reason == "empty_caption":
-        detail = "caption is empty after stripping whitespace"
-    elif reason == "no_split":
-        detail = "the source gives this row no split"
-    elif reason == "bad_split_name":
-        detail = f"split {row['split']!r} is not a name of letters, digits and '_' (it names shard files)"
-    elif reason in ("no_file_name", "no_image_id"):
-        detail = f"--id {config.id} needs a value, and this row has none"
-    else:
-        detail = reason.replace("_", " ")
-    return {"row_id": row["row_id"], "location": row["location"], "reason": reason, "detail": detail}
+    text = row["image_detail"] if reason == row.get("image_reason") else None
+    caption = row.get("caption") or ""
+    return reject(
+        row["row_id"],
+        row["location"],
+        reason,
+        text,
+        chars=len(caption),
+        cap=config.max_caption_chars,
+        split=row.get("split"),
+        id=config.id,
+    )

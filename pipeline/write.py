@@ -4,7 +4,8 @@ A task reads its images' bytes through the reader, checks them against the probe
 hash (the only hash of the source bytes in this stage), optionally re-encodes them, and
 writes a deterministic tar (members sorted per sample, fixed mtime, uid/gid 0, no user
 names, USTAR; see :mod:`.tarwriter`, which hashes the shard as it writes it) to a
-temporary name; then fsync, rename, and a small ``done`` record beside the plan. Tasks
+temporary name; then fsync, rename, and a small ``done`` record where the task says (the
+plan store, :mod:`.plan_store`, decides where; this module knows no folder layout). Tasks
 share nothing but the output folder, so a process pool, a Ray cluster or an indexed cluster job can run them.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,28 @@ class ShardTask:
     samples: tuple[SampleSpec, ...]
     source_format: str
     resize: int | None
+    #: Where the ``done`` record goes, relative to ``out``.
+    done: str
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """One sample as stored in its shard (after any re-encoding)."""
+
+    key: str
+    sha256: str
+    width: int
+    height: int
+    extension: str
+
+    def to_json(self) -> list[Any]:
+        """The ``done`` record's form: ``[key, sha256, width, height, extension]``."""
+        return [self.key, self.sha256, self.width, self.height, self.extension]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> StoredSample:
+        key, sha256, width, height, extension = data
+        return cls(key, sha256, int(width), int(height), extension)
 
 
 @dataclass(frozen=True)
@@ -70,17 +93,19 @@ class ShardResult:
     captions: int
     bytes: int
     sha256: str
-    # Per sample, in tar order: key, stored sha256, width, height, extension.
-    samples: tuple[tuple[str, str, int, int, str], ...]
+    #: In tar order.
+    samples: tuple[StoredSample, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``done`` record."""
+        fields = {"name": self.name, "images": self.images, "captions": self.captions}
+        return fields | {"bytes": self.bytes, "sha256": self.sha256, "samples": [s.to_json() for s in self.samples]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardResult:
-        return cls(**{**data, "samples": tuple(tuple(s) for s in data["samples"])})
-
-
-def done_path(out: Path, name: str) -> Path:
-    """Where the ``done`` record of shard ``name`` lives."""
-    return out / ".capshard" / "done" / f"{name}.json"
+        """A ``done`` record read back; ``ValueError``/``KeyError``/``TypeError`` when it is not one."""
+        samples = tuple(StoredSample.from_json(s) for s in data["samples"])
+        return cls(data["name"], data["images"], data["captions"], data["bytes"], data["sha256"], samples)
 
 
 def sample_members(
@@ -127,7 +152,7 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     out = Path(task.out)
     final = out / task.name
     tmp = out / f".{task.name}{TMP_MARK}{os.getpid()}"
-    entries = []
+    entries: list[StoredSample] = []
     captions = 0
     try:
         with open(tmp, "wb") as f:
@@ -141,12 +166,12 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
                 members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
                 for name in sorted(members):
                     tar.add(name, members[name])
-                entries.append((spec.key, digest, width, height, EXTENSIONS[fmt]))
+                entries.append(StoredSample(spec.key, digest, width, height, EXTENSIONS[fmt]))
                 captions += len(spec.captions)
             shard_sha, size = tar.close()
             os.fsync(f.fileno())
         result = ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
-        write_json_atomic(done_path(out, task.name), asdict(result))
+        write_json_atomic(out / task.done, result.to_json())
         os.replace(tmp, final)
         fsync_dir(out)
     except OSError as e:
