@@ -131,22 +131,20 @@ def _planned(
     listing: pa.Table,
     resumed: bool,
 ) -> plan_store.Plan:
-    """The plan: the saved one when resuming, else planned now and saved; ``identity["inputs"]``
-    updated with the images' sha256 (known from the saved listing or from the probe)."""
+    """The plan: the saved one when resuming, else planned now and saved. Its identity is ``identity``
+    with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe)."""
     out, root = config.out, image_root(spec.images, spec.path)
     if resumed:
         saved = plan_store.load(out)
         listing = with_hashes(listing, _known_hashes(saved.listing, root), root)
-        identity["inputs"] = summary(listing)
         log.info("resuming the unfinished build in %s", out)
-        return dataclasses.replace(saved, identity=identity, listing=listing)
+        return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
     if plan_store.status(out) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
     resolution, known = _plan(rows, reader, config, executor, progress)
     listing = with_hashes(listing, known, root)
-    identity["inputs"] = summary(listing)
     plan = plan_store.Plan(
-        identity=identity,
+        identity={**identity, "inputs": summary(listing)},
         listing=listing,
         images=resolution.images,
         rejects=resolution.rejects,

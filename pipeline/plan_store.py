@@ -97,7 +97,7 @@ class Plan:
 def source_record(spec: SourceSpec) -> dict[str, Any]:
     """The JSON form of ``spec`` a plan keeps (its in-memory ``dataset`` left out)."""
     data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "dataset"}
-    data["images"] = None if spec.images is None else str(spec.images)
+    data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
     data["split_files"] = [[split, str(f)] for split, f in spec.split_files]
     return data
 

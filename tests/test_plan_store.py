@@ -93,7 +93,8 @@ def test_shards_written_by_other_processes_from_the_plan_finish_to_identical_byt
     # Two "tasks" of an indexed job, each a fresh process that knows only OUT.
     script = (
         "import sys; from pathlib import Path\n"
-        "from pipeline import plan_store; from pipeline.readers import get_reader; from pipeline.write import write_shard\n"
+        "from pipeline import plan_store\nfrom pipeline.readers import get_reader\n"
+        "from pipeline.write import write_shard\n"
         "out, i, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])\n"
         "plan = plan_store.load(out)\n"
         "reader = get_reader(plan.source_format)(plan.source_spec())\n"

@@ -27,8 +27,9 @@ REASON_SITES = [
 SCANNED = ["pipeline/readers", "pipeline/media.py", "pipeline/probe.py", "pipeline/resolve.py",
            "pipeline/decontam.py", "pipeline/idspec.py"]
 #: Column and key names that the loose pair patterns also see.
-NOT_REASONS = {"img_id", "image_path", "image_index", "file_name", "id_hint", "caption_id", "image_reason", "image_detail",
-               "n_bytes", "row_id", "sample_images", "image_column", "caption_column", "id_column", "split_column"}
+NOT_REASONS = {"img_id", "image_path", "image_index", "file_name", "id_hint", "caption_id", "image_reason",
+               "image_detail", "n_bytes", "row_id", "sample_images", "image_column", "caption_column", "id_column",
+               "split_column"}
 
 
 def reasons_in_code() -> set[str]:
@@ -70,7 +71,7 @@ def test_every_detail_is_one_line_once_filled() -> None:
 
 
 def test_an_unknown_reason_is_refused_and_a_stage_message_wins() -> None:
-    with pytest.raises(ValueError, match="'made_up' is not in pipeline.rejects.REASONS"):
+    with pytest.raises(ValueError, match=r"'made_up' is not in pipeline\.rejects\.REASONS"):
         reject(0, "f:1", "made_up")
     assert reject(3, "f:4", "missing_image", "image file not found: /x.jpg") == {
         "row_id": 3, "location": "f:4", "reason": "missing_image", "detail": "image file not found: /x.jpg"
