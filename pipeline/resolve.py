@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from .config import BuildConfig
 from .errors import BuildError
 from .idspec import IdSpec
-from .rejects import REJECT_SCHEMA, reject
+from .rejects import REJECT_SCHEMA, detail, reject
 
 __all__ = ["REJECT_SCHEMA", "SPLIT_PRIORITY", "Resolution", "ResolutionReport", "ref_key", "resolve", "sanitize_key"]
 
@@ -319,7 +319,12 @@ def _handle_leaks(valid: pa.Table, config: BuildConfig) -> tuple[pa.Table, list[
     mask = pa.array(drop_mask)
     dropped = valid.filter(mask)
     rejects = [
-        reject(r["row_id"], r["location"], "split_leak", image_id=r["image_id"], kept=keep[r["image_id"]])
+        {
+            "row_id": r["row_id"],
+            "location": r["location"],
+            "reason": "split_leak",
+            "detail": detail("split_leak", image_id=r["image_id"], kept=keep[r["image_id"]]),
+        }
         for r in dropped.select(["row_id", "location", "image_id"]).to_pylist()
     ]
     return valid.filter(pc.invert(mask)), rejects
