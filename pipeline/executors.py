@@ -12,6 +12,7 @@ what is written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 #: A task function: ``fn(context, task)``.
 TaskFn = Callable[[Any, T], R]
+
 
 class Executor(Protocol):
     """Maps ``fn(context, task)`` over ``tasks``, yielding results in completion order;
@@ -88,10 +90,8 @@ class ProcessExecutor:
         """Let every worker finish and exit."""
         procs, self._procs = self._procs, []
         for worker in procs:
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 worker.conn.send(None)
-            except OSError:  # already gone
-                pass
         for worker in procs:
             worker.process.join()
             worker.conn.close()

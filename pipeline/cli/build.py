@@ -237,6 +237,8 @@ def remove_created_if_unused(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
 def summary_line(result: BuildResult) -> str:
     """A short human summary of a build."""
     m = result.manifest

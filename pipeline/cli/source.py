@@ -44,7 +44,11 @@ _OPTIONS = (
     click.option("--caption-column", help="Column holding the caption or list of captions (table, hf)."),
     click.option("--id-column", help="Column holding the source's image id (table, hf)."),
     click.option("--split-column", help="Column holding the split (table, hf)."),
-    click.option("--restval-as", default=config_default(SourceSpec, "restval"), help="Split that Karpathy's 'restval' images join."),
+    click.option(
+        "--restval-as",
+        default=config_default(SourceSpec, "restval"),
+        help="Split that Karpathy's 'restval' images join.",
+    ),
     click.option(
         "--captions-from",
         metavar="FILE",
