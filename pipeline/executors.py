@@ -121,7 +121,7 @@ class ProcessExecutor:
                         if task is _IDLE:
                             break
                         worker.task = task
-                        worker.conn.send((fn, task))
+                        _send(worker, fn, task)
                 busy = [w for w in procs if w.task is not _IDLE]
                 if not busy:
                     break
@@ -144,6 +144,16 @@ class _Worker:
         self.process = process
         self.conn = conn
         self.task: Any = _IDLE
+
+
+def _send(worker: _Worker, fn: Callable[..., Any], task: Any) -> None:
+    try:
+        worker.conn.send((fn, task))
+    except OSError:  # the worker died while idle; its pipe is closed
+        worker.process.join()
+        raise WorkerDied(
+            f"a worker process died (exit code {worker.process.exitcode}) before it got {_describe(task)}"
+        ) from None
 
 
 def _collect(worker: _Worker) -> Any:
