@@ -132,7 +132,7 @@ _SAMPLE_OPTION = click.option(
     help="Images in the embedded sample (only without SOURCE).",
 )
 
-_CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig))
+_CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 
 
 @click.command(context_settings={"show_default": True})
