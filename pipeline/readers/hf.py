@@ -66,6 +66,19 @@ class DatasetPart(ArrowPart):
         for table in view.iter(batch_size=batch_size):  # honours an indices mapping (select, shuffle)
             yield from table.to_batches()
 
+    def fingerprint_into(self, h: Any) -> None:
+        """Add this split to a hash through public ``datasets`` API only: its label, rows and
+        schema, then the names and sizes of the Arrow files behind it, or, for a dataset held
+        in memory (or a row selection of one on disk), the Arrow data itself, as read."""
+        h.update(f"{self.label}\0{self.num_rows}\0{self.schema}\n".encode())
+        files = [Path(f["filename"]) for f in self.dataset.cache_files]
+        if files and self.dataset.data.num_rows == self.num_rows:
+            for f in files:
+                h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+            return
+        for batch in self.batches(self.schema.names, 1000):
+            h.update(batch.serialize())
+
     def cell(self, column: str, row: int) -> Any:
         if column not in self._views:
             self._views[column] = self.dataset.select_columns([column]).with_format("arrow")
@@ -124,7 +137,8 @@ class HFReader(Reader):
         return [path]
 
     def fingerprint(self) -> str:
-        """For a ``datasets`` object (in memory, saved or cached) its ``_fingerprint``s plus the
+        """For a ``datasets`` object (in memory, saved or cached) each split's rows, schema and
+        Arrow files (or in-memory data), plus a saved folder's metadata bytes (base) and the
         names and sizes of its files; for parquet/arrow files, the files' bytes (base)."""
         base = super().fingerprint()
         path = self._local_path()
@@ -133,7 +147,7 @@ class HFReader(Reader):
         h = hashlib.sha256(base.encode())
         for part in self._open().parts:
             if isinstance(part, DatasetPart):
-                h.update(f"{part.label}\0{part.dataset._fingerprint}\n".encode())
+                part.fingerprint_into(h)
         if path is not None:
             for p in sorted(path.rglob("*")):
                 if p.is_file() and p.name not in METADATA_FILES:
