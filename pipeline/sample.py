@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
 if TYPE_CHECKING:
     import datasets
@@ -185,6 +185,8 @@ def _split(index: int) -> str:
 
 def render(scene: Scene) -> bytes:
     """PNG bytes of ``scene`` (``IMAGE_SIZE`` square, RGB)."""
+    from PIL import ImageDraw  # here, not at the top: the CLI imports this module for MAX_IMAGES
+
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     r = SIZES[scene.size]
