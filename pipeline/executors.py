@@ -12,24 +12,25 @@ what is written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Protocol, TypeVar
 
-from .errors import UsageError
+from .errors import BuildError, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
 #: A task function: ``fn(context, task)``.
 TaskFn = Callable[[Any, T], R]
-
-#: The context of this worker process, installed once by the pool's initializer.
-_worker_context: Any = None
 
 
 class Executor(Protocol):
@@ -55,83 +56,164 @@ class SerialExecutor:
         pass
 
 
+class WorkerDied(BuildError):
+    """A worker process ended (crash, out of memory, killed) while it ran a task."""
+
+
 class ProcessExecutor:
-    """A pool of ``workers`` spawn-started processes, kept for every map until ``close``;
-    at most ``2 * workers`` tasks in flight, so the task list is never pickled whole."""
+    """``workers`` spawn-started processes, kept for every map until ``close``.
+
+    Each worker has its own pipe and gets one task at a time, so the task list is never
+    pickled whole and a worker that dies is known by the task it held. Only public
+    ``multiprocessing`` API: ``Process``, ``Pipe``, ``connection.wait`` on pipes and process
+    sentinels, ``Process.kill``.
+    """
 
     def __init__(self, workers: int, context: Any = None) -> None:
         self.workers = workers
         self.context = context
-        self._pool: ProcessPoolExecutor | None = None
+        self._procs: list[_Worker] = []
 
-    def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _start(self) -> list[_Worker]:
+        if not self._procs:
             # spawn, not fork: the parent holds Arrow and datasets thread pools.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(os.getpid(), self.context),
-            )
-        return self._pool
+            for _ in range(self.workers):
+                ours, theirs = ctx.Pipe()
+                process = ctx.Process(target=_worker_main, args=(os.getpid(), self.context, theirs))
+                process.start()
+                theirs.close()
+                self._procs.append(_Worker(process, ours))
+        return self._procs
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Let every worker finish and exit."""
+        procs, self._procs = self._procs, []
+        for worker in procs:
+            with contextlib.suppress(OSError):  # already gone
+                worker.conn.send(None)
+        for worker in procs:
+            worker.process.join()
+            worker.conn.close()
 
     def _kill(self) -> None:
-        """Stop now: drop queued tasks and kill the running ones (on error, interrupt or early close).
+        """Stop now: kill every worker (on error, interrupt or early close).
 
-        ProcessPoolExecutor only waits for running tasks (``terminate_workers`` comes in
-        Python 3.14), which can take minutes per shard; so its processes are killed, then
-        reaped by ``shutdown``. Temporary files they leave are the caller's to remove, which
-        is safe once this returns: no worker is left to write.
+        Waiting for running tasks could take minutes per shard. Temporary files the workers
+        leave are the caller's to remove, which is safe once this returns: no worker is left
+        to write.
         """
-        if self._pool is None:
-            return
-        pool, self._pool = self._pool, None
-        processes = list(pool._processes.values())
-        # Tasks still queued for the killed workers may fill the pipe; without this, Python
-        # < 3.11.4 waits forever for the queue's feeder thread when the pool shuts down.
-        pool._call_queue.cancel_join_thread()  # type: ignore[attr-defined]
-        for process in processes:
-            process.kill()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for process in processes:
-            process.join()
+        procs, self._procs = self._procs, []
+        for worker in procs:
+            worker.process.kill()
+        for worker in procs:
+            worker.process.join()
+            worker.conn.close()
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
-        pending: set[Future[R]] = set()
         todo = iter(tasks)
-        pool = self._get_pool()
+        procs = self._start()
         try:
             while True:
-                while len(pending) < 2 * self.workers:
-                    task = next(todo, None)
-                    if task is None:
-                        break
-                    pending.add(pool.submit(_run_in_worker, fn, task))
-                if not pending:
+                for worker in procs:
+                    if worker.task is _IDLE:
+                        task = next(todo, _IDLE)
+                        if task is _IDLE:
+                            break
+                        worker.task = task
+                        _send(worker, fn, task)
+                busy = [w for w in procs if w.task is not _IDLE]
+                if not busy:
                     break
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield future.result()
+                ready = set(connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                for worker in busy:
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        yield _collect(worker)
         except BaseException:
             self._kill()
             raise
 
 
-def _run_in_worker(fn: TaskFn[T, R], task: T) -> R:
-    return fn(_worker_context, task)
+_IDLE: Any = object()
+
+
+class _Worker:
+    """One worker process, the parent's end of its pipe, and the task it runs (or ``_IDLE``)."""
+
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self.task: Any = _IDLE
+
+
+def _send(worker: _Worker, fn: Callable[..., Any], task: Any) -> None:
+    try:
+        worker.conn.send((fn, task))
+    except OSError:  # the worker died while idle; its pipe is closed
+        worker.process.join()
+        raise WorkerDied(
+            f"a worker process died (exit code {worker.process.exitcode}) before it got {_describe(task)}"
+        ) from None
+
+
+def _collect(worker: _Worker) -> Any:
+    """The result of the worker's task; its exception re-raised here; a dead worker is an error."""
+    task, worker.task = worker.task, _IDLE
+    try:
+        ok, value = worker.conn.recv()
+    except (EOFError, OSError):
+        worker.process.join()
+        raise WorkerDied(
+            f"a worker process died (exit code {worker.process.exitcode}) while working on {_describe(task)}"
+        ) from None
+    if ok:
+        return value
+    exc, remote_traceback = value
+    raise exc from _RemoteTraceback(remote_traceback)
+
+
+def _describe(task: Any) -> str:
+    for attr in ("name", "path"):
+        value = getattr(task, attr, None)
+        if isinstance(value, str):
+            return value
+    return type(task).__name__
+
+
+def _worker_main(parent: int, context: Any, conn: Connection) -> None:
+    """A worker: set up once, then run ``(fn, task)`` messages until ``None`` or a closed pipe."""
+    _init_worker(parent)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        fn, task = message
+        try:
+            reply: tuple[bool, Any] = (True, fn(context, task))
+        except Exception as exc:  # sent to the parent, which raises it
+            reply = (False, (exc, "".join(traceback.format_exception(exc))))
+        try:
+            conn.send(reply)
+        except Exception as exc:  # an unpicklable result or exception
+            error = BuildError(f"a worker's reply for {_describe(task)} cannot be sent: {exc}")
+            conn.send((False, (error, "")))
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, kept as the cause of an exception re-raised in the parent."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0])
 
 
 def _run_on_ray(fn: TaskFn[T, R], context: Any, task: T) -> R:
     return fn(context, task)
 
 
-def _init_worker(parent: int, context: Any) -> None:
+def _init_worker(parent: int) -> None:
     """Pool worker set-up: signals are the parent's business.
 
     Ctrl-C reaches the whole process group and ``kill`` may too; the parent alone handles
@@ -139,8 +221,6 @@ def _init_worker(parent: int, context: Any) -> None:
     SIGINT and SIGTERM. On Linux a worker also dies with its parent (``PR_SET_PDEATHSIG``),
     so a ``kill -9`` of the build leaves no orphan writing into the output folder.
     """
-    global _worker_context
-    _worker_context = context
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if sys.platform == "linux":

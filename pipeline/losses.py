@@ -73,6 +73,22 @@ def multi_positive_info_nce(
             mask has a positive.
     """
     mask = positive_mask(batch_or_mask) if isinstance(batch_or_mask, Mapping) else batch_or_mask
+    _check_arguments(image_emb, text_emb, mask, temperature)
+    dtype = torch.float64 if torch.float64 in (image_emb.dtype, text_emb.dtype) else torch.float32
+    image = F.normalize(image_emb.to(dtype), dim=-1)
+    text = F.normalize(text_emb.to(dtype), dim=-1)
+    mask = mask.to(device=image.device, dtype=torch.bool)
+    if not bool(mask.any()):
+        # A positive pair has both a row and a column, so both directions have one or neither.
+        raise ValueError("the positive mask has no positive pair; cannot compute a contrastive loss")
+    logits = image @ text.T / temperature
+    return (_directional(logits, mask) + _directional(logits.T, mask.T)) / 2
+
+
+def _check_arguments(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, mask: torch.Tensor, temperature: float | torch.Tensor
+) -> None:
+    """Shapes that agree and one positive temperature, else ``ValueError``."""
     if image_emb.ndim != 2 or text_emb.ndim != 2 or image_emb.shape[1] != text_emb.shape[1]:
         raise ValueError(
             f"embeddings must be [P, D] and [C, D], got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
@@ -85,16 +101,6 @@ def multi_positive_info_nce(
             raise ValueError("temperature must be one positive value")
     elif not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-
-    dtype = torch.float64 if torch.float64 in (image_emb.dtype, text_emb.dtype) else torch.float32
-    image = F.normalize(image_emb.to(dtype), dim=-1)
-    text = F.normalize(text_emb.to(dtype), dim=-1)
-    mask = mask.to(device=image.device, dtype=torch.bool)
-    if not bool(mask.any()):
-        # A positive pair has both a row and a column, so both directions have one or neither.
-        raise ValueError("the positive mask has no positive pair; cannot compute a contrastive loss")
-    logits = image @ text.T / temperature
-    return (_directional(logits, mask) + _directional(logits.T, mask.T)) / 2
 
 
 def _directional(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,13 @@ import itertools
 import logging
 import random
 from dataclasses import dataclass, replace
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import datasets
-from PIL import Image, ImageDraw
+from PIL import Image
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ PLACES: dict[str, tuple[int, int]] = {
     "bottom right": (1, 1),
 }
 
+#: ``n_images`` of ``capshard build`` without SOURCE.
+DEFAULT_IMAGES = 300
+
 #: Largest ``n_images``: far below the number of distinct scenes (grid x jitter).
 MAX_IMAGES = 10_000
 _JITTER = 3
@@ -81,16 +88,32 @@ _STAR = (
     (0, 400), (-588, 809), (-380, 124), (-951, -309), (-235, -324),
 )  # fmt: skip
 
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "caption": datasets.Sequence(datasets.Value("string")),
-        "sentids": datasets.Sequence(datasets.Value("string")),
-        "split": datasets.Value("string"),
-        "img_id": datasets.Value("string"),
-        "filename": datasets.Value("string"),
-    }
-)
+
+@cache
+def features() -> datasets.Features:
+    """The sample's ``datasets`` features (nlphuji/flickr30k schema); also ``sample.FEATURES``.
+
+    ``datasets`` is imported here, not with the module: the CLI reads ``MAX_IMAGES`` on every
+    build and must not pay for ``datasets`` (over a second) unless it builds the sample.
+    """
+    import datasets
+
+    return datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "sentids": datasets.Sequence(datasets.Value("string")),
+            "split": datasets.Value("string"),
+            "img_id": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+        }
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FEATURES":
+        return features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +129,7 @@ class Scene:
     dy: int
 
 
-def sample_dataset(n_images: int = 300, seed: int = 0) -> datasets.Dataset:
+def sample_dataset(n_images: int = DEFAULT_IMAGES, seed: int = 0) -> datasets.Dataset:
     """The embedded sample as a ``datasets.Dataset`` in the nlphuji/flickr30k schema.
 
     Columns ``image`` (PNG bytes, ``path`` = file name), ``caption`` (5 strings),
@@ -137,7 +160,9 @@ def sample_dataset(n_images: int = 300, seed: int = 0) -> datasets.Dataset:
         "filename": names,
     }
     logger.debug("generated %d sample images (seed %d)", n_images, seed)
-    return datasets.Dataset.from_dict(rows, features=FEATURES, split="test")
+    import datasets
+
+    return datasets.Dataset.from_dict(rows, features=features(), split="test")
 
 
 def _scenes(n_images: int, rng: random.Random) -> list[Scene]:
@@ -160,6 +185,8 @@ def _split(index: int) -> str:
 
 def render(scene: Scene) -> bytes:
     """PNG bytes of ``scene`` (``IMAGE_SIZE`` square, RGB)."""
+    from PIL import ImageDraw  # here, not at the top: the CLI imports this module for MAX_IMAGES
+
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     r = SIZES[scene.size]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from synth import nlphuji_dataset
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.errors import UsageError
-from pipeline.executors import make_executor
+from pipeline.executors import WorkerDied, make_executor
 from pipeline.readers import SourceSpec
 
 
@@ -21,6 +23,35 @@ def _square(_context: None, x: int) -> int:
 def test_process_pool_returns_every_result() -> None:
     results = sorted(make_executor("process", 2).map_unordered(_square, range(20)))
     assert results == [x * x for x in range(20)]
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+    crash: bool = False
+
+
+def _run_named(_context: None, task: _Named) -> str:
+    if task.crash:
+        os._exit(3)  # a worker killed mid-task (out of memory, segfault)
+    if task.name == "bad":
+        raise ValueError(f"cannot do {task.name}")
+    return task.name
+
+
+def test_a_worker_that_dies_fails_the_map_naming_its_task() -> None:
+    tasks = [_Named(f"train-{i:06d}.tar") for i in range(6)] + [_Named("train-000006.tar", crash=True)]
+    with pytest.raises(WorkerDied, match=r"died \(exit code 3\) while working on train-000006\.tar"):
+        list(make_executor("process", 2).map_unordered(_run_named, tasks))
+
+
+def test_a_task_error_is_raised_in_the_parent_and_the_pool_stops() -> None:
+    executor = make_executor("process", 2)
+    with pytest.raises(ValueError, match="cannot do bad"):
+        list(executor.map_unordered(_run_named, [_Named("a"), _Named("bad"), _Named("c")]))
+    # the executor starts fresh workers for the next map
+    assert sorted(executor.map_unordered(_run_named, [_Named("x"), _Named("y")])) == ["x", "y"]
+    executor.close()
 
 
 def test_ray_executor_writes_the_same_shards_as_the_process_pool(tmp_path: Path) -> None:

@@ -367,6 +367,7 @@ def test_fingerprint_from_dataset_fingerprints(tmp_path: Path) -> None:
     a, b = nlphuji_dataset(3), nlphuji_dataset(4)
     assert hf(dataset=a).fingerprint() == hf(dataset=a).fingerprint()
     assert hf(dataset=a).fingerprint() != hf(dataset=b).fingerprint()
+    assert hf(dataset=a).fingerprint() != hf(dataset=a.select([2, 1, 0])).fingerprint()  # same rows, new order
     a.save_to_disk(str(tmp_path / "a"))
     b.save_to_disk(str(tmp_path / "b"))
     saved = hf(tmp_path / "a").fingerprint()

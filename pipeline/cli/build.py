@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,28 +13,126 @@ import click
 
 from ..build import BuildResult
 from ..build import build as run_build
-from ..config import (
-    DEFAULT_MAX_CAPTION_CHARS,
-    DEFAULT_MAX_SHARD_BYTES,
-    DEFAULT_NEAR_THRESHOLD,
-    LEAK_POLICIES,
-    NEAR_LEAK_POLICIES,
-    BuildConfig,
-)
+from ..config import LEAK_POLICIES, NEAR_LEAK_POLICIES, BuildConfig
 from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
 from ..lock import LockHeld, hold
-from ..media import DEFAULT_MAX_PIXELS
 from ..outputs import STATE
 from ..readers import SourceSpec, detect, format_mismatch
+from ..sample import DEFAULT_IMAGES as DEFAULT_SAMPLE_IMAGES
+from ..sample import MAX_IMAGES
 from ..text import byte_size, plural
 from ..validate import VALIDATE_MODES
-from .options import ByteSize, json_option, progress_bar
+from .options import ByteSize, config_default, json_option, options, progress_bar
 from .source import check_inputs_option, source_options, source_spec
 
 SAMPLE_OUT = Path("shards") / "sample"
-#: ``pipeline.sample.MAX_IMAGES``, not imported: that module loads ``datasets`` (over a second).
-SAMPLE_MAX_IMAGES = 10_000
+#: Largest ``--sample-images`` (``pipeline.sample`` imports ``datasets`` only to build it).
+SAMPLE_MAX_IMAGES = MAX_IMAGES
+
+
+def _default(name: str) -> Any:
+    return config_default(BuildConfig, name)
+
+
+#: Options whose parameter names are ``BuildConfig`` fields: passed through as they are, with
+#: their defaults read from ``BuildConfig``.
+_CONFIG_OPTIONS = (
+    click.option(
+        "--id",
+        "id",
+        default=_default("id"),
+        metavar="auto|content|filename|column:NAME",
+        help="How to decide which rows show the same image (see README: Resolution).",
+    ),
+    click.option(
+        "--on-leak",
+        type=click.Choice(LEAK_POLICIES),
+        default=_default("on_leak"),
+        help="An image in two splits: fail, or keep it in its evaluation split and reject the other rows.",
+    ),
+    click.option("--seed", type=click.IntRange(min=0), default=_default("seed"), help="Seed of the per-split shuffle."),
+    click.option("--max-images-per-shard", type=click.IntRange(min=1), default=_default("max_images_per_shard")),
+    click.option(
+        "--max-shard-bytes",
+        type=ByteSize(),
+        default=byte_size(_default("max_shard_bytes")),
+        help="Largest shard, e.g. 512MiB, 1GiB, 500MB.",
+    ),
+    click.option("--resize", type=click.IntRange(min=8), help="Re-encode so the shorter side is at most N pixels."),
+    click.option(
+        "--max-reject-fraction",
+        type=click.FloatRange(0, 1),
+        default=_default("max_reject_fraction"),
+        help="Fail the build when more rows than this are rejected.",
+    ),
+    click.option(
+        "--max-caption-chars",
+        type=click.IntRange(min=1),
+        default=_default("max_caption_chars"),
+        help="Longer captions are rejected.",
+    ),
+    click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=_default("max_pixels"),
+        help="Images declaring more pixels are rejected as decompression bombs.",
+    ),
+    click.option(
+        "--validate",
+        type=click.Choice(VALIDATE_MODES),
+        default=_default("validate"),
+        help="How an image is proven whole: walk its container (fast) or decode its pixels (see README).",
+    ),
+    click.option(
+        "--workers", type=click.IntRange(min=1), default=lambda: _default("workers"), show_default="all cores"
+    ),
+    click.option(
+        "--executor",
+        type=click.Choice(list(EXECUTORS)),
+        default=_default("executor"),
+        help="Where shard tasks run: a local process pool, or a Ray cluster.",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace a different build found in --out."),
+    check_inputs_option,
+    click.option("--name", help="Dataset name for the manifest. Default: the source's name."),
+    click.option(
+        "--dataset-version", "version", help="Dataset version for the manifest. Default: a hash of the input bytes."
+    ),
+)
+
+_NEAR_OPTIONS = (
+    click.option("--phash", is_flag=True, help="Store each image's 64-bit pHash in index.parquet (column phash)."),
+    click.option(
+        "--exclude-near",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        multiple=True,
+        help="Reject training images that are near-duplicates of an image of this (evaluation) build; repeatable.",
+    ),
+    click.option(
+        "--threshold",
+        "near_threshold",
+        type=click.IntRange(0, 32),
+        default=_default("near_threshold"),
+        help="Largest pHash Hamming distance counted as a near-duplicate (--exclude-near, --on-near-leak).",
+    ),
+    click.option(
+        "--on-near-leak",
+        type=click.Choice(NEAR_LEAK_POLICIES),
+        default=_default("on_near_leak"),
+        help="Near-duplicates across this build's splits (with --phash): count them, reject the training copy, "
+        "or fail.",
+    ),
+)
+
+_SAMPLE_OPTION = click.option(
+    "--sample-images",
+    type=click.IntRange(min=3, max=SAMPLE_MAX_IMAGES),
+    default=DEFAULT_SAMPLE_IMAGES,
+    help="Images in the embedded sample (only without SOURCE).",
+)
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 
 
 @click.command(context_settings={"show_default": True})
@@ -45,118 +143,9 @@ SAMPLE_MAX_IMAGES = 10_000
     help="Output folder. Default: shards/sample for the sample, shards/NAME for a source.",
 )
 @source_options
-@click.option(
-    "--id",
-    "id_strategy",
-    default="auto",
-    metavar="auto|content|filename|column:NAME",
-    help="How to decide which rows show the same image (see README: Resolution).",
-)
-@click.option(
-    "--on-leak",
-    type=click.Choice(LEAK_POLICIES),
-    default="fail",
-    help="An image in two splits: fail, or keep it in its evaluation split and reject the other rows.",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of the per-split shuffle.")
-@click.option("--max-images-per-shard", type=click.IntRange(min=1), default=1000)
-@click.option(
-    "--max-shard-bytes",
-    type=ByteSize(),
-    default=byte_size(DEFAULT_MAX_SHARD_BYTES),
-    help="Largest shard, e.g. 512MiB, 1GiB, 500MB.",
-)
-@click.option("--resize", type=click.IntRange(min=8), help="Re-encode so the shorter side is at most N pixels.")
-@click.option(
-    "--max-reject-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.1,
-    help="Fail the build when more rows than this are rejected.",
-)
-@click.option(
-    "--max-caption-chars",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_CAPTION_CHARS,
-    help="Longer captions are rejected.",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    help="Images declaring more pixels are rejected as decompression bombs.",
-)
-@click.option(
-    "--validate",
-    type=click.Choice(VALIDATE_MODES),
-    default="structure",
-    help="How an image is proven whole: walk its container (fast) or decode its pixels (see README).",
-)
-@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
-@click.option(
-    "--executor",
-    type=click.Choice(list(EXECUTORS)),
-    default="process",
-    help="Where shard tasks run: a local process pool, or a Ray cluster.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace a different build found in --out.")
-@check_inputs_option
-@click.option("--name", help="Dataset name for the manifest. Default: the source's name.")
-@click.option("--dataset-version", help="Dataset version for the manifest. Default: a hash of the input bytes.")
-@click.option(
-    "--sample-images",
-    type=click.IntRange(min=3, max=SAMPLE_MAX_IMAGES),
-    default=300,
-    help="Images in the embedded sample (only without SOURCE).",
-)
-@click.option("--phash", is_flag=True, help="Store each image's 64-bit pHash in index.parquet (column phash).")
-@click.option(
-    "--exclude-near",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    multiple=True,
-    help="Reject training images that are near-duplicates of an image of this (evaluation) build; repeatable.",
-)
-@click.option(
-    "--threshold",
-    "near_threshold",
-    type=click.IntRange(0, 32),
-    default=DEFAULT_NEAR_THRESHOLD,
-    help="Largest pHash Hamming distance counted as a near-duplicate (--exclude-near, --on-near-leak).",
-)
-@click.option(
-    "--on-near-leak",
-    type=click.Choice(NEAR_LEAK_POLICIES),
-    default="report",
-    help="Near-duplicates across this build's splits (with --phash): count them, reject the training copy, or fail.",
-)
+@options(*_CONFIG_OPTIONS, _SAMPLE_OPTION, *_NEAR_OPTIONS)
 @json_option
-def build(
-    source: str | None,
-    out: Path | None,
-    fmt: str,
-    id_strategy: str,
-    on_leak: str,
-    seed: int,
-    max_images_per_shard: int,
-    max_shard_bytes: int,
-    resize: int | None,
-    max_reject_fraction: float,
-    max_caption_chars: int,
-    max_pixels: int,
-    validate: str,
-    workers: int,
-    executor: str,
-    overwrite: bool,
-    check_inputs: str,
-    name: str | None,
-    dataset_version: str | None,
-    sample_images: int,
-    phash: bool,
-    exclude_near: tuple[Path, ...],
-    near_threshold: int,
-    on_near_leak: str,
-    as_json: bool,
-    **reading: Any,
-) -> None:
+def build(source: str | None, out: Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.
 
     SOURCE is a dataset in its published format: a Hugging Face dataset folder, parquet
@@ -168,6 +157,8 @@ def build(
     Re-running the same command resumes an interrupted build; over a finished build of
     the same input and options it does nothing.
     """
+    settings = {k: v for k, v in opts.items() if k in _CONFIG_FIELDS}
+    reading = {k: v for k, v in opts.items() if k not in _CONFIG_FIELDS}
     if source is None:
         from ..sample import sample_dataset
 
@@ -180,47 +171,31 @@ def build(
     if not chosen:
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
-    config = BuildConfig(
-        out=out,
-        format=fmt,
-        id=id_strategy,
-        seed=seed,
-        max_images_per_shard=max_images_per_shard,
-        max_shard_bytes=max_shard_bytes,
-        resize=resize,
-        on_leak=on_leak,
-        max_reject_fraction=max_reject_fraction,
-        max_caption_chars=max_caption_chars,
-        max_pixels=max_pixels,
-        validate=validate,
-        workers=workers,
-        executor=executor,
-        overwrite=overwrite,
-        check_inputs=check_inputs,
-        name=name,
-        version=dataset_version,
-        phash=phash,
-        exclude_near=exclude_near,
-        near_threshold=near_threshold,
-        on_near_leak=on_near_leak,
-    )
-    _check_exclude_near(exclude_near, out)
-    created = [d for d in (out, *out.parents) if not d.exists()]
-    try:
-        result = run_build(spec, config, progress=progress_bar)
-    except (SourceError, UsageError) as e:
-        remove_created_if_unused(created)
-        hint = format_mismatch(spec, fmt) if chosen else None
-        if hint is None:
-            raise
-        raise UsageError(f"--format {fmt} cannot read {source}: {e}. {hint}") from None
-    except BaseException:
-        remove_created_if_unused(created)
-        raise
+    config = BuildConfig(out=out, format=fmt, **settings)
+    _check_exclude_near(config.exclude_near, out)
+    result = _run(spec, config, source if chosen else None)
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
     else:
         click.echo(summary_line(result))
+
+
+def _run(spec: SourceSpec, config: BuildConfig, chosen_for: str | None) -> BuildResult:
+    """Run the build; on failure remove the folders it created. ``chosen_for``: the SOURCE
+    when ``--format`` was chosen, so a source that format cannot read gets a hint."""
+    out = config.out
+    created = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        return run_build(spec, config, progress=progress_bar)
+    except (SourceError, UsageError) as e:
+        remove_created_if_unused(created)
+        hint = format_mismatch(spec, config.format) if chosen_for is not None else None
+        if hint is None:
+            raise
+        raise UsageError(f"--format {config.format} cannot read {chosen_for}: {e}. {hint}") from None
+    except BaseException:
+        remove_created_if_unused(created)
+        raise
 
 
 def _check_exclude_near(builds: tuple[Path, ...], out: Path) -> None:
@@ -262,6 +237,8 @@ def remove_created_if_unused(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
 def summary_line(result: BuildResult) -> str:
     """A short human summary of a build."""
     m = result.manifest

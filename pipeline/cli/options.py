@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ..errors import UsageError
 from ..resolve import SPLIT_NAME
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls``: click options read their
+    defaults from the config objects, so the CLI and the library cannot disagree."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            raise ValueError(f"{cls.__name__}.{name} has no default")
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Apply click option decorators in the order listed (first listed, first in --help)."""
+
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
 
 #: What a command that needs torch says in its --help.
 LOADER_EXTRA_HELP = "Needs the loader extra (torch): pip install 'capshard[loader]'."

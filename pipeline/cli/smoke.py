@@ -5,23 +5,37 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..text import plural
-from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+from .options import LOADER_EXTRA_HELP, CaptionsPerImage, config_default, json_option, require_loader_extra
 
 if TYPE_CHECKING:
     from ..smoke import Figures, SmokeResult
 
 
+def _default(name: str) -> Any:
+    from ..smoke.config import SmokeConfig  # torch-free: the options and outcome only
+
+    return config_default(SmokeConfig, name)
+
+
 @click.command("smoke-train", epilog=LOADER_EXTRA_HELP)
 @click.argument("source", metavar="DIR")
-@click.option("--split", default="train", show_default=True, help="Split to train on.")
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True)
+@click.option("--split", default=_default("split"), show_default=True, help="Split to train on.")
+@click.option("--steps", type=click.IntRange(min=1), default=_default("steps"), show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=_default("batch_size"),
+    show_default=True,
+    help="Images per batch.",
+)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True), default=_default("temperature"), show_default=True
+)
 @click.option(
     "--captions-per-image",
     type=CaptionsPerImage(),
@@ -29,18 +43,24 @@ if TYPE_CHECKING:
     show_default=True,
     help="Captions of each image in a batch (K>1 or 'all' puts several positives in a row).",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
-@click.option("--log-every", type=click.IntRange(min=1), default=20, show_default=True, help="Print every N steps.")
+@click.option("--seed", type=click.IntRange(min=0), default=_default("seed"), show_default=True)
+@click.option("--device", default=_default("device"), show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=_default("log_every"),
+    show_default=True,
+    help="Print every N steps.",
+)
 @click.option(
     "--eval-batches",
     type=click.IntRange(min=1),
-    default=8,
+    default=_default("eval_batches"),
     show_default=True,
     help="Batches measured after training (no update) for the final figures.",
 )
-@click.option("--image-size", type=click.IntRange(min=8), default=32, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=8), default=_default("image_size"), show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_default("lr"), show_default=True)
 @click.option(
     "--min-gap",
     type=float,
@@ -55,24 +75,7 @@ if TYPE_CHECKING:
     help="Control: replay the loop-counter bug (one id per caption) on the same batches.",
 )
 @json_option
-def smoke_train(
-    source: str,
-    split: str,
-    steps: int,
-    batch_size: int,
-    temperature: float,
-    captions_per_image: int | Literal["all"],
-    seed: int,
-    device: str,
-    log_every: int,
-    eval_batches: int,
-    image_size: int,
-    lr: float,
-    min_gap: float,
-    plot: Path | None,
-    simulate_loop_counter_ids: bool,
-    as_json: bool,
-) -> None:
+def smoke_train(source: str, min_gap: float, plot: Path | None, as_json: bool, **opts: Any) -> None:
     """Train a tiny CLIP on the build in DIR through the loader and report the gap.
 
     The gap is the mean cosine of positive image-caption pairs minus that of negative
@@ -82,22 +85,8 @@ def smoke_train(
     from ..smoke import GapTooSmall, SmokeConfig, write_plot
     from ..smoke import smoke_train as run_smoke
 
-    config = SmokeConfig(
-        source=source,
-        split=split,
-        steps=steps,
-        batch_size=batch_size,
-        temperature=temperature,
-        captions_per_image=captions_per_image,
-        seed=seed,
-        device=device,
-        log_every=log_every,
-        eval_batches=eval_batches,
-        image_size=image_size,
-        lr=lr,
-        simulate_loop_counter_ids=simulate_loop_counter_ids,
-    )
-    control = simulate_loop_counter_ids
+    config = SmokeConfig(source=source, **opts)  # the options are named as its fields
+    control, steps = config.simulate_loop_counter_ids, config.steps
     if control:
         click.echo("control: every caption is its own image id (the loop-counter bug)", err=as_json)
 

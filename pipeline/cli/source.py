@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 
 import click
 
-from ..config import INPUT_CHECKS
+from ..config import INPUT_CHECKS, BuildConfig
 from ..readers import READERS, SourceSpec
-from .options import SplitFile
+from .options import SplitFile, config_default, options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,14 +44,21 @@ _OPTIONS = (
     click.option("--caption-column", help="Column holding the caption or list of captions (table, hf)."),
     click.option("--id-column", help="Column holding the source's image id (table, hf)."),
     click.option("--split-column", help="Column holding the split (table, hf)."),
-    click.option("--restval-as", default="train", help="Split that Karpathy's 'restval' images join."),
+    click.option(
+        "--restval-as",
+        default=config_default(SourceSpec, "restval"),
+        help="Split that Karpathy's 'restval' images join.",
+    ),
     click.option(
         "--captions-from",
         metavar="FILE",
         help="wds: parquet/CSV/JSONL of extra captions (recaptions) joined by --captions-key; local or URL.",
     ),
     click.option(
-        "--captions-key", type=click.Choice(["key", "url"]), default="key", help="Join column of --captions-from."
+        "--captions-key",
+        type=click.Choice(["key", "url"]),
+        default=config_default(SourceSpec, "captions_key"),
+        help="Join column of --captions-from.",
     ),
     click.option(
         "--captions-column", help="Caption column of --captions-from (string or list). Default: captions|caption|text."
@@ -61,16 +68,14 @@ _OPTIONS = (
 check_inputs_option = click.option(
     "--check-inputs",
     type=click.Choice(INPUT_CHECKS),
-    default="stat",
+    default=config_default(BuildConfig, "check_inputs"),
     help="How images are compared with a build's: size and mtime (stat), or their bytes re-hashed (content).",
 )
 
 
 def source_options(f: F) -> F:
     """Add ``--format``, ``--images`` and the other reading options to a command."""
-    for option in reversed(_OPTIONS):
-        f = option(f)
-    return f
+    return options(*_OPTIONS)(f)
 
 
 def source_spec(

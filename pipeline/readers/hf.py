@@ -11,11 +11,11 @@ global row index. Which column means what is detected from the usual names
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
-from unittest import mock
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +65,19 @@ class DatasetPart(ArrowPart):
         view = self.dataset.select_columns(list(columns)).with_format("arrow")
         for table in view.iter(batch_size=batch_size):  # honours an indices mapping (select, shuffle)
             yield from table.to_batches()
+
+    def fingerprint_into(self, h: Any) -> None:
+        """Add this split to a hash through public ``datasets`` API only: its label, rows and
+        schema, then the names and sizes of the Arrow files behind it, or, for a dataset held
+        in memory (or a row selection of one on disk), the Arrow data itself, as read."""
+        h.update(f"{self.label}\0{self.num_rows}\0{self.schema}\n".encode())
+        files = [Path(f["filename"]) for f in self.dataset.cache_files]
+        if files and self.dataset.data.num_rows == self.num_rows:
+            for f in files:
+                h.update(f"{f.name}\0{f.stat().st_size}\n".encode())
+            return
+        for batch in self.batches(self.schema.names, 1000):
+            h.update(batch.serialize())
 
     def cell(self, column: str, row: int) -> Any:
         if column not in self._views:
@@ -124,7 +137,8 @@ class HFReader(Reader):
         return [path]
 
     def fingerprint(self) -> str:
-        """For a ``datasets`` object (in memory, saved or cached) its ``_fingerprint``s plus the
+        """For a ``datasets`` object (in memory, saved or cached) each split's rows, schema and
+        Arrow files (or in-memory data), plus a saved folder's metadata bytes (base) and the
         names and sizes of its files; for parquet/arrow files, the files' bytes (base)."""
         base = super().fingerprint()
         path = self._local_path()
@@ -133,7 +147,7 @@ class HFReader(Reader):
         h = hashlib.sha256(base.encode())
         for part in self._open().parts:
             if isinstance(part, DatasetPart):
-                h.update(f"{part.label}\0{part.dataset._fingerprint}\n".encode())
+                part.fingerprint_into(h)
         if path is not None:
             for p in sorted(path.rglob("*")):
                 if p.is_file() and p.name not in METADATA_FILES:
@@ -263,21 +277,29 @@ def _dataset_parts(obj: Any, base_dir: Path) -> list[ArrowPart]:
 def _load_cached(name: str) -> Any:
     """A hub dataset from the local ``datasets`` cache; the hub itself is never asked."""
     import datasets
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+    from datasets.packaged_modules.cache.cache import Cache
 
     # Only ``name`` or ``namespace/name`` can be hub datasets; anything else is a path that
-    # does not exist, and a packaged builder name ("csv") would read the working directory.
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name in _PACKAGED_DATASETS_MODULES:
+    # does not exist, and a packaged builder's name ("csv") is taken for a missing file.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or _is_packaged_builder(name):
         raise UsageError(f"{name!r} is neither a local path nor a cached Hugging Face dataset: no such file or folder")
     try:
-        # Offline for this one call: a name that is not cached fails at once instead of downloading.
-        with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
-            return datasets.load_dataset(name)
+        # The builder ``load_dataset`` itself uses offline: it reads the local cache only, so a
+        # name that is not cached fails at once instead of downloading.
+        builder = Cache(repo_id=name, dataset_name=name.split("/")[-1], version="auto", hash="auto")
+        return builder.as_dataset()
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
         raise UsageError(
             f"{name!r} is neither a local path nor a cached Hugging Face dataset "
             f"(capshard does not download; run datasets.load_dataset({name!r}) once online): {e}"
         ) from None
+
+
+def _is_packaged_builder(name: str) -> bool:
+    """Whether ``datasets`` ships a builder module of this name (csv, json, imagefolder, ...)."""
+    if not name.isidentifier():
+        return False
+    return importlib.util.find_spec(f"datasets.packaged_modules.{name}") is not None
 
 
 def _file_part(path: Path, label: str, split: str | None, datasets: Any) -> ArrowPart:
