@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import click
 
 from ..text import plural
-from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+from .options import LOADER_EXTRA_HELP, CaptionsPerImageType, json_option, require_loader_extra
 
 if TYPE_CHECKING:
+    from ..captions_per_image import CaptionsPerImage
     from ..smoke import Figures, SmokeResult
 
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.3, show_default=True)
 @click.option(
     "--captions-per-image",
-    type=CaptionsPerImage(),
+    type=CaptionsPerImageType(),
     default="all",
     show_default=True,
     help="Captions of each image in a batch (K>1 or 'all' puts several positives in a row).",
@@ -61,7 +62,7 @@ def smoke_train(
     steps: int,
     batch_size: int,
     temperature: float,
-    captions_per_image: int | Literal["all"],
+    captions_per_image: CaptionsPerImage,
     seed: int,
     device: str,
     log_every: int,

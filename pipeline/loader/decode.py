@@ -20,7 +20,7 @@ Failures are data: :class:`ErrorPolicy` is a webdataset ``handler`` (``"raise"``
 ``"skip"``, ``"warn"``, or a callable) that counts every skipped sample by reason in an
 :class:`ErrorLog`, whose counts travel to the trainer with the batches. A bad shard
 (:class:`~pipeline.errors.IntegrityError`) is not a sample error: the loader's
-``on_bad_shard`` decides (see :mod:`pipeline.loader_integrity`).
+``on_bad_shard`` decides (see :mod:`pipeline.loader.integrity`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import IO, Any, Literal
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from webdataset.tariterators import base_plus_ext
 
-from .errors import IntegrityError
-from .media import DEFAULT_MAX_PIXELS
+from ..errors import IntegrityError
+from ..media import DEFAULT_MAX_PIXELS
 
 try:
     from webdataset.autodecode import DecodingError

@@ -32,8 +32,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from .errors import IntegrityError
-from .loader_decode import IMAGE_FORMATS, member_key
+from ..errors import IntegrityError
+from .decode import IMAGE_FORMATS, member_key
 
 BAD_SHARD_POLICIES = ("raise", "skip")
 OnBadShard = Literal["raise", "skip"]
