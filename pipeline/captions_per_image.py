@@ -7,10 +7,11 @@ and refuses the same values with the same message. Light on purpose: no torch, n
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
-ALL = "all"
+ALL: Literal["all"] = "all"
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,12 @@ class CaptionsPerImage:
             return value
         if value == ALL:
             return cls(None)
+        number: object = value
         if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                pass  # refused below, with the text as given
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return cls(value)
+            with contextlib.suppress(ValueError):
+                number = int(value)
+        if isinstance(number, int) and not isinstance(number, bool) and number >= 1:
+            return cls(number)
         raise ValueError(f"{value!r} is neither a positive integer nor 'all'")
 
     @property

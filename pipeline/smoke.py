@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CapshardError, UsageError
 from .captions_per_image import CaptionsPerImage
+from .errors import CapshardError, UsageError
 from .loader import CaptionLoader, make_loader
 from .losses import multi_positive_info_nce, positive_mask
 

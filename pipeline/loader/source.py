@@ -41,9 +41,10 @@ import braceexpand
 
 from .. import FORMAT_VERSION
 from ..errors import SourceError, UsageError
+from ..format import SHARD_NAME
+from ..tarwalk import TarWalk
 from .decode import member_key
 from .integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
-from ..format import SHARD_NAME
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +256,10 @@ def count_samples(url: str) -> int:
     last = None
     with open_url(url) as f:
         try:
-            with tarfile.open(fileobj=f, mode="r:") as tar:
-                for member in tar:
-                    parsed = member_key(member.name) if member.isreg() else None
-                    if parsed is not None and parsed[0] != last:
-                        keys, last = keys + 1, parsed[0]
+            for member in TarWalk(f):
+                parsed = member_key(member.name) if member.isreg() else None
+                if parsed is not None and parsed[0] != last:
+                    keys, last = keys + 1, parsed[0]
         except (tarfile.TarError, EOFError, OSError) as e:
             log.warning("%s: unreadable after %d samples (%s); counting those", url, keys, e)
     return keys
