@@ -38,6 +38,7 @@ BLOCK = tarfile.BLOCKSIZE
 #: Largest extended header (pax records, GNU long name) read, in bytes.
 MAX_EXTENDED_BYTES = 1 << 20
 ENCODING, ERRORS = "utf-8", "surrogateescape"
+_CHUNK = 1 << 20
 
 _EXTENDED = (
     tarfile.XHDTYPE,
@@ -138,7 +139,7 @@ class TarWalk:
         """The whole data of ``member``, the member last yielded; ReadError when it is cut short."""
         if self.pos != member.offset_data:
             raise ValueError(f"member {ascii(member.name)[:80]} is not the one at byte {self.pos}")
-        data = self._read(member.size)
+        data = self._read_chunked(member.size)
         if len(data) != member.size:
             raise tarfile.ReadError(f"unexpected end of data in member {ascii(member.name)[:80]}")
         return data
@@ -147,6 +148,15 @@ class TarWalk:
         data = self.f.read(n) if n else b""
         self.pos += len(data)
         return data
+
+    def _read_chunked(self, n: int) -> bytes:
+        """Up to ``n`` bytes, read in chunks: memory follows the bytes there, not a header's claim."""
+        parts: list[bytes] = []
+        left = n
+        while left > 0 and (chunk := self._read(min(left, _CHUNK))):
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
 
     def _advance(self, target: int) -> None:
         """Move to ``target``; ReadError when the file ends before it (as tarfile does)."""
@@ -159,7 +169,7 @@ class TarWalk:
             self.pos = target
             return
         while self.pos < target:
-            if not self._read(min(target - self.pos, 1 << 20)):
+            if not self._read(min(target - self.pos, _CHUNK)):
                 raise tarfile.ReadError("unexpected end of data")
 
     def _header(self, subsequent: bool) -> tarfile.TarInfo | None:

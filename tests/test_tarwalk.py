@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+import tracemalloc
 
 import pytest
 from webdataset.tariterators import base_plus_ext
@@ -90,3 +91,24 @@ def test_damage_ends_or_breaks_the_walk_as_tarfile_does() -> None:
             tarfile.open(fileobj=io.BytesIO(not_a_tar), mode="r:").close()
         with pytest.raises(tarfile.ReadError, match=re.escape(str(theirs.value))):
             list(TarWalk(io.BytesIO(not_a_tar)))
+
+
+def test_a_lying_size_costs_only_the_bytes_that_are_there() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("big.jpg")
+        info.size = (8 << 30) - 1  # the most a USTAR header can say; no data follows
+        tar.addfile(info)
+    data = buf.getvalue() + b"\0" * 1024
+    for source in (io.BytesIO(data), _Stream(data)):
+        walk = TarWalk(source)
+        member = next(iter(walk))
+        assert member.size == (8 << 30) - 1
+        tracemalloc.start()
+        try:
+            with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+                walk.read(member)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 20
