@@ -11,7 +11,7 @@ decode loop, in one run, with the same number of worker processes.
   memory, in W processes, without tars, batching or moving tensors between processes.
 
 Every pipeline decodes JPEG at reduced scale where that still covers S, resizes to
-cover S×S and centre-crops (``pipeline.loader_decode.decode_image``). Each pipeline
+cover S×S and centre-crops (``pipeline.loader.decode.decode_image``). Each pipeline
 runs one untimed warm-up epoch (page cache, worker start, capshard's first-open
 checksums), then the timed epochs, interleaved round by round.
 
@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.loader import make_loader
-from pipeline.loader_decode import decode_image
+from pipeline.loader.decode import decode_image
 from pipeline.readers import SourceSpec
 
 SIZE = 224

@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 
+from .captions_per_image import CaptionsPerImage
 from .errors import CapshardError
 from .loader import make_loader, positive_mask
 
@@ -79,12 +80,40 @@ class DiagnoseReport:
         return {**asdict(self), "ok": self.ok}
 
 
+@dataclass
+class _Tally:
+    """What the batches of one read carried, counted as they come."""
+
+    images: list[int] = field(default_factory=list)
+    captions: list[int] = field(default_factory=list)
+    positives: list[int] = field(default_factory=list)
+    group_sizes: Counter[int] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+    in_batch: int = 0
+    sharing: int = 0
+
+    def add(self, batch: dict[str, Any]) -> None:
+        ids, groups = batch["image_id"], batch["image_group"]
+        self.images.append(len(ids))
+        self.captions.append(len(batch["caption_image"]))
+        # A caption's positives: the captions of its picture in the batch (itself included), as
+        # the loss sees them through the mask: match ids equal, padding (-1) excluded.
+        match = batch["match_id"]
+        same = positive_mask({"image_group": match, "match_id": match})
+        self.positives.extend(same.sum(1).tolist())
+        self.group_sizes.update(torch.bincount(batch["caption_image"], minlength=len(ids)).tolist())
+        self.seen.update(ids)
+        self.in_batch += len(ids) - len(set(ids))
+        pairs = set(zip(ids, groups.tolist(), strict=True))
+        self.sharing += len(pairs) - len({g for _, g in pairs})
+
+
 def diagnose(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     split: str | None = "train",
     batch_size: int = 64,
-    captions_per_image: int | Literal["all"] = 1,
+    captions_per_image: CaptionsPerImage | int | Literal["all"] = 1,
     epoch: int = 0,
     seed: int = 0,
     num_workers: int = 0,
@@ -97,96 +126,86 @@ def diagnose(
         num_workers=num_workers, image_size=image_size, handler="skip", allow_empty=True,  # reported as a problem
     )
     loader.set_epoch(epoch)
-    per_batch_images: list[int] = []
-    per_batch_captions: list[int] = []
-    positives: list[int] = []
-    group_sizes: Counter[int] = Counter()
-    seen: Counter[str] = Counter()
-    in_batch = sharing = 0
+    t = _Tally()
     for n, batch in enumerate(loader):
         if max_batches is not None and n >= max_batches:
             break
-        ids, groups = batch["image_id"], batch["image_group"]
-        per_batch_images.append(len(ids))
-        per_batch_captions.append(len(batch["caption_image"]))
-        # A caption's positives: the captions of its picture in the batch (itself included), as
-        # the loss sees them through the mask: match ids equal, padding (-1) excluded.
-        match = batch["match_id"]
-        same = positive_mask({"image_group": match, "match_id": match})
-        positives.extend(same.sum(1).tolist())
-        group_sizes.update(torch.bincount(batch["caption_image"], minlength=len(ids)).tolist())
-        seen.update(ids)
-        in_batch += len(ids) - len(set(ids))
-        pairs = set(zip(ids, groups.tolist(), strict=True))
-        sharing += len(pairs) - len({g for _, g in pairs})
-    manifest = loader.shards.manifest or {}
-    split_images = loader.shards.images
-    report = DiagnoseReport(
+        t.add(batch)
+    fields: dict[str, Any] = dict(
         source=os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"{len(loader.shards.shards)} shards",
         split=split,
         batch_size=batch_size,
-        captions_per_image=captions_per_image,
+        captions_per_image=loader.options.captions.value,
         epoch=epoch,
-        batches=len(per_batch_images),
+        batches=len(t.images),
         batches_per_epoch=len(loader),
-        images=sum(per_batch_images),
-        captions=sum(per_batch_captions),
-        images_per_batch=Spread.of(per_batch_images),
-        captions_per_batch=Spread.of(per_batch_captions),
-        positives_per_caption=Spread.of(positives),
-        group_sizes=dict(sorted(group_sizes.items())),
-        images_repeated_in_batch=in_batch,
-        images_repeated_in_epoch=sum(c - 1 for c in seen.values() if c > 1),
-        images_sharing_a_group=sharing,
+        images=sum(t.images),
+        captions=sum(t.captions),
+        images_per_batch=Spread.of(t.images),
+        captions_per_batch=Spread.of(t.captions),
+        positives_per_caption=Spread.of(t.positives),
+        group_sizes=dict(sorted(t.group_sizes.items())),
+        images_repeated_in_batch=t.in_batch,
+        images_repeated_in_epoch=sum(c - 1 for c in t.seen.values() if c > 1),
+        images_sharing_a_group=t.sharing,
         skipped=dict(loader.counters),
         left_out_per_epoch=loader.left_out_per_epoch,
-        split_images=split_images,
+        split_images=loader.shards.images,
     )
-    _judge(report, manifest)
-    return report
+    observed = DiagnoseReport(**fields)  # no verdicts yet; the returned copy carries them
+    return replace(observed, problems=_problems(observed), notes=_notes(observed, loader.shards.manifest or {}))
 
 
-def _judge(r: DiagnoseReport, manifest: dict[str, Any]) -> None:
-    """Fill ``problems`` (what breaks the loss, with the likely cause) and ``notes``."""
+def _problems(r: DiagnoseReport) -> list[str]:
+    """What breaks the loss in what ``r`` saw, each with its likely cause."""
     k = r.captions_per_image
     if r.batches == 0:
-        r.problems.append(
+        return [
             f"no batches: split {r.split} has {r.split_images} images, fewer than one batch of {r.batch_size} "
             "per rank; lower --batch-size"
-        )
-        return
+        ]
+    out: list[str] = []
     sizes = r.group_sizes
     if k != 1 and set(sizes) == {1}:
-        r.problems.append(
+        out.append(
             f"no semantic grouping possible: every image carries a single caption, but --captions-per-image {k} "
             "was asked; if the source has several captions per picture, the build did not group them "
             "(check the manifest's resolution report and the --id strategy)"
         )
     elif isinstance(k, int) and k > 1 and (short := sum(n for s, n in sizes.items() if s < k)):
-        r.problems.append(
+        out.append(
             f"{short} of {r.images} images carry fewer than {k} captions (smallest group {min(sizes)}); "
             f"their captions have fewer positives than asked: use --captions-per-image {min(sizes)} or accept it"
         )
     if r.images_sharing_a_group:
-        r.problems.append(
+        out.append(
             f"{r.images_sharing_a_group} distinct images share a group id with another image of their batch: "
             "their captions become false positives; the build's identity resolution merged different pictures"
         )
     if r.images_repeated_in_batch:
-        r.problems.append(
+        out.append(
             f"{r.images_repeated_in_batch} images appear twice in one batch: the diagonal is no longer exact "
             "(duplicate keys in the shards)"
         )
     if r.images_repeated_in_epoch:
-        r.problems.append(
+        out.append(
             f"{r.images_repeated_in_epoch} images appear more than once in the epoch: a shard is listed twice "
             "or two shards hold the same image"
         )
     if lost := sum(r.skipped.values()):
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(r.skipped.items()))
-        r.problems.append(f"{lost} samples were skipped ({reasons}): the shards are damaged; run `capshard verify`")
+        out.append(f"{lost} samples were skipped ({reasons}): the shards are damaged; run `capshard verify`")
+    return out
+
+
+def _notes(r: DiagnoseReport, manifest: dict[str, Any]) -> list[str]:
+    """What is worth knowing but breaks nothing (returns none when there are no batches)."""
+    if r.batches == 0:
+        return []
+    out: list[str] = []
     hist = (manifest.get("groups") or {}).get("captions_per_image")
     if hist:
-        r.notes.append("captions per image in the build: " + ", ".join(f"{s}: {n}" for s, n in hist.items()))
+        out.append("captions per image in the build: " + ", ".join(f"{s}: {n}" for s, n in hist.items()))
     if r.left_out_per_epoch:
-        r.notes.append(f"{r.left_out_per_epoch} images of the split are left out per epoch (drop_last, ranks)")
+        out.append(f"{r.left_out_per_epoch} images of the split are left out per epoch (drop_last, ranks)")
+    return out

@@ -1,7 +1,7 @@
 """One shard of a build, checked as hostile input: the worker side of ``capshard verify``.
 
-The shard is read once, as a stream: its sha256 is computed while :mod:`tarfile` walks its
-members. Nothing is ever extracted or written; only regular file members named
+The shard is read once, as a stream: its sha256 is computed while :mod:`pipeline.tarwalk`
+walks its members (with its plain-USTAR policy). Nothing is ever extracted or written; only regular file members named
 ``KEY.EXT`` are read, each after a size check; extended (pax/GNU) headers, links, devices
 and names such as ``../x`` or ``/etc/x`` are reported, never followed; JSON members are
 refused above a size and nesting cap before parsing; every sample is re-read (members
@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from .media import EXTENSIONS, BadImage, probe
 from .resolve import sanitize_key
+from .tarwalk import Member, TarPolicy, TarWalk, split_name
 
 #: Largest image member read (bytes); larger ones are reported unread.
 MAX_IMAGE_BYTES = 256 << 20
@@ -29,26 +30,13 @@ MAX_MANIFEST_BYTES = 256 << 20
 #: Deepest JSON nesting accepted; capshard's own JSON is 3 levels deep.
 MAX_JSON_DEPTH = 16
 
-_MEMBER = re.compile(r"([A-Za-z0-9_-]{1,200})\.(jpg|png|webp|json|txt)")
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_EXTS = ("jpg", "png", "webp", "json", "txt")
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _BRACKETS = re.compile(rb"[\[\]{}]")
-_KINDS = {
-    tarfile.SYMTYPE: "symlink",
-    tarfile.LNKTYPE: "hard link",
-    tarfile.CHRTYPE: "character device",
-    tarfile.BLKTYPE: "block device",
-    tarfile.FIFOTYPE: "fifo",
-    tarfile.DIRTYPE: "directory",
-}
 _IMAGE_EXTS = {ext: fmt for fmt, ext in EXTENSIONS.items()}
-_EXTENDED = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-    tarfile.GNUTYPE_SPARSE,
-)
+#: capshard writes plain USTAR: an extended header is refused before its data is read.
+_POLICY = TarPolicy(plain_ustar=True)
 
 
 @dataclass(frozen=True)
@@ -109,15 +97,14 @@ def check_shard(_context: None, task: ShardCheck) -> ShardReport:
     with open(task.path, "rb") as raw:
         stream = _HashingReader(raw)
         try:
-            # typeshed wants a full file object; stream mode only calls read().
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_PlainTarInfo) as tar:  # type: ignore[call-overload]
-                _walk(task, tar, samples, problems)
-                end = tar.offset
+            walk = TarWalk(stream, _POLICY)
+            _walk(task, walk, samples, problems)
+            end = walk.end
         except (tarfile.TarError, EOFError, OSError) as e:
             problems.append(Problem(task.name, "damaged", f"not a readable tar: {e}"))
         stream.drain()
         if end and not _zeros_from(raw, end):
-            # tarfile ends an archive quietly at a header it cannot read.
+            # A walk (like tarfile) ends an archive quietly at a header it cannot read.
             problems.append(
                 Problem(task.name, "damaged", f"unreadable tar header at byte {end}; tar readers see nothing after it")
             )
@@ -134,14 +121,13 @@ def check_shard(_context: None, task: ShardCheck) -> ShardReport:
     )
 
 
-def _walk(task: ShardCheck, tar: tarfile.TarFile, samples: list[SampleInfo], problems: list[Problem]) -> None:
+def _walk(task: ShardCheck, walk: TarWalk, samples: list[SampleInfo], problems: list[Problem]) -> None:
     """Group consecutive members by key into samples and check each sample."""
     members: dict[str, bytes] = {}
     key: str | None = None
     seen: set[str] = set()
-    for member in tar:
-        tar.members = []  # type: ignore[attr-defined]  # stream mode would keep every header in memory
-        found = _read_member(tar, member, task.name, problems)
+    for member in walk:
+        found = _read_member(walk, member, task.name, problems)
         if found is None:
             continue
         (member_key, ext), payload = found
@@ -168,20 +154,6 @@ def _zeros_from(raw: IO[bytes], offset: int) -> bool:
     return True
 
 
-class _PlainTarInfo(tarfile.TarInfo):
-    """capshard writes plain USTAR: an extended header is refused before its data is read."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED:
-            raise _Refused(f"extended header (type {self.type!r}, {self.size} bytes) refused; shards are plain USTAR")
-        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
-        return result
-
-
-class _Refused(tarfile.TarError):
-    pass
-
-
 class _HashingReader:
     """A read-only file object that hashes and counts what passes through it."""
 
@@ -197,35 +169,40 @@ class _HashingReader:
         return data
 
     def drain(self) -> None:
-        """Read (and hash) what tarfile left unread: end-of-archive padding, or what follows an error."""
+        """Read (and hash) what the walk left unread: end-of-archive padding, or what follows an error."""
         while self.read(1 << 20):
             pass
 
 
+def _capshard_name(name: str) -> tuple[str, str] | None:
+    """``(key, ext)`` of a name capshard writes (``KEY.jpg|png|webp|json|txt``, the key
+    ``sanitize_key``'s alphabet: no path, no dot), split by the walker's naming rule."""
+    parsed = split_name(name)
+    if parsed is None or not _KEY.fullmatch(parsed[0]) or parsed[1] not in _EXTS:
+        return None
+    return parsed if name == f"{parsed[0]}.{parsed[1]}" else None  # extensions are lower case
+
+
 def _read_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, shard: str, problems: list[Problem]
+    walk: TarWalk, member: Member, shard: str, problems: list[Problem]
 ) -> tuple[tuple[str, str], bytes] | None:
     """``((key, ext), bytes)`` of a member that is safe to read, else ``None`` and a problem."""
     shown = ascii(member.name)[:120]
-    m = _MEMBER.fullmatch(member.name)
+    parsed = _capshard_name(member.name)
     if not member.isreg():
-        kind = _KINDS.get(member.type, f"member of type {member.type!r}")
+        kind = member.kind()
         problems.append(Problem(shard, "damaged", f"member {shown} is a {kind}, not a regular file; not read"))
         return None
-    if m is None:
+    if parsed is None:
         problems.append(Problem(shard, "damaged", f"member name {shown} is not KEY.jpg|png|webp|json|txt; not read"))
         return None
-    cap = MAX_IMAGE_BYTES if m.group(2) in _IMAGE_EXTS else MAX_TEXT_BYTES
+    cap = MAX_IMAGE_BYTES if parsed[1] in _IMAGE_EXTS else MAX_TEXT_BYTES
     if member.size > cap:
         problems.append(
             Problem(shard, "damaged", f"member {shown} declares {member.size} bytes, over the cap of {cap}; not read")
         )
         return None
-    f = tar.extractfile(member)
-    data = f.read() if f is not None else b""
-    if len(data) != member.size:
-        raise tarfile.ReadError(f"member {shown} is truncated")
-    return (m.group(1), m.group(2)), data
+    return parsed, walk.read(member)
 
 
 def _check_sample(

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.errors import IntegrityError
 from pipeline.loader import make_loader
-from pipeline.loader_decode import SampleError
+from pipeline.loader.decode import SampleError
 
 five = pytest.fixture(scope="module", name="five")(fx.build_five)
 

@@ -1,4 +1,4 @@
-"""The epoch partition (pipeline.loader_plan) over open-ended shard layouts and job shapes."""
+"""The epoch partition (pipeline.loader.plan) over open-ended shard layouts and job shapes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.loader_plan import (
+from pipeline.loader.plan import (
     EpochPlan,
     PlanConfig,
     batches_done_by_worker,

@@ -16,7 +16,7 @@ from loader_fixtures import signature
 
 from pipeline.errors import UsageError
 from pipeline.loader import make_loader
-from pipeline.loader_source import ShardOpener
+from pipeline.loader.source import ShardOpener
 
 five = pytest.fixture(scope="module", name="five")(fx.build_five)
 

@@ -18,7 +18,7 @@ from loader_fixtures import sample_members, write_tar
 
 from pipeline.errors import IntegrityError
 from pipeline.loader import make_loader
-from pipeline.loader_decode import SampleError
+from pipeline.loader.decode import SampleError
 
 five = pytest.fixture(scope="module", name="five")(fx.build_five)
 

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..text import plural
-from .options import LOADER_EXTRA_HELP, CaptionsPerImage, json_option, require_loader_extra
+from .options import LOADER_EXTRA_HELP, CaptionsPerImageType, json_option, require_loader_extra
 
 if TYPE_CHECKING:
+    from ..captions_per_image import CaptionsPerImage
     from ..diagnose import DiagnoseReport
 
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per batch.")
 @click.option(
     "--captions-per-image",
-    type=CaptionsPerImage(),
+    type=CaptionsPerImageType(),
     default="all",
     help="K captions per image, or all (as smoke-train reads them).",
 )
@@ -37,7 +38,7 @@ def diagnose(
     build_dir: Path,
     split: str,
     batch_size: int,
-    captions_per_image: int | str,
+    captions_per_image: CaptionsPerImage,
     epoch: int,
     seed: int,
     workers: int,
@@ -57,7 +58,7 @@ def diagnose(
         build_dir,
         split=split,
         batch_size=batch_size,
-        captions_per_image=captions_per_image,  # type: ignore[arg-type]
+        captions_per_image=captions_per_image,
         epoch=epoch,
         seed=seed,
         num_workers=workers,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..captions_per_image import CaptionsPerImage
 from ..errors import UsageError
 from ..resolve import SPLIT_NAME
 
@@ -96,21 +97,17 @@ class SplitFile(click.ParamType):
         return split, path
 
 
-class CaptionsPerImage(click.ParamType):
-    """``--captions-per-image``: a positive integer K, or ``all``."""
+class CaptionsPerImageType(click.ParamType):
+    """``--captions-per-image``: a positive integer K, or ``all``, parsed into the one
+    :class:`~pipeline.captions_per_image.CaptionsPerImage` the library takes."""
 
     name = "K|all"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if value == "all" or (isinstance(value, int) and value >= 1):
-            return value
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> CaptionsPerImage:
         try:
-            k = int(value)
-        except (TypeError, ValueError):
-            k = 0
-        if k < 1:
-            self.fail(f"{value!r} is neither a positive integer nor 'all'", param, ctx)
-        return k
+            return CaptionsPerImage.parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 #: Seconds between progress lines when stderr is not a terminal (env CAPSHARD_PROGRESS_EVERY).

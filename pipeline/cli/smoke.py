@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..text import plural
-from .options import LOADER_EXTRA_HELP, CaptionsPerImage, config_default, json_option, require_loader_extra
+from .options import LOADER_EXTRA_HELP, CaptionsPerImageType, config_default, json_option, require_loader_extra
 
 if TYPE_CHECKING:
     from ..smoke import Figures, SmokeResult
@@ -38,7 +38,7 @@ def _default(name: str) -> Any:
 )
 @click.option(
     "--captions-per-image",
-    type=CaptionsPerImage(),
+    type=CaptionsPerImageType(),
     default="all",
     show_default=True,
     help="Captions of each image in a batch (K>1 or 'all' puts several positives in a row).",

@@ -1,5 +1,6 @@
 """Walk a WebDataset tar as hostile input: group members into samples, read only small text.
 
+Members are walked by :mod:`pipeline.tarwalk` (its naming rule and hostile-header policy).
 Nothing is extracted and no member is decoded here. Only regular files are considered;
 links, devices and directories are skipped, never followed, and member names are only
 split into ``KEY.EXT`` (``../x.jpg`` is as harmless as ``x.jpg``: nothing is written).
@@ -15,32 +16,18 @@ the sample being read when it happened is reported as the damaged tail.
 
 from __future__ import annotations
 
-import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from ..tarwalk import HostileTar, Member, TarWalk, split_name
 from ..verify_shard import MAX_IMAGE_BYTES, MAX_TEXT_BYTES
 
 #: Members whose bytes are an image, in the order one is chosen when a sample has several.
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 #: Members whose bytes are read (captions and metadata).
 TEXT_EXTS: tuple[str, ...] = ("txt", "json")
-#: Largest extended header (pax records, GNU long name) read, in bytes.
-MAX_EXTENDED_BYTES = 1 << 20
-
-_EXTENDED = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
-# webdataset's rule: the key is the path up to the first dot of its last component.
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$", re.DOTALL)
-
-
 @dataclass(frozen=True)
 class MemberRef:
     """Where a member's data lies in its tar."""
@@ -70,35 +57,6 @@ class TarSample:
         return None
 
 
-class HostileTar(tarfile.TarError):
-    """A header that must not be processed (absurd or negative size, sparse file)."""
-
-
-class _SafeTarInfo(tarfile.TarInfo):
-    """Refuses extended headers over ``MAX_EXTENDED_BYTES`` before tarfile reads their data,
-    and any member whose size (pax override included) is negative."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise HostileTar(f"sparse member {ascii(self.name)[:80]} refused")
-        if self.type in _EXTENDED and not 0 <= self.size <= MAX_EXTENDED_BYTES:
-            raise HostileTar(f"extended header of {self.size} bytes, over the cap of {MAX_EXTENDED_BYTES}")
-        if self.size < 0:
-            raise HostileTar(f"member {ascii(self.name)[:80]} declares a negative size")
-        result: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
-        if result.size < 0:
-            raise HostileTar(f"member {ascii(result.name)[:80]} declares a negative size")
-        return result
-
-
-def split_name(name: str) -> tuple[str, str] | None:
-    """``(key, ext)`` of a member name as webdataset splits it (ext lower-cased), else None."""
-    m = _KEY_EXT.match(name)
-    if m is None:
-        return None
-    return m.group(1), m.group(2).lower()
-
-
 def file_size(f: IO[bytes]) -> int:
     """Length of a seekable file; leaves the position at 0."""
     f.seek(0, 2)
@@ -114,29 +72,28 @@ def scan_tar(f: IO[bytes], label: str) -> Iterator[TarSample]:
     damage: tuple[str, str] | None = None
     tail_only = False  # damage after a clean end: the last sample is whole
     try:
-        with tarfile.open(fileobj=f, mode="r:", tarinfo=_SafeTarInfo) as tar:
-            for member in tar:
-                tar.members = []  # type: ignore[attr-defined]  # do not keep every header
-                if not member.isreg():
-                    continue
-                parsed = split_name(member.name)
-                if parsed is None:
-                    continue
-                key, ext = parsed
-                if current is None or key != current.key:
-                    if current is not None:
-                        yield current
-                    current = TarSample(key)
-                if member.offset_data + member.size > size:
-                    damage = (
-                        "truncated_tar",
-                        f"{label}: member {ascii(member.name)[:80]} declares {member.size} bytes at byte "
-                        f"{member.offset_data}, past the end of the tar ({size} bytes)",
-                    )
-                    break
-                _add_member(tar, member, ext, current)
-            else:
-                damage, tail_only = _tail_damage(f, tar.offset, size, label)
+        walk = TarWalk(f)
+        for member in walk:
+            if not member.isreg():
+                continue
+            parsed = split_name(member.name)
+            if parsed is None:
+                continue
+            key, ext = parsed
+            if current is None or key != current.key:
+                if current is not None:
+                    yield current
+                current = TarSample(key)
+            if member.offset_data + member.size > size:
+                damage = (
+                    "truncated_tar",
+                    f"{label}: member {ascii(member.name)[:80]} declares {member.size} bytes at byte "
+                    f"{member.offset_data}, past the end of the tar ({size} bytes)",
+                )
+                break
+            _add_member(walk, member, ext, current)
+        else:
+            damage, tail_only = _tail_damage(f, walk.end, size, label)
     except HostileTar as e:
         damage = ("corrupt_tar", f"{label}: {e}")
     except (tarfile.TarError, EOFError) as e:
@@ -151,7 +108,7 @@ def scan_tar(f: IO[bytes], label: str) -> Iterator[TarSample]:
         yield damaged
 
 
-def _add_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample: TarSample) -> None:
+def _add_member(walk: TarWalk, member: Member, ext: str, sample: TarSample) -> None:
     shown = ascii(member.name)[:80]
     if ext in IMAGE_EXTS:
         if member.size > MAX_IMAGE_BYTES:
@@ -175,11 +132,7 @@ def _add_member(tar: tarfile.TarFile, member: tarfile.TarInfo, ext: str, sample:
     if ext in sample.texts:
         sample.problem = sample.problem or ("duplicate_member", f"sample has two {ext} members ({shown})")
         return
-    data = tar.extractfile(member)
-    payload = data.read() if data is not None else b""
-    if len(payload) != member.size:
-        raise tarfile.ReadError(f"unexpected end of data in member {shown}")
-    sample.texts[ext] = payload
+    sample.texts[ext] = walk.read(member)
 
 
 def _tail_damage(f: IO[bytes], end: int, size: int, label: str) -> tuple[tuple[str, str] | None, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ..captions_per_image import CaptionsPerImage
 from ..errors import CapshardError, UsageError
 from .metrics import Figures, Point
 
@@ -22,7 +23,7 @@ class SmokeConfig:
     steps: int = 200
     batch_size: int = 64
     temperature: float = 0.3
-    captions_per_image: int | Literal["all"] = "all"
+    captions_per_image: CaptionsPerImage | int | Literal["all"] = "all"
     seed: int = 0
     device: str = "cpu"
     log_every: int = 20
@@ -40,9 +41,10 @@ class SmokeConfig:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.temperature > 0 or not self.lr > 0:
             raise UsageError("temperature and lr must be positive")
-        k = self.captions_per_image
-        if not (k == "all" or (isinstance(k, int) and k >= 1)):
-            raise UsageError(f"captions-per-image must be a positive integer or 'all', got {k!r}")
+        try:
+            object.__setattr__(self, "captions_per_image", CaptionsPerImage.parse(self.captions_per_image))
+        except ValueError as e:
+            raise UsageError(f"captions-per-image: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class SmokeResult:
             "vocab_size": self.vocab_size,
             "split": c.split,
             "batch_size": c.batch_size,
-            "captions_per_image": c.captions_per_image,
+            "captions_per_image": CaptionsPerImage.parse(c.captions_per_image).value,
             "temperature": c.temperature,
             "seed": c.seed,
             "device": c.device,

@@ -3,13 +3,13 @@
 :class:`ShardStream` is the ``IterableDataset`` every worker holds a copy of. Each time
 a worker starts an epoch it reads ``(epoch, batches already yielded)`` from a small
 shared-memory tensor that the main process set (so persistent workers follow
-``set_epoch`` and ``load_state_dict``), asks :mod:`pipeline.loader_plan` for its batches
+``set_epoch`` and ``load_state_dict``), asks :mod:`pipeline.loader.plan` for its batches
 and the stretch of shards they live in, and runs a webdataset ``DataPipeline``:
 
 1. ``read``: the segments of its stretch, in order, through the verifying opener and
-   :func:`~pipeline.loader_decode.read_segment` (images and JSON only, size caps); a
+   :func:`~pipeline.loader.decode.read_segment` (images and JSON only, size caps); a
    sample whose image fails its recorded sha256 is marked ``sample_checksum`` here,
-   before anything decodes it (see :mod:`pipeline.loader_integrity`);
+   before anything decodes it (see :mod:`pipeline.loader.integrity`);
 2. ``select``: collects one shuffle window at a time and emits the samples of its
    batches in batch order, each followed by an end-of-batch marker; samples a shard
    error made unreadable are counted here;
@@ -35,7 +35,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .loader_decode import (
+from .decode import (
     IMAGE_FORMATS,
     Caps,
     ErrorLog,
@@ -47,9 +47,9 @@ from .loader_decode import (
     decode_json,
     read_segment,
 )
-from .loader_integrity import BadShardError, OnBadShard, bad_key_message, image_mismatch
-from .loader_plan import EpochPlan, PlanConfig, Segment, WorkerPlan, caption_indices, plan_worker
-from .loader_source import ShardInfo, ShardOpener
+from .integrity import BadShardError, OnBadShard, bad_key_message, image_mismatch
+from .plan import EpochPlan, PlanConfig, Segment, WorkerPlan, caption_indices, plan_worker
+from .source import ShardInfo, ShardOpener
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def collate(config: StreamConfig, log: ErrorLog, custom_images: bool, custom_cap
     return stage
 
 
-def _identity(batch: Sample) -> Sample:
+def prebuilt_batch(batch: Sample) -> Sample:
     """DataLoader ``collate_fn``: batches are already built in the worker."""
     return batch
 

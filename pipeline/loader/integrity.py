@@ -32,8 +32,9 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from .errors import IntegrityError
-from .loader_decode import IMAGE_FORMATS, member_key
+from ..errors import IntegrityError
+from ..tarwalk import TarWalk
+from .decode import IMAGE_FORMATS, member_key
 
 BAD_SHARD_POLICIES = ("raise", "skip")
 OnBadShard = Literal["raise", "skip"]
@@ -116,25 +117,18 @@ def _parse(f: IO[bytes]) -> ShardCheck:
     keys: list[str] = []
     parsed = True
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
-            for member in tar:
-                parsed_name = member_key(member.name) if member.isreg() else None
-                if parsed_name is None:
-                    continue
-                key, ext = parsed_name
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-                if ext not in IMAGE_FORMATS and ext != "json":
-                    continue
-                data = tar.extractfile(member)
-                assert data is not None  # isreg() members always extract
-                if ext == "json":
-                    recorded[key] = recorded_sha256(data.read())
-                    continue
-                h = hashlib.sha256()
-                while chunk := data.read(_CHUNK):
-                    h.update(chunk)
-                images[key] = h.hexdigest()
+        walk = TarWalk(reader)  # a stream: every byte passes the hash, in order
+        for member in walk:
+            parsed_name = member_key(member.name) if member.isreg() else None
+            if parsed_name is None:
+                continue
+            key, ext = parsed_name
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            if ext == "json":
+                recorded[key] = recorded_sha256(walk.read(member))
+            elif ext in IMAGE_FORMATS:
+                images[key] = hashlib.sha256(walk.read(member)).hexdigest()
     except (tarfile.TarError, EOFError):
         parsed = False
     bad = frozenset(k for k, digest in images.items() if recorded.get(k) not in (None, digest))

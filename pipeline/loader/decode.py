@@ -10,9 +10,9 @@ than ``max_member_bytes`` is not read either; an image whose header declares mor
 and Pillow sees the bytes only through the plug-in of the member's own extension.
 
 webdataset's ``tar_file_iterator`` reads every selected member whole and cannot skip a
-sample without reading it, so members are iterated here with :mod:`tarfile` over a
-seekable file (skipped data is seeked over, never read), keeping webdataset's naming
-rule (:func:`webdataset.tariterators.base_plus_ext`: the key ends at the first dot) and
+sample without reading it, so members are walked here with :mod:`pipeline.tarwalk` over
+a seekable file (skipped data is seeked over, never read; its hostile-header policy
+applies), keeping webdataset's naming rule (the key ends at the first dot) and
 its sample dict shape (``__key__``, ``__url__``, one entry per extension), so the
 decoding that follows is webdataset's own ``decode`` stage with only these handlers.
 
@@ -20,7 +20,7 @@ Failures are data: :class:`ErrorPolicy` is a webdataset ``handler`` (``"raise"``
 ``"skip"``, ``"warn"``, or a callable) that counts every skipped sample by reason in an
 :class:`ErrorLog`, whose counts travel to the trainer with the batches. A bad shard
 (:class:`~pipeline.errors.IntegrityError`) is not a sample error: the loader's
-``on_bad_shard`` decides (see :mod:`pipeline.loader_integrity`).
+``on_bad_shard`` decides (see :mod:`pipeline.loader.integrity`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from webdataset.tariterators import base_plus_ext
 
-from .errors import IntegrityError
-from .media import DEFAULT_MAX_PIXELS
+from ..errors import IntegrityError
+from ..media import DEFAULT_MAX_PIXELS
+from ..tarwalk import TarWalk, split_name
 
 try:
     from webdataset.autodecode import DecodingError
@@ -93,15 +93,12 @@ class ShardReadError(SampleError):
 
 
 def member_key(name: str) -> tuple[str, str] | None:
-    """(sample key, lower-case extension) of a member name, or None for names that are
-    not sample members (no dot, or webdataset's ``__meta__`` names)."""
+    """(sample key, lower-case extension) of a member name by the walker's naming rule, or
+    None for names that are not sample members (no dot, or webdataset's ``__meta__`` names)."""
     base = name.rsplit("/", 1)[-1]
     if base.startswith("__") and base.endswith("__"):
         return None
-    key, ext = base_plus_ext(name)
-    if key is None or ext is None:
-        return None
-    return key, ext.lower()
+    return split_name(name)
 
 
 def read_segment(
@@ -117,36 +114,34 @@ def read_segment(
     index, key = -1, None
     sample: dict[str, Any] | None = None
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
-            for member in tar:
-                parsed = member_key(member.name) if member.isreg() else None
-                if parsed is None:
-                    continue
-                if parsed[0] != key:
-                    if sample is not None:
-                        yield sample
-                        sample = None
-                    index, key = index + 1, parsed[0]
-                    if index >= stop:
-                        return
-                    if index >= start:
-                        sample = {"__key__": key, "__url__": url, "__pos__": position + index - start}
-                if sample is None:
-                    continue
-                ext = parsed[1]
-                if ext not in READ_EXTENSIONS:
-                    log.debug("%s: member %s not read (only images and JSON are)", url, member.name)
-                elif ext in sample:
-                    sample["__error__"] = (f"{member.name}: a second .{ext} for key {key}", "duplicate_member")
-                elif member.size > caps.max_member_bytes:
-                    sample["__error__"] = (
-                        f"{member.name}: {member.size} bytes, over the cap of {caps.max_member_bytes}",
-                        "member_too_large",
-                    )
-                else:
-                    extracted = tar.extractfile(member)
-                    assert extracted is not None  # isreg() members always extract
-                    sample[ext] = extracted.read()
+        walk = TarWalk(fileobj)
+        for member in walk:
+            parsed = member_key(member.name) if member.isreg() else None
+            if parsed is None:
+                continue
+            if parsed[0] != key:
+                if sample is not None:
+                    yield sample
+                    sample = None
+                index, key = index + 1, parsed[0]
+                if index >= stop:
+                    return
+                if index >= start:
+                    sample = {"__key__": key, "__url__": url, "__pos__": position + index - start}
+            if sample is None:
+                continue
+            ext = parsed[1]
+            if ext not in READ_EXTENSIONS:
+                log.debug("%s: member %s not read (only images and JSON are)", url, member.name)
+            elif ext in sample:
+                sample["__error__"] = (f"{member.name}: a second .{ext} for key {key}", "duplicate_member")
+            elif member.size > caps.max_member_bytes:
+                sample["__error__"] = (
+                    f"{member.name}: {member.size} bytes, over the cap of {caps.max_member_bytes}",
+                    "member_too_large",
+                )
+            else:
+                sample[ext] = walk.read(member)
         if sample is not None:
             yield sample
     except (tarfile.TarError, OSError, EOFError) as e:

@@ -14,9 +14,9 @@ when a manifest describes it, its size and sha256.
   from its tar headers once, at construction.
 
 :class:`ShardOpener` opens a shard for reading: a missing shard or one whose size is not
-the manifest's raises :class:`~pipeline.loader_integrity.BadShardError` before anything is
+the manifest's raises :class:`~pipeline.loader.integrity.BadShardError` before anything is
 read, and with ``verify="sha256"`` a shard is hashed first (and, only when that does not
-match, its images one by one; see :mod:`pipeline.loader_integrity`). A process scans a shard the
+match, its images one by one; see :mod:`pipeline.loader.integrity`). A process scans a shard the
 first time it opens it and remembers the result for the file's size and mtime, so later
 epochs do not hash again.
 """
@@ -39,11 +39,12 @@ from urllib.parse import urlparse
 
 import braceexpand
 
-from . import FORMAT_VERSION
-from .errors import SourceError, UsageError
-from .loader_decode import member_key
-from .loader_integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
-from .plan import SHARD_NAME
+from .. import FORMAT_VERSION
+from ..errors import SourceError, UsageError
+from ..format import SHARD_NAME
+from ..tarwalk import TarWalk
+from .decode import member_key
+from .integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
 
 log = logging.getLogger(__name__)
 
@@ -255,11 +256,10 @@ def count_samples(url: str) -> int:
     last = None
     with open_url(url) as f:
         try:
-            with tarfile.open(fileobj=f, mode="r:") as tar:
-                for member in tar:
-                    parsed = member_key(member.name) if member.isreg() else None
-                    if parsed is not None and parsed[0] != last:
-                        keys, last = keys + 1, parsed[0]
+            for member in TarWalk(f):
+                parsed = member_key(member.name) if member.isreg() else None
+                if parsed is not None and parsed[0] != last:
+                    keys, last = keys + 1, parsed[0]
         except (tarfile.TarError, EOFError, OSError) as e:
             log.warning("%s: unreadable after %d samples (%s); counting those", url, keys, e)
     return keys
@@ -304,7 +304,7 @@ def _check_size(shard: ShardInfo, size: int | None) -> None:
 class ShardOpener:
     """Opens shards for reading: missing or wrong-size shards raise :class:`BadShardError`
     at once; with ``verify="sha256"`` a shard the manifest records is scanned first (once
-    per process and file version; see :mod:`pipeline.loader_integrity`)."""
+    per process and file version; see :mod:`pipeline.loader.integrity`)."""
 
     verify: Verify = "sha256"
     _checks: dict[tuple[str, int, int], ShardCheck] = field(default_factory=dict, repr=False)
