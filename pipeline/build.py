@@ -37,6 +37,7 @@ from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
+from .extra_captions import add_captions, read_sources
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
 from .identity import default_version, identity_of_manifest, input_check, make_identity
 from .inputs import (
@@ -234,6 +235,7 @@ def _plan(
 ) -> tuple[pa.Table, pa.Table, dict[str, Any], int, dict[str, str]]:
     """probe → resolve → plan, with the reject budget checked before writing; also the
     sha256 the probe found for each image path."""
+    extra = read_sources(reader.spec.captions)  # --captions: user errors before the images are read
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
@@ -254,6 +256,7 @@ def _plan(
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     if config.hashes:
         resolution = apply_near(resolution, rows, probed, near_options(config))
+    resolution = add_captions(resolution, rows, extra, config.max_caption_chars)
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
         with _output_errors(config.out):
@@ -319,6 +322,7 @@ def _shard_tasks(out: Path, fmt: str, planned: pa.Table, resize: int | None) -> 
                 image_path=r["image_path"],
                 image_index=r["image_index"],
                 file_name=r["file_name"],
+                caption_sources=tuple(r.get("caption_sources") or ()),
             )
         )
     return [ShardTask(name, str(out), tuple(s), fmt, resize) for name, s in sorted(samples.items())]
