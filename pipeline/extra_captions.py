@@ -14,7 +14,8 @@ column (``--join-on``):
     the URL the image was downloaded from (wds: the JSON ``url``).
 ``filename``
     the base name of the image's file as the source names it (flickr, coco, karpathy,
-    table, hf ``filename``/image path; wds: the URL's, else ``KEY.ext``).
+    table, hf ``filename``/image path; wds: the URL's, else ``KEY.ext``); the file's value
+    is compared by its base name too.
 ``image_id``
     the resolved image id (``KEY.json`` ``image_id``).
 
@@ -105,13 +106,18 @@ def _join_values(join_on: str, images: pa.Table, rows: pa.Table) -> pa.Table:
         owned = pa.table({"row_id": pc.list_flatten(images["row_ids"]), "position": parents.cast(pa.int64())})
         values = rows.select(["row_id", ROW_COLUMNS[join_on]]).rename_columns(["row_id", "join"])
         if join_on == "filename":  # a base name, whatever folder the source names
-            values = values.set_column(1, "join", pc.replace_substring_regex(values["join"], r"^.*[/\\]", ""))
+            values = values.set_column(1, "join", _basename(values["join"]))
         pairs = owned.join(values, "row_id", use_threads=False).select(["join", "position"])
         pairs = pairs.filter(pc.is_valid(pairs["join"])).group_by(["join", "position"], use_threads=False).aggregate([])
     per_value = pairs.group_by("join", use_threads=False).aggregate(
         [("position", "min"), ("position", "count_distinct")]
     )
     return per_value.rename_columns(["join", "position", "n_images"])
+
+
+def _basename(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """File names compared by their base name, whatever folder either side names."""
+    return pc.replace_substring_regex(values, r"^.*[/\\]", "")
 
 
 def _match(
@@ -121,6 +127,8 @@ def _match(
     parts = []
     for join_on in sorted({source.join_on for source, _ in tables}):
         part = extra.filter(pc.equal(extra["join_on"], join_on))
+        if join_on == "filename":
+            part = part.set_column(part.schema.get_field_index("join"), "join", _basename(part["join"]))
         found = _join_values(join_on, images, rows)
         parts.append(part.join(found, "join", join_type="left outer", use_threads=False))
     return pa.concat_tables(parts).sort_by("row_id")
