@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from synth import caption_text, coco_json, flickr_token_file, img2dataset_folder, nlphuji_dataset, write_images
+from test_format_doc import documented, field_paths
 
 from pipeline.build import build
 from pipeline.config import BuildConfig
@@ -109,6 +110,17 @@ def test_flickr_two_files_join_on_filename_in_order(tmp_path: Path) -> None:
     assert result.manifest["counts"] == {"rows": 14, "images": 3, "captions": 11, "rejected_rows": 3}
     assert [c["file"] for c in result.manifest["source"]["reading"]["captions"]] == ["recaps.parquet", "more.csv"]
     check_accounting(out, result.manifest)
+
+
+def test_the_new_fields_are_in_the_format_spec(tmp_path: Path) -> None:
+    (tmp_path / "re.csv").write_text("filename,caption\n1000.jpg,more\nnope.jpg,less\n")
+    spec = with_captions(flickr(tmp_path), CaptionSource(str(tmp_path / "re.csv"), "filename", "caption"))
+    result = build(spec, config(tmp_path / "out", format="flickr"))
+    missing = field_paths(result.manifest) - documented("`manifest.json`")
+    assert not missing, sorted(missing)
+    assert "caption_sources" in documented("`index.parquet`")
+    meta = samples(tmp_path / "out")["1000.jpg"]
+    assert not field_paths(meta) - documented("Shards"), sorted(field_paths(meta) - documented("Shards"))
 
 
 def test_without_captions_nothing_changes_shape(tmp_path: Path) -> None:
