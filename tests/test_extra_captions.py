@@ -162,7 +162,8 @@ def test_coco_join_on_image_id(tmp_path: Path) -> None:
 
 def test_table_and_hf_join_on_key(tmp_path: Path) -> None:
     write_images(tmp_path / "images", ["p.jpg", "q.jpg"])
-    (tmp_path / "t.csv").write_text("image,caption,split,photo\np.jpg,one,train,P1\nq.jpg,two,train,Q2\np.jpg,three,train,P1\n")
+    rows = ["image,caption,split,photo", "p.jpg,one,train,P1", "q.jpg,two,train,Q2", "p.jpg,three,train,P1"]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "re.csv").write_text("key,recap\nQ2,two again\nP1,one again\n")
     spec = SourceSpec(
         path=str(tmp_path / "t.csv"),
