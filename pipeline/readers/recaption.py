@@ -123,7 +123,10 @@ def caption_table(source: CaptionSource) -> pa.Table:
         )
     column = _caption_column(source.path, option, names, source.column)
     join = table[source.join_on]
-    if not (pa.types.is_string(join.type) or pa.types.is_integer(join.type) or pa.types.is_null(join.type)):
+    if not any(
+        is_kind(join.type)
+        for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_null)
+    ):
         raise UsageError(f"{option} {source.path}: column {source.join_on!r} holds {join.type}, not text or integers")
     join = pc.cast(join, pa.string())
     values = table[column]
