@@ -36,6 +36,7 @@ from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
+from .extra_captions import add_captions, read_sources
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
 from .identity import default_version, identity_of_manifest, input_check, make_identity
 from .inputs import (
@@ -269,6 +270,7 @@ def _plan(
 ) -> tuple[Resolution, dict[str, str]]:
     """probe → resolve → plan (the resolution's images with ``shard`` and ``position``), with the
     reject budget checked before writing; also the sha256 the probe found for each image path."""
+    extra = read_sources(reader.spec.captions)  # --captions: user errors before the images are read
     refs = distinct_refs(rows)
     with progress("probing images", refs.num_rows) as advance:
         probed = probe_images(
@@ -289,6 +291,7 @@ def _plan(
     resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
     if config.hashes:
         resolution = apply_near(resolution, rows, probed, near_options(config))
+    resolution = add_captions(resolution, rows, extra, config.max_caption_chars)
     _check_reject_budget(resolution, config)
     planned = dataclasses.replace(resolution, images=plan_shards(resolution.images, config))
     hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))

@@ -87,6 +87,8 @@ def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -
     )
     if "phash" in planned.column_names:  # build --phash / --exclude-near: pipeline.phash, stored signed
         table = table.append_column(pa.field("phash", pa.int64()), planned["phash"])
+    if "caption_sources" in planned.column_names:  # build --captions: the origin of each caption
+        table = table.append_column(pa.field("caption_sources", pa.list_(pa.string())), planned["caption_sources"])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     write_bytes_atomic(out / INDEX, sink.getvalue().to_pybytes())

@@ -42,9 +42,13 @@ def make_identity(
 
 
 def default_version(identity: dict[str, Any]) -> str:
-    """The dataset version when none is given: 12 hex digits over the annotations and the image bytes."""
+    """The dataset version when none is given: 12 hex digits over the annotations and the image bytes
+    (and the ``--captions`` files, when there are any)."""
     inputs = identity.get("inputs") or {}
     text = f"{identity['fingerprint']}\n{inputs.get('content') or ''}"
+    extra = [c["sha256"] for c in (identity.get("reading") or {}).get("captions") or ()]
+    if extra:
+        text += "\n" + "\n".join(extra)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from .errors import IntegrityError
 from .inputs import INPUTS, read_listing, write_listing
 from .outputs import STATE, record
-from .readers import SourceSpec
+from .readers import CaptionSource, SourceSpec
 from .rejects import REJECT_SCHEMA
 from .resolve import ResolutionReport
 from .write import SampleSpec, ShardResult, ShardTask, file_sha256, write_bytes_atomic, write_json_atomic
@@ -91,6 +91,7 @@ class Plan:
         data = dict(self.source)
         data["images"] = None if data.get("images") is None else Path(data["images"])
         data["split_files"] = tuple((split, Path(f)) for split, f in data.get("split_files", ()))
+        data["captions"] = tuple(CaptionSource(**c) for c in data.get("captions", ()))
         return SourceSpec(**data)
 
 
@@ -99,6 +100,7 @@ def source_record(spec: SourceSpec) -> dict[str, Any]:
     data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "dataset"}
     data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
     data["split_files"] = [[split, str(f)] for split, f in spec.split_files]
+    data["captions"] = [dataclasses.asdict(c) for c in spec.captions]
     return data
 
 
@@ -120,6 +122,7 @@ def _sample_spec(r: dict[str, Any]) -> SampleSpec:
         image_path=r["image_path"],
         image_index=r["image_index"],
         file_name=r["file_name"],
+        caption_sources=tuple(r.get("caption_sources") or ()),
     )
 
 

@@ -42,7 +42,8 @@ REASONS: dict[str, str] = {
     "member_too_large": "a txt or json member of the sample is over 16 MiB",
     "duplicate_member": "the sample has two members of one type",
     "bad_json": "the sample's json member is not valid JSON or not an object",
-    "unknown_join_key": "this extra caption's key or URL matches no sample (--captions-from)",
+    "unknown_join_key": "this extra caption's join value matches no image (--captions, --captions-from)",
+    "ambiguous_join_key": "this extra caption's join value matches more than one image (--captions)",
     # Captions.
     "missing_caption": "the row has no caption value",
     "empty_caption": "caption is empty after stripping whitespace",

@@ -49,6 +49,8 @@ class SampleSpec:
     file_name: str | None
     #: Every URL the source gives for this image (img2dataset), in row order.
     source_urls: tuple[str, ...] = ()
+    #: With ``--captions``: the origin of each caption (``source`` or a file's name); else empty.
+    caption_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ def sample_members(
         "sha256": digest,
         "source": source,
     }
+    if spec.caption_sources:
+        meta["caption_sources"] = list(spec.caption_sources)
     # One caption per line: a caption's own line breaks become spaces here (the JSON keeps them).
     text = "\n".join(" ".join(c.splitlines()) for c in spec.captions) + "\n"
     return {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UsageError
-from .base import ImageUnavailable, Reader, SourceSpec
+from .base import CaptionSource, ImageUnavailable, Reader, SourceSpec
 from .coco import CocoReader
 from .flickr import FlickrReader
 from .hf import HFReader
@@ -74,6 +74,7 @@ def format_mismatch(spec: SourceSpec, fmt: str) -> str | None:
 __all__ = [
     "DETECT_ORDER",
     "READERS",
+    "CaptionSource",
     "ImageUnavailable",
     "Reader",
     "SourceSpec",

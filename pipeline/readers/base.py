@@ -18,7 +18,26 @@ import pyarrow as pa
 from ..schema import batches_from_rows
 from .confine import ImageUnavailable, confined_path, read_image_file
 
-__all__ = ["ImageUnavailable", "Reader", "SourceSpec"]
+__all__ = ["CaptionSource", "ImageUnavailable", "Reader", "SourceSpec"]
+
+#: What ``--join-on`` accepts; :mod:`pipeline.extra_captions` says what each matches.
+JOIN_ON: tuple[str, ...] = ("key", "url", "filename", "image_id")
+
+
+@dataclass(frozen=True)
+class CaptionSource:
+    """One ``--captions FILE`` (parquet, CSV or JSON Lines; local path or fsspec URL): its
+    captions join the resolved images on ``join_on``; ``column`` is the caption column
+    (None: the first of ``captions``, ``caption``, ``text``)."""
+
+    path: str
+    join_on: str
+    column: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The file's name, as ``caption_sources`` records it."""
+        return self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,8 @@ class SourceSpec:
     captions_from: str | None = None
     captions_key: str = "key"
     captions_column: str | None = None
+    #: ``--captions``: extra caption tables joined to the resolved images (every reader).
+    captions: tuple[CaptionSource, ...] = ()
 
     def reading_options(self) -> dict[str, Any]:
         """The options that change what is read from the source (part of a build's identity)."""
@@ -65,6 +86,7 @@ class SourceSpec:
                 if self.captions_from
                 else {}
             ),
+            **({"captions": _captions_identity(self.captions)} if self.captions else {}),
         }
 
 
@@ -146,6 +168,16 @@ class Reader:
             h.update(b"S" + split.encode() + b"\0")
             _hash_path(h, f)
         return "sha256:" + h.hexdigest()
+
+
+def _captions_identity(sources: tuple[CaptionSource, ...]) -> list[dict[str, Any]]:
+    """Each ``--captions`` file's name, join, column and content digest (a changed file is a new build)."""
+    from .recaption import file_digest  # recaption imports readers that import this module
+
+    return [
+        {"file": s.label, "join_on": s.join_on, "column": s.column, "sha256": file_digest(s.path, "--captions")}
+        for s in sources
+    ]
 
 
 def _hash_path(h: Any, path: Path) -> None:

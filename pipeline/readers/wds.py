@@ -12,8 +12,9 @@ repeated once per caption regroups into one sample with every caption, every key
 A sample without an image is rejected (``no_image``); a damaged tar keeps its complete
 samples and rejects its damaged tail (``truncated_tar``, ``corrupt_tar``). img2dataset's
 sidecars (``.parquet``, ``_stats.json``) are not read: a failed download never reached a
-tar, so it is not an input row. ``--captions-from`` adds a recaptioning file's captions
-(``recaption``) after each image's own.
+tar, so it is not an input row. ``--captions-from`` (deprecated: ``--captions FILE
+--join-on key|url``, :mod:`pipeline.extra_captions`, works for every reader) adds a
+recaptioning file's captions (``recaption``) as rows after every row of the tars.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class WdsReader(Reader):
             raise UsageError("the wds reader needs a folder of .tar files, a tar, or a brace pattern")
         self.tars = list_tars(spec.path)
         self.labels = labels(self.tars)
+        if spec.captions_from:
+            log.warning("--captions-from is deprecated: use --captions FILE --join-on %s", spec.captions_key)
         # Per image (image_index): its tar, data offset and size.
         self._refs: tuple[array[int], array[int], array[int]] | None = None
         self._open: dict[int, IO[bytes]] = {}
