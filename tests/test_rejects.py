@@ -25,11 +25,11 @@ REASON_SITES = [
     r"detail\(\s*\"(\w+)\"",  # rejects.detail("x", ...)
 ]
 SCANNED = ["pipeline/readers", "pipeline/media.py", "pipeline/probe.py", "pipeline/resolve.py",
-           "pipeline/decontam.py", "pipeline/idspec.py"]
+           "pipeline/decontam.py", "pipeline/idspec.py", "pipeline/extra_captions.py"]
 #: Column and key names that the loose pair patterns also see.
 NOT_REASONS = {"img_id", "image_path", "image_index", "file_name", "id_hint", "caption_id", "image_reason",
                "image_detail", "n_bytes", "row_id", "sample_images", "image_column", "caption_column", "id_column",
-               "split_column"}
+               "split_column", "file_row", "join_on", "caption_ids", "row_ids"}
 
 
 def reasons_in_code() -> set[str]:
