@@ -10,6 +10,7 @@ calls ``ray stop``, which would stop every Ray of this user on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -49,7 +50,9 @@ def free_ports(n: int) -> list[int]:
 class RayCluster:
     """Head plus one worker node; ``address`` is what ``RAY_ADDRESS`` takes."""
 
-    def __init__(self) -> None:
+    def __init__(self, pythonpath: Path | None = None) -> None:
+        #: Put first on the nodes' PYTHONPATH, so Ray workers import the code under test.
+        self.pythonpath = pythonpath
         self.address = ""
         self.temp_dirs: list[Path] = []
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -65,10 +68,11 @@ class RayCluster:
             for i, role in enumerate(("--head", "--address")):
                 temp = Path(tempfile.mkdtemp(prefix=f"capray{i}-"))  # short: Ray's socket paths must fit 107 bytes
                 self.temp_dirs.append(temp)
-                node_ports = [a for flag, p in zip(_PORT_FLAGS, ports[i * len(_PORT_FLAGS) :]) for a in (flag, str(p))]
+                own = ports[i * len(_PORT_FLAGS) : (i + 1) * len(_PORT_FLAGS)]
+                node_ports = [a for flag, p in zip(_PORT_FLAGS, own, strict=True) for a in (flag, str(p))]
                 where = (
-                    ["--head", "--port", str(head_port), "--ray-client-server-port", str(client_port), "--include-dashboard",
-                     "false"]
+                    ["--head", "--port", str(head_port), "--ray-client-server-port", str(client_port),
+                     "--include-dashboard", "false"]
                     if role == "--head"
                     else ["--address", self.address]
                 )
@@ -91,7 +95,10 @@ class RayCluster:
         Ray 2.5x+ turns token authentication on when a token exists in ``~/.ray``; a loopback
         test cluster has no use for it, and drivers would need the token the head made.
         """
-        return {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+        env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled"}
+        if self.pythonpath is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.pythonpath), env.get("PYTHONPATH")]))
+        return env
 
     def _wait_for_nodes(self, count: int, deadline: float) -> None:
         """Wait until the cluster lists ``count`` live nodes (asked from a short-lived driver process)."""
@@ -100,7 +107,7 @@ class RayCluster:
             "print(sum(n['Alive'] for n in ray.nodes()))"
         )
         while time.monotonic() < deadline:
-            for proc, temp in zip(self.processes, self.temp_dirs):
+            for proc, temp in zip(self.processes, self.temp_dirs, strict=True):
                 if proc.poll() is not None:
                     log = (temp / "ray-start.log").read_text(errors="replace")[-2000:]
                     raise RuntimeError(f"ray start exited with {proc.returncode}:\n{log}")
@@ -126,10 +133,8 @@ class RayCluster:
             proc.wait()
         # Ray starts some processes in sessions of their own; they carry this cluster's temp dir.
         for pid in self.leftover_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for temp in self.temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
         self.processes = []
@@ -152,10 +157,8 @@ class RayCluster:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _listening(address: str) -> bool:
