@@ -4,7 +4,8 @@
 # the caches point at /tmp). Started as root without --user, the entrypoint runs capshard as the
 # owner of the working folder (the mounted /data), so the files belong to that folder's owner.
 # The ETL image carries no torch; `--build-arg EXTRAS=loader` adds it (the 2.13.0 CPU wheel) for
-# `diagnose` and `smoke-train`.
+# `diagnose` and `smoke-train`. It always carries the object-storage backends (s3fs, gcsfs), so
+# s3:// and gs:// inputs and outputs work as in deploy/.
 FROM python:3.11-slim
 
 ARG EXTRAS=""
@@ -24,7 +25,7 @@ COPY setup.cfg pyproject.toml ./
 COPY pipeline/__init__.py ./pipeline/__init__.py
 RUN touch README.md \
     && case ",$EXTRAS," in *,loader,*|*,dev,*) python -m pip install torch==2.13.0 ;; esac \
-    && python -m pip install ".${EXTRAS:+[$EXTRAS]}" \
+    && python -m pip install ".[s3,gcs${EXTRAS:+,$EXTRAS}]" \
     && python -m pip uninstall -y capshard \
     && mkdir -m 1777 /data
 COPY README.md ./
