@@ -38,7 +38,7 @@ from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
-from .identity import default_version, identity_of_manifest, input_check, make_identity
+from .identity import default_version, input_check, make_identity
 from .inputs import (
     INPUTS,
     absolute_path,
@@ -165,9 +165,9 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
     manifest = folder.manifest
     state_file = out / STATE / "state.json"
     if manifest is not None:
-        diffs = [] if overwrite else differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
+        diffs = [] if overwrite else differs(manifest.identity.to_dict(), read_listing(out / INPUTS))
         if not overwrite and not diffs:
-            return manifest
+            return manifest.to_dict()
         refuse_foreign(folder)
         if not overwrite:
             raise OutputError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IntegrityError, OutputError
+from .format import DONE, STATE
 from .media import EXTENSIONS, resize
 from .readers import ImageUnavailable, Reader
 from .tarwriter import TarWriter
@@ -80,7 +81,7 @@ class ShardResult:
 
 def done_path(out: Path, name: str) -> Path:
     """Where the ``done`` record of shard ``name`` lives."""
-    return out / ".capshard" / "done" / f"{name}.json"
+    return out / STATE / DONE / f"{name}.json"
 
 
 def sample_members(
