@@ -419,10 +419,12 @@ def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
     when there is no such file."""
     try:
         if not is_remote(url):
-            if not Path(url).is_file():
+            path = Path(url)
+            if not path.is_file():
                 return None
-            with open(url, "rb") as f:
-                return f.read(cap + 1)
+            if path.stat().st_size > cap:
+                raise ManifestError(url, f"is over the cap of {cap} bytes")
+            return path.read_bytes()
         import fsspec
 
         try:

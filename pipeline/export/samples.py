@@ -40,9 +40,10 @@ def load_build(build_dir: Path) -> Manifest:
     return require_manifest(build_dir)
 
 
-def shard_names(manifest: Manifest, split: str | None = None) -> list[str]:
-    """The build's shards in name order, of one split or of all; UsageError for an unknown split."""
-    splits = manifest.splits
+def shard_names(manifest: Manifest | dict[str, Any], split: str | None = None) -> list[str]:
+    """The build's shards in name order, of one split or of all (``manifest`` as read, or as
+    its parsed JSON); UsageError for an unknown split."""
+    splits = (manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)).splits
     if split is not None and split not in splits:
         raise UsageError(f"the build has no split {split!r} (splits: {', '.join(sorted(splits)) or 'none'})")
     chosen = [split] if split is not None else sorted(splits)
