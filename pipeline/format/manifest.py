@@ -1,92 +1,15 @@
-"""The ``capshard/1`` contract in one place: file names, the manifest's typed shape, its one reader.
-
-Everything that writes or reads a build's manifest goes through :class:`Manifest`:
-:meth:`Manifest.to_dict` is what a build writes and :func:`read_manifest` (through
-:func:`parse_manifest`) is the only place that parses ``manifest.json``, with a size and a
-nesting cap before any parsing, since a manifest may come from anywhere (a URL, a copied
-folder). Every way a manifest can be wrong is one :class:`ManifestError`, one line that
-names the file.
-
-This module is light on purpose (the loader imports it): the standard library only, and
-``fsspec`` imported when a URL is read.
-"""
+"""The manifest's shape as frozen dataclasses: :meth:`Manifest.to_dict` gives what a build
+writes, :meth:`Manifest.from_dict` validates a parsed one, raising :class:`ManifestError`."""
 
 from __future__ import annotations
 
-import json
-import os
-import posixpath
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from . import FORMAT_VERSION
-from .errors import CapshardError, SourceError, UsageError
-
-__all__ = [
-    "FORMAT_VERSION",
-    "BuildIdentity",
-    "Counts",
-    "Manifest",
-    "ManifestError",
-    "Rejects",
-    "ResolutionReport",
-    "ShardEntry",
-    "SplitEntry",
-    "loads_capped",
-    "parse_manifest",
-    "read_manifest",
-    "require_manifest",
-]
-
-# File names of a build folder (DESIGN.md, docs/FORMAT.md).
-MANIFEST = "manifest.json"
-INDEX = "index.parquet"
-REJECTS = "rejects.jsonl"
-#: ``{"shard.tar": images}``: how open_clip's trainer counts webdataset samples.
-SIZES = "sizes.json"
-#: The listing of the input files and their digests (:mod:`pipeline.inputs`).
-INPUTS = "inputs.parquet"
-#: The perceptual-hash sidecar ``capshard hash`` writes (:mod:`pipeline.hashes`).
-PHASH = "phash.parquet"
-#: A build's working state while it runs; removed once the manifest is written.
-STATE = ".capshard"
-#: Inside ``STATE``: the identity of the planned build, written last when planning.
-STATE_FILE = "state.json"
-#: Inside ``STATE``: one ``NAME.json`` record per written shard.
-DONE = "done"
-#: Inside ``STATE``: the names of every file the build created (:mod:`pipeline.outputs`).
-LEDGER = "ledger.txt"
-#: The build folder's lock file (:mod:`pipeline.lock`).
-LOCK = ".capshard.lock"
-#: Where ``capshard hash`` keeps the parts of an unfinished run.
-HASH_PARTS = ".capshard-hash"
-
-#: A shard's name: ``{split}-{000000}.tar``; a manifest naming anything else is refused.
-SHARD_NAME = re.compile(r"[A-Za-z0-9_]+-[0-9]{6}\.tar")
-
-#: Top-level keys every manifest has (DESIGN.md).
-MANIFEST_KEYS = (
-    "format",
-    "name",
-    "version",
-    "source",
-    "options",
-    "counts",
-    "splits",
-    "groups",
-    "resolution",
-    "rejects",
-)
-#: The largest manifest read, and the deepest nesting parsed (a manifest nests 5 levels).
-MAX_MANIFEST_BYTES = 256 << 20
-MAX_JSON_DEPTH = 16
-
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
+from .. import FORMAT_VERSION
+from ..errors import CapshardError, SourceError
+from .names import MANIFEST, MANIFEST_KEYS, SHARD_NAME
 
 
 class ManifestError(SourceError):
@@ -363,76 +286,3 @@ def _check_head(doc: Any, file: str) -> None:
     if doc["format"] != FORMAT_VERSION:
         raise ManifestError(file, f"is not a {FORMAT_VERSION} manifest (format {_short(doc['format'])})")
 
-
-def loads_capped(data: bytes, file: str, cap: int = MAX_MANIFEST_BYTES) -> Any:
-    """Parse JSON that may be hostile: size and nesting are checked before parsing."""
-    if len(data) > cap:
-        raise ManifestError(file, f"is over the cap of {cap} bytes")
-    depth = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if bracket.group() in (b"[", b"{") else -1
-        if depth > MAX_JSON_DEPTH:
-            raise ManifestError(file, f"nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ManifestError(file, f"cannot be read: {str(e)[:200]}") from None
-
-
-def parse_manifest(data: bytes, file: str = MANIFEST, *, check_names: bool = True) -> Manifest:
-    """The manifest in ``data`` (the bytes of ``file``), capped and validated."""
-    return Manifest.from_dict(loads_capped(data, file), file, check_names=check_names)
-
-
-def is_remote(url: str) -> bool:
-    """True for ``scheme://`` URLs other than ``file://`` (a one-letter scheme is a drive)."""
-    scheme = urlparse(url).scheme
-    return len(scheme) > 1 and scheme != "file"
-
-
-def manifest_url(root: str | os.PathLike[str]) -> str:
-    """Where the manifest of the build at ``root`` (a folder or a URL) is."""
-    text = os.fspath(root)
-    if is_remote(text):
-        return posixpath.join(text.rstrip("/"), MANIFEST)
-    return str(Path(urlparse(text).path if text.startswith("file://") else text) / MANIFEST)
-
-
-def read_manifest(root: str | os.PathLike[str], *, check_names: bool = True) -> Manifest | None:
-    """The manifest of the build at ``root`` (a folder, or a URL ``fsspec`` can read), or None
-    when it has none; :class:`ManifestError` when there is one that is not ``capshard/1``."""
-    url = manifest_url(root)
-    data = _read_capped(url)
-    return None if data is None else parse_manifest(data, url, check_names=check_names)
-
-
-def require_manifest(build_dir: str | os.PathLike[str]) -> Manifest:
-    """The manifest of the finished build in ``build_dir``; :class:`UsageError` when it has none."""
-    manifest = read_manifest(build_dir)
-    if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
-    return manifest
-
-
-def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
-    """At most ``cap + 1`` bytes of ``url`` (so an oversized file is refused, never held), or None
-    when there is no such file."""
-    try:
-        if not is_remote(url):
-            path = Path(url)
-            if not path.is_file():
-                return None
-            if path.stat().st_size > cap:
-                raise ManifestError(url, f"is over the cap of {cap} bytes")
-            return path.read_bytes()
-        import fsspec
-
-        try:
-            with fsspec.open(url, "rb") as f:
-                return bytes(f.read(cap + 1))
-        except ImportError as e:
-            raise UsageError(f"cannot read {url}: {e} (install the fsspec backend for this scheme)") from None
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ManifestError(url, f"cannot be read: {e}") from None
