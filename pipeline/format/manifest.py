@@ -19,6 +19,7 @@ class ManifestError(SourceError):
         self.file = str(file)
         self.where = None
         self.detail = detail
+        # Not SourceError's FILE:WHERE: form: most faults are of the whole file (too big, not JSON).
         CapshardError.__init__(self, f"{file} {detail}")
 
 

@@ -80,9 +80,9 @@ def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
             if path.stat().st_size > cap:
                 raise ManifestError(url, f"is over the cap of {cap} bytes")
             return path.read_bytes()
-        import fsspec
-
         try:
+            import fsspec
+
             with fsspec.open(url, "rb") as f:
                 return bytes(f.read(cap + 1))
         except ImportError as e:
