@@ -42,6 +42,7 @@ MANIFEST_KEYS = (
     "resolution",
     "rejects",
 )
-#: The largest manifest read, and the deepest nesting parsed (a manifest nests 5 levels).
+#: The largest manifest read (bytes): about a million shards.
 MAX_MANIFEST_BYTES = 256 << 20
+#: The deepest JSON nesting parsed, in a manifest or a shard's JSON member (a manifest nests 5 levels).
 MAX_JSON_DEPTH = 16
