@@ -38,7 +38,7 @@ from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .extra_captions import add_captions, read_sources
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
-from .identity import default_version, identity_of_manifest, input_check, make_identity
+from .identity import default_version, input_check, make_identity
 from .inputs import (
     INPUTS,
     absolute_path,
@@ -180,7 +180,7 @@ def _finish(
         planned=plan.images,
         results=results,
         rejects=plan.rejects,
-        report=plan.report.as_dict(),
+        report=plan.report,
         n_rows=plan.n_rows,
     )
     _check_accounting(manifest)
@@ -201,9 +201,9 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
     manifest = folder.manifest
     state_file = plan_store.state_dir(out) / plan_store.IDENTITY
     if manifest is not None:
-        diffs = [] if overwrite else differs(identity_of_manifest(manifest), read_listing(out / INPUTS))
+        diffs = [] if overwrite else differs(manifest.identity.to_dict(), read_listing(out / INPUTS))
         if not overwrite and not diffs:
-            return manifest
+            return manifest.to_dict()
         refuse_foreign(folder)
         if not overwrite:
             raise OutputError(

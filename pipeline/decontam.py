@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import BuildError
+from .format import ResolutionReport
 from .hashes import load_hashes
 from .nearsearch import NearIndex, self_pairs
 from .rejects import REJECT_SCHEMA, detail
-from .resolve import SPLIT_PRIORITY, Resolution, ResolutionReport
+from .resolve import SPLIT_PRIORITY, Resolution
 
 EVAL_SPLITS = frozenset(s for s, p in SPLIT_PRIORITY.items() if p < SPLIT_PRIORITY["train"])
 
@@ -82,7 +83,9 @@ def apply_near(resolution: Resolution, rows: pa.Table, probed: pa.Table, options
                 f"{len(leaks)} near-duplicate image pairs across splits "
                 f"(pHash distance <= {options.threshold}); kept, as --on-near-leak report says",
             )
-    report = dataclasses.replace(resolution.report, notes=notes, near_duplicates=section)
+    report = dataclasses.replace(
+        resolution.report, notes=notes, details={**resolution.report.details, "near_duplicates": section}
+    )
     if not rejected:
         return dataclasses.replace(resolution, images=images, report=report)
     return _drop(resolution, images, rows, rejected, report)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +16,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import FORMAT_VERSION, __version__
-from .errors import IntegrityError
-from .write import ShardResult, write_bytes_atomic, write_json_atomic
-
-MANIFEST = "manifest.json"
-INDEX = "index.parquet"
-REJECTS = "rejects.jsonl"
-#: ``{"shard.tar": images}``: how open_clip's trainer counts webdataset samples.
-SIZES = "sizes.json"
-
-#: Top-level keys every manifest has (DESIGN.md).
-MANIFEST_KEYS = (
-    "format",
-    "name",
-    "version",
-    "source",
-    "options",
-    "counts",
-    "splits",
-    "groups",
-    "resolution",
-    "rejects",
+from . import __version__
+from .format import (
+    INDEX,
+    MANIFEST,
+    REJECTS,
+    SIZES,
+    BuildIdentity,
+    Counts,
+    Manifest,
+    Rejects,
+    ResolutionReport,
+    ShardEntry,
+    SplitEntry,
 )
+from .write import ShardResult, write_bytes_atomic, write_json_atomic
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -96,74 +89,52 @@ def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -
 
 def manifest_dict(
     *,
-    identity: dict[str, Any],
+    identity: Mapping[str, Any],
     name: str,
     version: str,
     source_path: str | None,
     planned: pa.Table,
     results: dict[str, ShardResult],
     rejects: pa.Table,
-    report: dict[str, Any],
+    report: ResolutionReport,
     n_rows: int,
 ) -> dict[str, Any]:
-    """The manifest's content, in the shape DESIGN.md gives."""
-    splits: dict[str, Any] = {}
-    for name_ in sorted(results):
-        r = results[name_]
-        split = name_.rsplit("-", 1)[0]
-        entry = splits.setdefault(split, {"images": 0, "captions": 0, "shards": []})
-        entry["images"] += r.images
-        entry["captions"] += r.captions
-        entry["shards"].append(
-            {"name": r.name, "images": r.images, "captions": r.captions, "bytes": r.bytes, "sha256": r.sha256}
-        )
+    """The manifest's content, in the shape DESIGN.md gives (:class:`~pipeline.format.Manifest`)."""
     per_image = Counter(pc.list_value_length(planned["captions"]).to_pylist())
     by_reason = Counter(rejects["reason"].to_pylist())
+    manifest = Manifest(
+        identity=BuildIdentity.from_dict(identity),
+        name=name,
+        version=version,
+        source_path=source_path,
+        counts=Counts(
+            rows=n_rows,
+            images=planned.num_rows,
+            captions=sum(r.captions for r in results.values()),
+            rejected_rows=rejects.num_rows,
+        ),
+        splits=_splits(results),
+        captions_per_image={str(k): per_image[k] for k in sorted(per_image)},
+        resolution=report,
+        rejects=Rejects(rejects.num_rows, dict(sorted(by_reason.items()))),
+        tool=f"capshard {__version__}",
+    )
+    return manifest.to_dict()
+
+
+def _splits(results: dict[str, ShardResult]) -> dict[str, SplitEntry]:
+    """Per split, its shards in name order and their totals."""
+    shards: dict[str, list[ShardEntry]] = {}
+    for name in sorted(results):
+        r = results[name]
+        entry = ShardEntry(r.name, r.images, r.captions, r.bytes, r.sha256)
+        shards.setdefault(name.rsplit("-", 1)[0], []).append(entry)
     return {
-        "format": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "tool": f"capshard {__version__}",
-        "source": {
-            "path": source_path,
-            "format": identity["format"],
-            "fingerprint": identity["fingerprint"],
-            "reading": identity["reading"],
-            "inputs": identity["inputs"],
-        },
-        "options": identity["options"],
-        "counts": {
-            "rows": n_rows,
-            "images": planned.num_rows,
-            "captions": sum(r.captions for r in results.values()),
-            "rejected_rows": rejects.num_rows,
-        },
-        "splits": splits,
-        "groups": {"captions_per_image": {str(k): per_image[k] for k in sorted(per_image)}},
-        "resolution": report,
-        "rejects": {"rows": rejects.num_rows, "by_reason": dict(sorted(by_reason.items()))},
+        split: SplitEntry(sum(s.images for s in entries), sum(s.captions for s in entries), tuple(entries))
+        for split, entries in shards.items()
     }
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest atomically: the last file of a build."""
     write_json_atomic(out / MANIFEST, manifest)
-
-
-def read_manifest(out: Path) -> dict[str, Any] | None:
-    """The manifest of the build in ``out``, or None when there is none."""
-    path = out / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise IntegrityError(f"{path} cannot be read: {e}") from None
-    missing = [k for k in MANIFEST_KEYS if not isinstance(data, dict) or k not in data]
-    if missing or data.get("format") != FORMAT_VERSION:
-        raise IntegrityError(
-            f"{path} is not a {FORMAT_VERSION} manifest"
-            + (f" (missing {', '.join(missing)})" if missing else f" (format {data.get('format')!r})")
-        )
-    return dict(data)

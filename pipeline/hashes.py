@@ -26,14 +26,15 @@ import pyarrow.parquet as pq
 
 from .errors import IntegrityError, OutputError, UsageError
 from .executors import make_executor
-from .finalize import INDEX, read_manifest, write_manifest
+from .finalize import write_manifest
+from .format import HASH_PARTS, INDEX, MANIFEST, PHASH, STATE, STATE_FILE, read_manifest
 from .lock import hold
 from .media import EXTENSIONS
-from .outputs import HASH_PARTS, STATE, record, survey
+from .outputs import record, survey
 from .phash import phash_bytes, to_int64
 from .write import file_sha256, write_bytes_atomic
 
-SIDECAR = "phash.parquet"
+SIDECAR = PHASH
 PARTS = HASH_PARTS
 SIDECAR_SCHEMA = pa.schema([("key", pa.string()), ("phash", pa.int64()), ("phash_flip", pa.int64())])
 _IMAGE_EXTS = set(EXTENSIONS.values())
@@ -135,7 +136,7 @@ def _hash_build(
     }
     write_manifest(build_dir, manifest)
     shutil.rmtree(parts_dir, ignore_errors=True)
-    if not (build_dir / STATE / "state.json").exists():  # a finished build keeps no state folder
+    if not (build_dir / STATE / STATE_FILE).exists():  # a finished build keeps no state folder
         shutil.rmtree(build_dir / STATE, ignore_errors=True)
     return HashResult(build_dir, table.num_rows, len(shards), reused)
 
@@ -156,8 +157,8 @@ def _hash_with_task(context: Any, task: HashTask) -> tuple[HashTask, list[dict[s
 def _manifest(build_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(build_dir) if build_dir.is_dir() else None
     if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished capshard build (no manifest.json)")
-    return manifest
+        raise UsageError(f"{build_dir} holds no finished capshard build (no {MANIFEST})")
+    return manifest.to_dict()
 
 
 def load_hashes(build_dir: Path, *, need: bool = True) -> pa.Table:

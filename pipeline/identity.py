@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .format import BuildIdentity
 from .inputs import InputChanges, compare, hash_all, summary
 
 #: Identity sections whose fields are compared one by one, named by their own keys.
@@ -30,15 +31,9 @@ def make_identity(
     reading: dict[str, Any],
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    """The identity of a build (saved in ``.capshard/state.json``; its parts in the manifest)."""
-    return {
-        "format_version": format_version,
-        "format": fmt,
-        "fingerprint": fingerprint,
-        "inputs": inputs,
-        "reading": reading,
-        "options": options,
-    }
+    """The identity of a build (saved in ``.capshard/state.json``; its parts in the manifest,
+    whose :attr:`~pipeline.format.Manifest.identity` reads it back)."""
+    return BuildIdentity(format_version, fmt, fingerprint, options, inputs, reading).to_dict()
 
 
 def default_version(identity: dict[str, Any]) -> str:
@@ -50,19 +45,6 @@ def default_version(identity: dict[str, Any]) -> str:
     if extra:
         text += "\n" + "\n".join(extra)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def identity_of_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The identity of the finished build a manifest describes."""
-    source = manifest.get("source", {})
-    return {
-        "format_version": manifest.get("format"),
-        "format": source.get("format"),
-        "fingerprint": source.get("fingerprint"),
-        "inputs": source.get("inputs"),
-        "reading": source.get("reading"),
-        "options": manifest.get("options"),
-    }
 
 
 def differences(

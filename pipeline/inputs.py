@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import IntegrityError
+from .format import INPUTS as INPUTS  # the listing's file name, for the stages that import it from here
 from .readers.confine import ImageUnavailable, confined_path, read_image_file
 from .write import write_bytes_atomic
 
-INPUTS = "inputs.parquet"
 CHECKS = ("stat", "content")
 #: The ``sha256`` of a listed file that exists but is not read: outside the image folder
 #: through a symlink, not a regular file, or unreadable (the probe rejects it, with why).

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import OutputError
+from .format import LOCK
 
 log = logging.getLogger(__name__)
 
-LOCK = ".capshard.lock"
 #: A holder record longer than this is not read (the file is ours; this bounds a damaged one).
 MAX_RECORD = 4096
 

@@ -26,19 +26,26 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from .errors import IntegrityError, OutputError, UsageError
-from .finalize import INDEX, MANIFEST, REJECTS, SIZES, read_manifest
-from .inputs import INPUTS
-from .lock import LOCK
-from .plan import SHARD_NAME
+from .errors import OutputError, UsageError
+from .format import (
+    DONE,
+    HASH_PARTS,
+    INDEX,
+    INPUTS,
+    LEDGER,
+    LOCK,
+    MANIFEST,
+    REJECTS,
+    SHARD_NAME,
+    SIZES,
+    STATE,
+    Manifest,
+    ManifestError,
+    read_manifest,
+)
 from .write import TMP_MARK, fsync_dir
 
-STATE = ".capshard"
-#: Where ``capshard hash`` keeps the parts of an unfinished run (see :mod:`.hashes`).
-HASH_PARTS = ".capshard-hash"
-LEDGER = "ledger.txt"
 #: The files every build may write besides its shards.
 BUILD_FILES = (REJECTS, INDEX, MANIFEST, INPUTS, SIZES)
 #: How many foreign names a refusal lists.
@@ -51,7 +58,7 @@ class Folder:
     recorded as its own, and the entries it did not."""
 
     out: Path
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None
     owned: tuple[str, ...]
     foreign: tuple[str, ...]
 
@@ -66,9 +73,8 @@ def survey(out: Path) -> Folder:
         return Folder(out, None, (), ())
     try:
         manifest = read_manifest(out)
-    except IntegrityError as e:
-        detail = str(e).removeprefix(str(out / MANIFEST))
-        raise OutputError(f"{out}: not a capshard build ({MANIFEST}{detail}); choose another --out") from None
+    except ManifestError as e:
+        raise OutputError(f"{out}: not a capshard build ({MANIFEST} {e.detail}); choose another --out") from None
     recorded = set(_ledger(out)) | _done(out)
     if manifest is not None:
         recorded |= {*BUILD_FILES, *_listed(manifest)}
@@ -168,21 +174,15 @@ def _ledger(out: Path) -> list[str]:
 
 def _done(out: Path) -> set[str]:
     """Shards with a ``done`` record: written by a build that has not finished."""
-    done = out / STATE / "done"
+    done = out / STATE / DONE
     if not done.is_dir():
         return set()
     return {p.name.removesuffix(".json") for p in done.glob("*.json") if SHARD_NAME.fullmatch(p.name[:-5])}
 
 
-def _listed(manifest: dict[str, Any]) -> set[str]:
-    names = set()
-    splits = manifest.get("splits")
-    for split in splits.values() if isinstance(splits, dict) else ():
-        for shard in split.get("shards", ()) if isinstance(split, dict) else ():
-            name = shard.get("name") if isinstance(shard, dict) else None
-            if isinstance(name, str) and SHARD_NAME.fullmatch(name):
-                names.add(name)
-    sidecars = manifest.get("sidecars")
+def _listed(manifest: Manifest) -> set[str]:
+    names = {s.name for s in manifest.shards}
+    sidecars = manifest.extra.get("sidecars")
     for sidecar in sidecars.values() if isinstance(sidecars, dict) else ():
         name = sidecar.get("file") if isinstance(sidecar, dict) else None
         if isinstance(name, str) and _plain(name):

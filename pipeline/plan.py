@@ -10,7 +10,6 @@ bound in practice). The plan is data: every later stage can run anywhere from it
 
 from __future__ import annotations
 
-import re
 import zlib
 
 import numpy as np
@@ -18,13 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import BuildConfig
+from .format import SHARD_NAME as SHARD_NAME  # the names this stage gives shards
 
 #: Tar overhead of one sample (3 headers plus padding) and a generous JSON/text allowance.
 SAMPLE_OVERHEAD = 3 * 512 + 3 * 511
-
-
-#: Every shard file name a build writes: ``{split}-{000000}.tar``, split of ``[A-Za-z0-9_]``.
-SHARD_NAME = re.compile(r"[A-Za-z0-9_]+-[0-9]{6}\.tar")
 
 
 def shard_name(split: str, number: int) -> str:

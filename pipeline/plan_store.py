@@ -32,11 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import IntegrityError
+from .format import DONE, STATE, STATE_FILE, ResolutionReport
 from .inputs import INPUTS, read_listing, write_listing
-from .outputs import STATE, record
+from .outputs import record
 from .readers import CaptionSource, SourceSpec
 from .rejects import REJECT_SCHEMA
-from .resolve import ResolutionReport
 from .write import SampleSpec, ShardResult, ShardTask, file_sha256, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ LAYOUT = 2
 PLAN_TABLE = "plan.parquet"
 REJECTS_TABLE = "rejects.parquet"
 PLAN_JSON = "plan.json"
-IDENTITY = "state.json"
-DONE = "done"
+IDENTITY = STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def save(out: Path, plan: Plan) -> None:
         {
             "layout": LAYOUT,
             "rows": plan.n_rows,
-            "report": plan.report.as_dict(),
+            "report": plan.report.to_dict(),
             "resize": plan.resize,
             "source": plan.source,
         },
@@ -195,7 +194,7 @@ def load(out: Path) -> Plan:
         listing=listing,
         images=images,
         rejects=rejects,
-        report=ResolutionReport.from_dict(meta["report"]),
+        report=ResolutionReport.from_dict(meta["report"], f"the plan in {state}"),
         n_rows=int(meta["rows"]),
         resize=meta["resize"],
         source=meta["source"],

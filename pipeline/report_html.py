@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .export.samples import BuildSample, iter_samples, load_build
-from .finalize import INDEX, REJECTS
+from .format import INDEX, REJECTS
 
 THUMB = 160
 EXAMPLES_PER_REASON = 5
@@ -56,7 +56,7 @@ _SCRIPT = """
 
 def render_html(build_dir: Path, *, samples: int = 24, seed: int = 0) -> str:
     """The report page for the build in ``build_dir`` with ``samples`` images drawn with ``seed``."""
-    manifest = load_build(build_dir)
+    manifest = load_build(build_dir).to_dict()
     picked = _sample(build_dir, samples, seed)
     rejects = _rejects(build_dir / REJECTS)
     body = [

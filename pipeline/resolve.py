@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from .config import BuildConfig
 from .errors import BuildError
+from .format import ResolutionReport
 from .idspec import IdSpec
 from .rejects import REJECT_SCHEMA, detail, reject
 
@@ -43,39 +44,6 @@ MAX_KEY = 80
 #: Split names become shard-file prefixes: letters, digits and ``_`` only.
 SPLIT_NAME = r"^[A-Za-z0-9_]+$"
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class ResolutionReport:
-    """How image identity was resolved: the manifest's ``resolution`` section (docs/FORMAT.md)."""
-
-    #: ``--id`` as given.
-    strategy: str
-    #: Where image names came from: ``column:NAME``, ``filename`` or ``content``.
-    id_source: str
-    merged_ids: int = 0
-    conflicts: int = 0
-    duplicate_content: int = 0
-    notes: tuple[str, ...] = ()
-    #: The near-duplicate section (:mod:`pipeline.decontam`), when the build computes pHashes.
-    near_duplicates: dict[str, Any] | None = field(default=None, compare=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON form, as the manifest and the saved plan hold it."""
-        data: dict[str, Any] = {
-            "strategy": self.strategy,
-            "id_source": self.id_source,
-            "merged_ids": self.merged_ids,
-            "conflicts": self.conflicts,
-            "duplicate_content": self.duplicate_content,
-            "notes": list(self.notes),
-        }
-        return data if self.near_duplicates is None else {**data, "near_duplicates": self.near_duplicates}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ResolutionReport:
-        """The inverse of :meth:`as_dict`."""
-        return cls(**{**data, "notes": tuple(data.get("notes", ()))})
 
 
 @dataclass(frozen=True)
@@ -146,7 +114,7 @@ def resolve(
 
     valid, leak_rejects = _handle_leaks(valid, config)
     rejects.extend(leak_rejects)
-    images = _images(valid, multi_caption or report.duplicate_content > 0)
+    images = _images(valid, multi_caption or naming.duplicate_content > 0)
     reject_table = pa.Table.from_pylist(sorted(rejects, key=lambda r: r["row_id"]), schema=REJECT_SCHEMA)
     return Resolution(images=images, rejects=reject_table, report=report, n_rows=n_rows)
 

@@ -16,20 +16,18 @@ followed; JSON members are refused above a size and nesting cap before parsing
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from . import FORMAT_VERSION
 from .errors import UsageError
 from .executors import make_executor
-from .finalize import INDEX, MANIFEST, REJECTS
+from .format import INDEX, MANIFEST, REJECTS, SHARD_NAME, Manifest, ManifestError, ShardEntry, read_manifest
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, EXTENSIONS
-from .plan import SHARD_NAME
 from .verify_shard import (
-    MAX_MANIFEST_BYTES,
     MAX_TEXT_BYTES,
     Problem,
     SampleInfo,
@@ -77,18 +75,15 @@ class VerifyReport:
 def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> VerifyReport:
     """Check the build in ``build_dir``; see the module docstring. ``decode`` also decodes every image."""
     build_dir = Path(build_dir)
-    manifest_path = build_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
     problems: list[Problem] = []
     try:
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ValueError(f"{MANIFEST} is larger than the cap of {MAX_MANIFEST_BYTES} bytes")
-        manifest = load_json_capped(manifest_path.read_bytes(), MANIFEST, MAX_MANIFEST_BYTES)
-        listed = _listed_shards(manifest)
-    except ValueError as e:
-        return VerifyReport(build_dir, (), (Problem(MANIFEST, "damaged", str(e)),), {})
-    formats, max_pixels = _image_options(manifest)
+        manifest = read_manifest(build_dir, check_names=False)  # unsafe names are reported below
+    except ManifestError as e:
+        return VerifyReport(build_dir, (), (Problem(MANIFEST, "damaged", f"{MANIFEST} {e.detail}"),), {})
+    if manifest is None:
+        raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
+    listed = {s.name: s for s in manifest.shards}
+    formats, max_pixels = _image_options(manifest.identity.options)
     reports: dict[str, ShardReport] = {}
     tasks = []
     for name in listed:
@@ -118,53 +113,33 @@ def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> Verify
     return VerifyReport(build_dir, shards, tuple(problems), counts)
 
 
-def _image_options(manifest: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+def _image_options(options: Mapping[str, Any]) -> tuple[tuple[str, ...], int]:
     """The build's image formats and pixel cap, but only within what capshard stores: a
     manifest must not be able to enable another Pillow plug-in (EPS would run Ghostscript)."""
-    options = manifest.get("options") if isinstance(manifest.get("options"), dict) else {}
-    listed = options.get("image_formats") if isinstance(options, dict) else None
+    listed = options.get("image_formats")
     formats = tuple(f for f in listed if f in EXTENSIONS) if isinstance(listed, list) else ()
-    max_pixels = options.get("max_pixels") if isinstance(options, dict) else None
+    max_pixels = options.get("max_pixels")
     if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
         max_pixels = DEFAULT_MAX_PIXELS
     return formats or DEFAULT_FORMATS, max_pixels
 
 
-def _listed_shards(manifest: Any) -> dict[str, dict[str, Any]]:
-    """Shard name -> its manifest entry; ValueError when the manifest is not capshard's."""
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-        raise ValueError(f"not a {FORMAT_VERSION} manifest")
-    splits, counts = manifest.get("splits"), manifest.get("counts")
-    if not isinstance(splits, dict) or not isinstance(counts, dict):
-        raise ValueError("manifest has no splits or counts")
-    for what in ("rows", "images", "captions", "rejected_rows"):
-        if not isinstance(counts.get(what), int) or isinstance(counts[what], bool) or counts[what] < 0:
-            raise ValueError(f"manifest counts.{what} is not a count")
-    listed: dict[str, dict[str, Any]] = {}
-    for split in splits.values():
-        for entry in split.get("shards", []) if isinstance(split, dict) else []:
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise ValueError("a shard entry has no name")
-            listed[entry["name"]] = entry
-    return listed
-
-
-def _against_manifest(report: ShardReport, entry: dict[str, Any]) -> ShardReport:
+def _against_manifest(report: ShardReport, entry: ShardEntry) -> ShardReport:
     """Add the differences between what a shard holds and what the manifest says."""
     name, problems = report.name, list(report.problems)
-    if report.sha256 != entry.get("sha256") or report.bytes != entry.get("bytes"):
+    if report.sha256 != entry.sha256 or report.bytes != entry.bytes:
         problems.insert(
             0,
             Problem(
                 name,
                 "damaged",
                 f"sha256 {report.sha256} ({report.bytes} bytes) differs from the "
-                f"manifest's {entry.get('sha256')} ({entry.get('bytes')} bytes)",
+                f"manifest's {entry.sha256} ({entry.bytes} bytes)",
             ),
         )
-    for what, have in (("images", report.images), ("captions", report.captions)):
-        if have != entry.get(what):
-            problems.append(Problem(name, "damaged", f"holds {have} {what}, the manifest says {entry.get(what)}"))
+    for what, have, said in (("images", report.images, entry.images), ("captions", report.captions, entry.captions)):
+        if have != said:
+            problems.append(Problem(name, "damaged", f"holds {have} {what}, the manifest says {said}"))
     status = "damaged" if problems else "ok"
     return ShardReport(
         name, status, report.images, report.captions, report.bytes, report.sha256, tuple(problems), report.samples
@@ -172,15 +147,15 @@ def _against_manifest(report: ShardReport, entry: dict[str, Any]) -> ShardReport
 
 
 def _check_build(
-    build_dir: Path, manifest: dict[str, Any], shards: tuple[ShardReport, ...], problems: list[Problem]
+    build_dir: Path, manifest: Manifest, shards: tuple[ShardReport, ...], problems: list[Problem]
 ) -> dict[str, int]:
     """Index, rejects and the row accounting; appends problems, returns the counts found."""
     samples = {s.key: (shard.name, s) for shard in shards for s in shard.samples}
     _check_index(build_dir, samples, {s.name for s in shards if s.status == "missing"}, problems)
     rejected = _reject_row_ids(build_dir, problems)
-    counts = manifest["counts"]
+    counts = manifest.counts.to_dict()
     found = {
-        "rows": counts.get("rows", 0),
+        "rows": counts["rows"],
         "images": len(samples),
         "captions": sum(s.captions for _, s in samples.values()),
         "rejected_rows": len(rejected),

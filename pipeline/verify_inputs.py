@@ -15,10 +15,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import IntegrityError, UsageError
-from .finalize import read_manifest
-from .identity import differences, identity_of_manifest
-from .inputs import INPUTS, InputChanges, compare, hash_all, image_root, read_listing, referenced_paths, scan
+from .errors import IntegrityError
+from .format import INPUTS, require_manifest
+from .identity import differences
+from .inputs import InputChanges, compare, hash_all, image_root, read_listing, referenced_paths, scan
 from .readers import SourceSpec, detect, get_reader
 from .schema import CAPTION_ROWS
 
@@ -48,16 +48,14 @@ class InputsReport:
 
 def verify_inputs(build_dir: Path, spec: SourceSpec, fmt: str = "auto", check: str = "stat") -> InputsReport:
     """Compare the images of ``spec`` now with those the build in ``build_dir`` was made from."""
-    manifest = read_manifest(build_dir)
-    if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished build (no manifest.json)")
+    manifest = require_manifest(build_dir)
     old_listing = read_listing(build_dir / INPUTS)
     if old_listing is None:
         raise IntegrityError(
             f"{build_dir} has no {INPUTS}: it was built by an older capshard; rebuild to record its inputs"
         )
     fmt = detect(spec) if fmt == "auto" else fmt
-    old = identity_of_manifest(manifest)
+    old = manifest.identity.to_dict()
     reading = old.get("reading") or {}
     if reading.get("id_column") is not None and spec.id_column is None:
         spec = dataclasses.replace(spec, id_column=reading["id_column"])  # what build's --id column:NAME set

@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .format import MAX_JSON_DEPTH
 from .media import EXTENSIONS, BadImage, probe
 from .resolve import sanitize_key
 from .tarwalk import Member, TarPolicy, TarWalk, split_name
@@ -25,10 +26,6 @@ from .tarwalk import Member, TarPolicy, TarWalk, split_name
 MAX_IMAGE_BYTES = 256 << 20
 #: Largest ``.json``/``.txt`` member, manifest or rejects line read (bytes).
 MAX_TEXT_BYTES = 16 << 20
-#: Largest manifest read (bytes): about a million shards.
-MAX_MANIFEST_BYTES = 256 << 20
-#: Deepest JSON nesting accepted; capshard's own JSON is 3 levels deep.
-MAX_JSON_DEPTH = 16
 
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _EXTS = ("jpg", "png", "webp", "json", "txt")

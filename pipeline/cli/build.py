@@ -17,7 +17,7 @@ from ..config import LEAK_POLICIES, NEAR_LEAK_POLICIES, BuildConfig
 from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
 from ..lock import LockHeld, hold
-from ..outputs import STATE
+from ..format import STATE, STATE_FILE
 from ..readers import SourceSpec, detect, format_mismatch
 from ..sample import DEFAULT_IMAGES as DEFAULT_SAMPLE_IMAGES
 from ..sample import MAX_IMAGES
@@ -225,7 +225,7 @@ def remove_created_if_unused(created: list[Path]) -> None:
         try:
             with hold(out, "build (clean-up after a failure)"):
                 entries = list(out.iterdir())
-                if any(not e.name.startswith(STATE) for e in entries) or (out / STATE / "state.json").exists():
+                if any(not e.name.startswith(STATE) for e in entries) or (out / STATE / STATE_FILE).exists():
                     return
                 shutil.rmtree(out / STATE, ignore_errors=True)
         except (LockHeld, OSError):

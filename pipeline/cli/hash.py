@@ -25,10 +25,10 @@ def hash_cmd(build_dir: Path, flip: bool, workers: int, executor: str, as_json: 
     Writes phash.parquet beside the build and lists it in manifest.json; no shard byte
     changes. An interrupted run resumes from the shards already hashed.
     """
-    from ..finalize import read_manifest
+    from ..format import read_manifest
 
     manifest = read_manifest(build_dir)
-    total = sum(len(s["shards"]) for s in manifest["splits"].values()) if manifest else 0
+    total = len(manifest.shards) if manifest else 0
     with progress_bar("hashing shards", total) as advance:
         result = hash_build(build_dir, workers=workers, executor=executor, flip=flip, on_progress=advance)
     if as_json:

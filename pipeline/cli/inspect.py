@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ..finalize import read_manifest
+from ..format import require_manifest
 from ..text import plural
 from .options import json_option
 
@@ -24,9 +23,7 @@ from .options import json_option
 @json_option
 def inspect(build_dir: Path, html_path: Path | None, samples: int, seed: int, as_json: bool) -> None:
     """Summarise the build in BUILD_DIR: counts per split, captions per image, resolution, rejects."""
-    manifest = read_manifest(build_dir)
-    if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished build (no manifest.json)")
+    manifest = require_manifest(build_dir).to_dict()
     if html_path is not None:
         from ..report_html import write_html
 

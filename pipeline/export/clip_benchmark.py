@@ -44,8 +44,8 @@ def export_clip_benchmark(
         (tmp / "nshards.txt").write_text(f"{len(shards)}\n")
         provenance = {
             "build": str(build_dir.resolve()),
-            "name": manifest["name"],
-            "version": manifest["version"],
+            "name": manifest.name,
+            "version": manifest.version,
             "split": split,
             "shards": {f"{i}.tar": name for i, name in enumerate(shards)},
         }
@@ -56,14 +56,14 @@ def export_clip_benchmark(
         write_bytes_atomic(out / "dataset_type.txt", f"{DATASET_TYPE}\n".encode())
     except OSError as e:
         raise OutputError(f"cannot write the export to {out}: {e.strerror or e}") from None
-    split_info = manifest["splits"][split]
+    split_info = manifest.splits[split]
     return {
         "target": "clip-benchmark",
         "out": str(out),
         "split": split,
         "shards": len(shards),
-        "images": split_info["images"],
-        "captions": split_info["captions"],
+        "images": split_info.images,
+        "captions": split_info.captions,
         "hard_links": linked,
         "copies": len(shards) - linked,
     }

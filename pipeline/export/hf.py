@@ -72,6 +72,6 @@ def export_hf(build_dir: Path, out: Path, *, split: str | None = None, overwrite
             os.replace(staged, out)
     except OSError as e:
         raise OutputError(f"cannot write the export to {out}: {e.strerror or e}") from None
-    images = sum(manifest["splits"][s]["images"] for s in ([split] if split else manifest["splits"]))
-    captions = sum(manifest["splits"][s]["captions"] for s in ([split] if split else manifest["splits"]))
+    chosen = [manifest.splits[split]] if split else list(manifest.splits.values())
+    images, captions = sum(s.images for s in chosen), sum(s.captions for s in chosen)
     return {"target": "hf", "out": str(out), "split": split, "rows": images, "images": images, "captions": captions}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IntegrityError, UsageError
-from ..finalize import read_manifest
+from ..format import Manifest, require_manifest
 from ..media import EXTENSIONS
 
 IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
@@ -35,21 +35,19 @@ class BuildSample:
         return list(self.meta["captions"])
 
 
-def load_build(build_dir: Path) -> dict[str, Any]:
+def load_build(build_dir: Path) -> Manifest:
     """The manifest of the finished build in ``build_dir``; UsageError when there is none."""
-    manifest = read_manifest(build_dir)
-    if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished build (no manifest.json)")
-    return manifest
+    return require_manifest(build_dir)
 
 
-def shard_names(manifest: dict[str, Any], split: str | None = None) -> list[str]:
-    """The build's shards in name order, of one split or of all; UsageError for an unknown split."""
-    splits = manifest["splits"]
+def shard_names(manifest: Manifest | dict[str, Any], split: str | None = None) -> list[str]:
+    """The build's shards in name order, of one split or of all (``manifest`` as read, or as
+    its parsed JSON); UsageError for an unknown split."""
+    splits = (manifest if isinstance(manifest, Manifest) else Manifest.from_dict(manifest)).splits
     if split is not None and split not in splits:
         raise UsageError(f"the build has no split {split!r} (splits: {', '.join(sorted(splits)) or 'none'})")
     chosen = [split] if split is not None else sorted(splits)
-    return sorted(s["name"] for name in chosen for s in splits[name]["shards"])
+    return sorted(s.name for name in chosen for s in splits[name].shards)
 
 
 def iter_samples(build_dir: Path, shards: list[str]) -> Iterator[BuildSample]:

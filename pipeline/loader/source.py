@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
-import json
 import logging
 import os
 import posixpath
@@ -39,16 +38,14 @@ from urllib.parse import urlparse
 
 import braceexpand
 
-from .. import FORMAT_VERSION
-from ..errors import SourceError, UsageError
-from ..format import SHARD_NAME
+from ..errors import UsageError
+from ..format import MANIFEST, Manifest, ShardEntry, manifest_url, read_manifest
 from ..tarwalk import TarWalk
 from .decode import member_key
 from .integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 VERIFY_MODES = ("sha256", "size", "none")
 Verify = Literal["sha256", "size", "none"]
 
@@ -105,57 +102,15 @@ def _open_remote(url: str) -> IO[bytes]:
         raise UsageError(f"cannot read {url}: {e} (install the fsspec backend for this scheme)") from None
 
 
-def _read_json(url: str) -> dict[str, Any] | None:
-    """A JSON document at ``url``, or None when there is none."""
-    try:
-        if is_remote(url):
-            with _open_remote(url) as f:
-                data = f.read()
-        else:
-            data = Path(_local_path(url)).read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        doc = json.loads(data)
-    except json.JSONDecodeError as e:
-        raise SourceError(url, f"line {e.lineno}", f"not valid JSON: {e.msg}") from None
-    if not isinstance(doc, dict):
-        raise SourceError(url, "top level", "a manifest must be a JSON object")
-    return doc
-
-
-def _check_manifest(doc: dict[str, Any], url: str) -> None:
-    fmt = doc.get("format")
-    if fmt != FORMAT_VERSION:
-        raise SourceError(url, "format", f"expected {FORMAT_VERSION!r}, found {fmt!r}")
-    if not isinstance(doc.get("splits"), dict):
-        raise SourceError(url, "splits", "missing or not an object")
-
-
-def _shard_entries(doc: dict[str, Any], split: str, url: str) -> list[dict[str, Any]]:
-    splits = doc["splits"]
-    if split not in splits:
-        names = ", ".join(sorted(splits)) or "none"
+def _shard_entries(doc: Manifest, split: str, url: str) -> tuple[ShardEntry, ...]:
+    if split not in doc.splits:
+        names = ", ".join(sorted(doc.splits)) or "none"
         raise UsageError(f"split {split!r} is not in {url} (splits: {names})")
-    shards = splits[split].get("shards")
-    if not isinstance(shards, list):
-        raise SourceError(url, f"splits.{split}.shards", "missing or not a list")
-    for i, entry in enumerate(shards):
-        # A manifest is data: a name like "../x" or "/etc/passwd" must not choose what is read.
-        if not isinstance(entry, dict) or not SHARD_NAME.fullmatch(str(entry.get("name"))):
-            raise SourceError(url, f"splits.{split}.shards[{i}]", "not a shard entry named SPLIT-NNNNNN.tar")
-    return shards
+    return doc.splits[split].shards
 
 
-def _info(url: str, entry: dict[str, Any]) -> ShardInfo:
-    return ShardInfo(
-        url=url,
-        name=str(entry["name"]),
-        images=int(entry["images"]),
-        captions=int(entry["captions"]) if "captions" in entry else None,
-        bytes=int(entry["bytes"]) if "bytes" in entry else None,
-        sha256=str(entry["sha256"]) if "sha256" in entry else None,
-    )
+def _info(url: str, entry: ShardEntry) -> ShardInfo:
+    return ShardInfo(url, entry.name, entry.images, entry.captions, entry.bytes, entry.sha256)
 
 
 def _join(root: str, name: str) -> str:
@@ -184,19 +139,17 @@ def resolve_source(source: str | os.PathLike[str] | Sequence[str | os.PathLike[s
 
 
 def _from_build(root: str, split: str | None) -> ShardSet:
-    url = _join(root, MANIFEST)
-    doc = _read_json(url)
+    doc = read_manifest(root)
     if doc is None:
         raise UsageError(f"{root} is not a capshard build: it has no {MANIFEST} (is the build finished?)")
-    _check_manifest(doc, url)
     if split is None:
-        if len(doc["splits"]) != 1:
-            raise UsageError(f"give a split to read from {root} (splits: {', '.join(sorted(doc['splits']))})")
-        split = next(iter(doc["splits"]))
-    shards = tuple(_info(_join(root, str(e["name"])), e) for e in _shard_entries(doc, split, url))
+        if len(doc.splits) != 1:
+            raise UsageError(f"give a split to read from {root} (splits: {', '.join(sorted(doc.splits))})")
+        split = next(iter(doc.splits))
+    shards = tuple(_info(_join(root, e.name), e) for e in _shard_entries(doc, split, manifest_url(root)))
     if not shards:
         raise UsageError(f"split {split!r} of {root} has no shards")
-    return ShardSet(shards, split, root, doc)
+    return ShardSet(shards, split, root, doc.to_dict())
 
 
 def expand_urls(urls: Sequence[str]) -> list[str]:
@@ -228,17 +181,12 @@ def _from_urls(patterns: Sequence[str], split: str | None) -> ShardSet:
         urls = [u for u in urls if posixpath.basename(_local_path(u)).startswith(f"{split}-")]
         if not urls:
             raise UsageError(f"none of the given shards belongs to split {split!r} (names {split}-NNNNNN.tar)")
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str, ShardEntry] = {}
     parents = (posixpath.dirname(u) if is_remote(u) else str(Path(_local_path(u)).parent) for u in urls)
     for parent in dict.fromkeys(parents):
-        url = _join(parent, MANIFEST)
-        doc = _read_json(url)
-        if doc is None:
-            continue
-        _check_manifest(doc, url)
-        for s in doc["splits"].values():
-            for e in s.get("shards", []):
-                known[_join(parent, str(e["name"]))] = e
+        doc = read_manifest(parent)
+        for e in doc.shards if doc is not None else ():
+            known[_join(parent, e.name)] = e
     shards = []
     for u in urls:
         entry = known.get(u if is_remote(u) else str(Path(_local_path(u))))
