@@ -16,8 +16,8 @@ from ..build import build as run_build
 from ..config import LEAK_POLICIES, NEAR_LEAK_POLICIES, BuildConfig
 from ..errors import SourceError, UsageError
 from ..executors import EXECUTORS
-from ..lock import LockHeld, hold
 from ..format import STATE, STATE_FILE
+from ..lock import LockHeld, hold
 from ..readers import SourceSpec, detect, format_mismatch
 from ..sample import DEFAULT_IMAGES as DEFAULT_SAMPLE_IMAGES
 from ..sample import MAX_IMAGES
