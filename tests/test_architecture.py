@@ -54,10 +54,8 @@ def _parses_json(f: ast.AST) -> bool:
     for n in ast.walk(f):
         if not isinstance(n, ast.Call):
             continue
-        if isinstance(n.func, ast.Attribute) and n.func.attr in ("load", "loads"):
-            if isinstance(n.func.value, ast.Name) and n.func.value.id == "json":
-                return True
-        if isinstance(n.func, (ast.Name, ast.Attribute)) and ast.unparse(n.func).endswith("loads_capped"):
+        called = ast.unparse(n.func)
+        if called in ("json.load", "json.loads") or called.endswith("loads_capped"):
             return True
     return False
 
