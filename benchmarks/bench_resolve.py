@@ -26,18 +26,26 @@ from pathlib import Path
 CAPTIONS_PER_IMAGE = 5
 
 
-def synthetic(n_rows: int, batch: int = 65536):  # noqa: ANN201 - pyarrow tables, imported lazily
+#: Caption text per row: Flickr30k-like length (~70 characters), or a short one (~12), to show
+#: how much of the peak memory is the caption text that build holds and copies into the plan.
+CAPTIONS = {
+    "flickr": "A person in a red jacket walks a dog along the beach number ",
+    "short": "a dog ",
+}
+
+
+def synthetic(n_rows: int, batch: int = 65536, captions: str = "flickr"):  # noqa: ANN201 - pyarrow tables, imported lazily
     """Caption rows (``CAPTION_ROWS``, in reader-sized batches) and the probe table of their images."""
     import pyarrow as pa
 
     from pipeline.schema import CAPTION_ROWS
 
-    batches = [_rows(start, min(start + batch, n_rows)) for start in range(0, n_rows, batch)]
+    batches = [_rows(start, min(start + batch, n_rows), CAPTIONS[captions]) for start in range(0, n_rows, batch)]
     rows = pa.Table.from_batches(batches, schema=CAPTION_ROWS)
     return rows, _probed(-(-n_rows // CAPTIONS_PER_IMAGE))
 
 
-def _rows(start: int, stop: int):  # noqa: ANN202
+def _rows(start: int, stop: int, text: str):  # noqa: ANN202
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -49,7 +57,7 @@ def _rows(start: int, stop: int):  # noqa: ANN202
     image = pa.array(np.arange(start, stop, dtype=np.int64) // CAPTIONS_PER_IMAGE)
     number = pc.cast(pc.subtract(row_id, pc.multiply(image, CAPTIONS_PER_IMAGE)), pa.string())
     caption = pc.binary_join_element_wise(
-        "A person in a red jacket walks a dog along the beach number ", pc.cast(row_id, pa.string()), " .", ""
+        text, pc.cast(row_id, pa.string()), " .", ""
     )
     caption = pc.if_else(pc.equal(pc.bit_wise_and(row_id, 1023), 7), pa.scalar("  "), caption)
     nulls = pa.nulls(n, pa.string())
@@ -110,14 +118,14 @@ def _probed(n_images: int):  # noqa: ANN202
     return pa.table(columns, schema=PROBE_SCHEMA).sort_by([("image_path", "ascending"), ("image_index", "ascending")])
 
 
-def measure(n_rows: int) -> dict:
+def measure(n_rows: int, captions: str = "flickr") -> dict:
     """One size, in this process: generate, then time distinct_refs + resolve as build calls them."""
     from pipeline.config import BuildConfig
     from pipeline.probe import distinct_refs
     from pipeline.resolve import resolve
 
     t0 = time.perf_counter()
-    rows, probed = synthetic(n_rows)
+    rows, probed = synthetic(n_rows, captions=captions)
     generated = time.perf_counter() - t0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     config = BuildConfig(out=Path("/nonexistent-bench-out"), workers=1)
@@ -130,6 +138,7 @@ def measure(n_rows: int) -> dict:
     assert refs.num_rows == probed.num_rows
     return {
         "rows": n_rows,
+        "captions": captions,
         "images": resolution.images.num_rows,
         "rejects": resolution.rejects.num_rows,
         "generate_s": round(generated, 2),
@@ -143,12 +152,12 @@ def measure(n_rows: int) -> dict:
     }
 
 
-def run_fresh(n_rows: int, python: str = sys.executable, repo: Path | None = None) -> dict:
+def run_fresh(n_rows: int, captions: str = "flickr", python: str = sys.executable, repo: Path | None = None) -> dict:
     """``measure(n_rows)`` in a fresh subprocess (its own peak RSS); ``repo`` goes first on the path."""
     repo = repo or Path(__file__).resolve().parent.parent
     code = (
         f"import sys, json; sys.path.insert(0, {str(repo)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-        f"import bench_resolve; print(json.dumps(bench_resolve.measure({n_rows})))"
+        f"import bench_resolve; print(json.dumps(bench_resolve.measure({n_rows}, {captions!r})))"
     )
     out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, cwd=repo).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -158,13 +167,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--repo", type=Path, help="Checkout to measure (default: this one).")
+    ap.add_argument("--captions", choices=sorted(CAPTIONS), default="flickr", help="Caption text length.")
     args = ap.parse_args()
-    results = [run_fresh(n, repo=args.repo) for n in args.rows]
+    results = [run_fresh(n, args.captions, repo=args.repo) for n in args.rows]
     for r in results:
         print(json.dumps(r))
     if len(results) > 1:
-        print(f"per-row cost {results[-1]['rows']:,} / {results[0]['rows']:,}: "
-              f"{results[-1]['us_per_row'] / results[0]['us_per_row']:.2f}x")
+        first, last = results[0], results[-1]
+        print(f"per-row cost {last['rows']:,} / {first['rows']:,}: wall {last['us_per_row'] / first['us_per_row']:.2f}x, "
+              f"cpu {last['cpu_s'] / last['rows'] / (first['cpu_s'] / first['rows']):.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ kept (they are real annotations, and dropping them would change the published co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -89,39 +90,27 @@ def resolve(
     """
     n_rows = rows.num_rows
     pos = cols.probe_positions(rows, probed, ref_key)
-    image_reason = cols.take(probed["image_reason"], pos)  # null where pos is -1 (no probe row)
     caption = cols.trimmed(rows["caption"])
-    length = pc.utf8_length(caption)
-    no_ref = pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"]))
-    none = pa.scalar(None, pa.string())
-    good_split = pc.match_substring_regex(rows["split"], SPLIT_NAME)
-    reason = pc.coalesce(
-        rows["reject"],
-        pc.if_else(pc.is_null(rows["split"]), pa.scalar("no_split"), none),
-        pc.if_else(good_split, none, pa.scalar("bad_split_name")),
-        pc.if_else(no_ref, pa.scalar("missing_image"), pa.scalar(None, pa.string())),
-        pa.chunked_array([image_reason]) if isinstance(rows["reject"], pa.ChunkedArray) else image_reason,
-        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), pa.scalar(None, pa.string())),
-        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), pa.scalar(None, pa.string())),
-        pc.if_else(
-            pc.greater(length, config.max_caption_chars),
-            pa.scalar("caption_too_long"),
-            pa.scalar(None, pa.string()),
-        ),
-    )
-    del length, no_ref, good_split
-
     strategy = config.id
     names, id_source = _source_names(rows, config, id_column)
-    if strategy == "filename" or config.id_column is not None:
-        missing = pc.and_(pc.is_null(reason), pc.is_null(names))
-        code = "no_file_name" if strategy == "filename" else "no_image_id"
-        reason = pc.if_else(missing, pa.scalar(code), reason)
-
-    rejected = cols._np(pc.is_valid(reason))
-    rejects = _row_rejects(rows, probed, pos, caption, reason, np.flatnonzero(rejected), config)
+    needs_name = strategy == "filename" or config.id_column is not None
+    # Which rows get a reason: cheap boolean columns; the reasons themselves only for those rows.
+    length = pc.utf8_length(caption)
+    flagged = [
+        pc.is_valid(rows["reject"]),
+        pc.is_null(rows["split"]),
+        pc.invert(pc.fill_null(pc.match_substring_regex(rows["split"], SPLIT_NAME), True)),
+        pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"])),
+        pc.fill_null(pc.greater(length, config.max_caption_chars), True),
+        pc.fill_null(pc.equal(length, 0), False),
+        *([pc.is_null(names)] if needs_name else []),
+    ]
+    rejected = cols._np(functools.reduce(pc.or_, flagged)) | cols.probe_failed(probed, pos)
+    del length, flagged
+    at = np.flatnonzero(rejected)
+    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, at, config)
     valid = np.flatnonzero(~rejected)
-    del reason, rejected
+    del rejected
 
     report: dict[str, Any] = {
         "strategy": strategy,
@@ -134,10 +123,10 @@ def resolve(
     shas, sha_of_probe = cols.codes(probed["sha256"])
     assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
     sha = sha_of_probe[pos[valid]]
-    name_values, name = cols.codes(cols.take(names, valid))
+    name_values, name = cols.codes(names)  # over all rows: no copy of the column
+    name = name[valid]
     if strategy in ("auto", "content"):
-        file_names = cols.take(rows["file_name"], valid)
-        image_ids = _name_by_content(shas, sha, name_values, name, file_names, strategy, report)
+        image_ids = _name_by_content(shas, sha, name_values, name, rows["file_name"], valid, strategy, report)
         identity = sha
     else:
         image_ids = _trusted_ids(name_values, name, sha, report)
@@ -162,27 +151,49 @@ def _row_rejects(
     probed: pa.Table,
     pos: np.ndarray,
     caption: pa.ChunkedArray,
-    reason: pa.ChunkedArray,
+    names: pa.ChunkedArray | None,
     at: np.ndarray,
     config: BuildConfig,
 ) -> list[dict[str, Any]]:
-    """The reject records of the rows at positions ``at`` (a few, in a normal build)."""
+    """The reject records of the rows at positions ``at`` (a few, in a normal build).
+
+    ``names``: the source names when the strategy needs one per row (else ``None``).
+    """
     if len(at) == 0:
         return []
-    table = pa.table(
+    rows = pa.table(
         {
-            "row_id": cols.take(rows["row_id"], at),
-            "location": cols.take(rows["location"], at),
+            **{c: cols.take(rows[c], at) for c in ("row_id", "location", "reject", "split", "image_path", "image_index")},
             "caption": cols.take(caption, at),
-            "split": cols.take(rows["split"], at),
-            "image_path": cols.take(rows["image_path"], at),
-            "image_index": cols.take(rows["image_index"], at),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
             "image_detail": cols.take(probed["image_detail"], pos[at]),
-            "reason": cols.take(reason, at),
         }
     )
-    return [_reject_record(r, config) for r in table.to_pylist()]
+    caption = rows["caption"]
+    length = pc.utf8_length(caption)
+    no_ref = pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"]))
+    none = pa.scalar(None, pa.string())
+    good_split = pc.match_substring_regex(rows["split"], SPLIT_NAME)
+    reason = pc.coalesce(
+        rows["reject"],
+        pc.if_else(pc.is_null(rows["split"]), pa.scalar("no_split"), none),
+        pc.if_else(good_split, none, pa.scalar("bad_split_name")),
+        pc.if_else(no_ref, pa.scalar("missing_image"), pa.scalar(None, pa.string())),
+        rows["image_reason"],
+        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), pa.scalar(None, pa.string())),
+        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), pa.scalar(None, pa.string())),
+        pc.if_else(
+            pc.greater(length, config.max_caption_chars),
+            pa.scalar("caption_too_long"),
+            pa.scalar(None, pa.string()),
+        ),
+    )
+    if names is not None:
+        missing = pc.and_(pc.is_null(reason), pc.is_null(cols.take(names, at)))
+        code = "no_file_name" if config.id == "filename" else "no_image_id"
+        reason = pc.if_else(missing, pa.scalar(code), reason)
+    rows = rows.append_column("reason", reason)
+    return [_reject_record(r, config) for r in rows.to_pylist()]
 
 
 def _source_names(rows: pa.Table, config: BuildConfig, id_column: str | None) -> tuple[pa.ChunkedArray, str]:
@@ -203,13 +214,15 @@ def _name_by_content(
     sha: np.ndarray,
     names: pa.Array,
     name: np.ndarray,
-    file_names: pa.Array,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
     strategy: str,
     report: dict[str, Any],
 ) -> pa.Array:
     """Image id per content-hash code (null for hashes no valid row has); counts merges and conflicts.
 
-    ``sha``/``name``: per valid row, codes into ``shas``/``names`` (-1: no name). A hash with
+    ``sha``/``name``: per valid row (``valid``: their positions), codes into ``shas``/``names``
+    (-1: no name); ``file_names``: the column of all rows. A hash with
     one source name takes it; a hash with several (merged ids) is decided in Python.
     """
     pair_sha, pair_name = cols.distinct_pairs(sha, name)  # first-appearance order
@@ -227,7 +240,9 @@ def _name_by_content(
         suffixed = pc.binary_join_element_wise(named_id, pc.utf8_slice_codeunits(cols.take(shas, single), 0, 8), "~")
         named_id = pc.if_else(pa.array(conflicted[the_name[single]]), suffixed, named_id)
         ids = _put(ids, single, named_id)
-        ids = _merged_ids(ids, shas, sha, names, pair_sha, pair_name, names_per_sha, conflicted, file_names, report)
+        ids = _merged_ids(
+            ids, shas, sha, names, pair_sha, pair_name, names_per_sha, conflicted, file_names, valid, report
+        )
         conflicted_names = cols.take(names, np.flatnonzero(conflicted)).to_pylist()
         report["conflicts"] = len(conflicted_names)
         if conflicted_names:
@@ -248,7 +263,8 @@ def _merged_ids(
     pair_name: np.ndarray,
     names_per_sha: np.ndarray,
     conflicted: np.ndarray,
-    file_names: pa.Array,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
     report: dict[str, Any],
 ) -> pa.Array:
     """Ids of hashes that several source ids share (in Python: they are few), and their report note."""
@@ -265,7 +281,7 @@ def _merged_ids(
     merged_codes = np.array(list(merged))
     files: dict[int, set[str]] = {s: set() for s in merged}
     rows = np.flatnonzero(np.isin(sha, merged_codes))
-    for s, f in zip(sha[rows].tolist(), cols.take(file_names, rows).to_pylist(), strict=True):
+    for s, f in zip(sha[rows].tolist(), cols.take(file_names, valid[rows]).to_pylist(), strict=True):
         if f is not None:
             files[s].add(f)
     sha_text = cols.take(shas, merged_codes).to_pylist()
@@ -332,7 +348,8 @@ def _handle_leaks(
 
     Returns which valid rows stay (a mask) and the reject records of the others.
     """
-    splits, split = cols.codes(cols.take(rows["split"], valid))
+    splits, split = cols.codes(rows["split"])
+    split = split[valid]
     pair_image, pair_split = cols.distinct_pairs(identity, split)
     leaked_codes = np.flatnonzero(np.bincount(pair_image, minlength=len(image_ids)) > 1)
     keep_rows = np.ones(len(valid), bool)
@@ -399,7 +416,8 @@ def _aggregate(
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
     order, rank, n = valid[local], rank[local], len(by_id)
     starts = np.searchsorted(rank, np.arange(n))
-    urls, url = cols.codes(cols.take(rows["url"], order))
+    urls, url = cols.codes(rows["url"])
+    url = url[order]
     # As group_by's "first": the first non-null value of each column, in source order.
     in_probe = pos[order]
     return pa.table(

@@ -126,3 +126,9 @@ def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts:
     at = at.copy()
     at[found] = index[rows[first]]
     return take(values, at)
+
+
+def probe_failed(probed: pa.Table, pos: np.ndarray) -> np.ndarray:
+    """Per row, whether the probe rejected its image (a reason in ``probed``; -1: not probed, False)."""
+    failed = np.append(_np(pc.is_valid(probed["image_reason"])), False)
+    return failed[pos]  # pos -1 reads the appended False
