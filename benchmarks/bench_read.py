@@ -39,8 +39,10 @@ def synthetic_token_file(path: Path, n_rows: int) -> Path:
     if not path.exists():
         with open(path, "w", encoding="utf-8") as f:
             for i in range(n_rows):
-                f.write(f"{1000000000 + i // 5}_{(i // 5) * 7919 % 10**10:x}.jpg#{i % 5}\t"
-                        f"A person in a red jacket walks a dog along the beach number {i} .\n")
+                f.write(
+                    f"{1000000000 + i // 5}_{(i // 5) * 7919 % 10**10:x}.jpg#{i % 5}\t"
+                    f"A person in a red jacket walks a dog along the beach number {i} .\n"
+                )
     return path
 
 
@@ -63,13 +65,17 @@ def main() -> None:
     ap.add_argument("--synthetic-dir", type=Path, default=Path("/tmp"))
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    splits = [(s, str(REAL / f"Flickr_8k.{f}Images.txt")) for s, f in (("train", "train"), ("val", "dev"), ("test", "test"))]
+    splits = [
+        (s, str(REAL / f"Flickr_8k.{f}Images.txt")) for s, f in (("train", "train"), ("val", "dev"), ("test", "test"))
+    ]
     cases = [
         ("Flickr8k.token.txt + split lists", "flickr", REAL / "Flickr8k.token.txt", splits),
         ("Kaggle captions.txt", "flickr", REAL / "captions.txt", []),
         ("COCO captions_val2017.json", "coco", REAL / "captions_val2017.json", []),
     ]
-    synthetic = synthetic_token_file(args.synthetic_dir / f"synthetic-{args.synthetic_rows}.token.txt", args.synthetic_rows)
+    synthetic = synthetic_token_file(
+        args.synthetic_dir / f"synthetic-{args.synthetic_rows}.token.txt", args.synthetic_rows
+    )
     cases.append((f"synthetic token file, {args.synthetic_rows:,} rows", "flickr", synthetic, []))
     for name, fmt, path, split_files in cases:
         images = args.synthetic_dir / "bench-read-images"  # an empty folder: no image is opened

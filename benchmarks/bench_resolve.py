@@ -34,7 +34,7 @@ CAPTIONS = {
 }
 
 
-def synthetic(n_rows: int, batch: int = 65536, captions: str = "flickr"):  # noqa: ANN201 - pyarrow tables, imported lazily
+def synthetic(n_rows: int, batch: int = 65536, captions: str = "flickr"):
     """Caption rows (``CAPTION_ROWS``, in reader-sized batches) and the probe table of their images."""
     import pyarrow as pa
 
@@ -45,7 +45,7 @@ def synthetic(n_rows: int, batch: int = 65536, captions: str = "flickr"):  # noq
     return rows, _probed(-(-n_rows // CAPTIONS_PER_IMAGE))
 
 
-def _rows(start: int, stop: int, text: str):  # noqa: ANN202
+def _rows(start: int, stop: int, text: str):
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -56,9 +56,7 @@ def _rows(start: int, stop: int, text: str):  # noqa: ANN202
     row_id = pa.array(np.arange(start, stop, dtype=np.int64))
     image = pa.array(np.arange(start, stop, dtype=np.int64) // CAPTIONS_PER_IMAGE)
     number = pc.cast(pc.subtract(row_id, pc.multiply(image, CAPTIONS_PER_IMAGE)), pa.string())
-    caption = pc.binary_join_element_wise(
-        text, pc.cast(row_id, pa.string()), " .", ""
-    )
+    caption = pc.binary_join_element_wise(text, pc.cast(row_id, pa.string()), " .", "")
     caption = pc.if_else(pc.equal(pc.bit_wise_and(row_id, 1023), 7), pa.scalar("  "), caption)
     nulls = pa.nulls(n, pa.string())
     columns = {
@@ -77,7 +75,7 @@ def _rows(start: int, stop: int, text: str):  # noqa: ANN202
     return pa.RecordBatch.from_pydict(columns, schema=CAPTION_ROWS)
 
 
-def _file_name(image):  # noqa: ANN001, ANN202
+def _file_name(image):
     """Flickr-like names: 10 digits, ``_``, a hash-like suffix, ``.jpg``."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -87,13 +85,13 @@ def _file_name(image):  # noqa: ANN001, ANN202
     return pc.binary_join_element_wise(stem, suffix, ".jpg", "_")
 
 
-def _image_path(image):  # noqa: ANN001, ANN202
+def _image_path(image):
     import pyarrow.compute as pc
 
     return pc.binary_join_element_wise("/data/flickr30k/flickr30k-images/", _file_name(image), "")
 
 
-def _probed(n_images: int):  # noqa: ANN202
+def _probed(n_images: int):
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -174,8 +172,10 @@ def main() -> None:
         print(json.dumps(r))
     if len(results) > 1:
         first, last = results[0], results[-1]
-        print(f"per-row cost {last['rows']:,} / {first['rows']:,}: wall {last['us_per_row'] / first['us_per_row']:.2f}x, "
-              f"cpu {last['cpu_s'] / last['rows'] / (first['cpu_s'] / first['rows']):.2f}x")
+        print(
+            f"per-row cost {last['rows']:,} / {first['rows']:,}: wall {last['us_per_row'] / first['us_per_row']:.2f}x, "
+            f"cpu {last['cpu_s'] / last['rows'] / (first['cpu_s'] / first['rows']):.2f}x"
+        )
 
 
 if __name__ == "__main__":

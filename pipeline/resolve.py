@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import BuildConfig
 from . import resolve_columns as cols
+from .config import BuildConfig
 from .errors import BuildError
 
 REJECT_SCHEMA = pa.schema(
@@ -163,7 +163,10 @@ def _row_rejects(
         return []
     rows = pa.table(
         {
-            **{c: cols.take(rows[c], at) for c in ("row_id", "location", "reject", "split", "image_path", "image_index")},
+            **{
+                c: cols.take(rows[c], at)
+                for c in ("row_id", "location", "reject", "split", "image_path", "image_index")
+            },
             "caption": cols.take(caption, at),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
             "image_detail": cols.take(probed["image_detail"], pos[at]),

@@ -11,13 +11,13 @@ ids, clashing image ids, leaked images, rejected rows).
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-ArrayLike = pa.Array | pa.ChunkedArray
+ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
 _KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
@@ -84,9 +84,7 @@ def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def distinct_lists(
-    values: pa.Array, code: np.ndarray, group: np.ndarray, n_groups: int
-) -> pa.Array:
+def distinct_lists(values: pa.Array, code: np.ndarray, group: np.ndarray, n_groups: int) -> pa.Array:
     """Per group, its distinct non-null values in order of first appearance (rows ordered by group)."""
     named = code >= 0
     g, c = distinct_pairs(group[named], code[named])

@@ -220,7 +220,7 @@ class FlickrReader(Reader):
     def rows(self) -> Iterator[dict[str, Any]]:
         yield from self._rows(*self._prepare())
 
-    def _prepare(self) -> tuple[Path, Path, dict[str, str] | None, str]:
+    def _prepare(self) -> tuple[str, Path, dict[str, str] | None, str]:
         """Image folder, caption file, split lists and layout, each checked."""
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
@@ -238,15 +238,15 @@ class FlickrReader(Reader):
             found = columns.token_records(path, functools.partial(_token_line, path))
             if found is None:
                 return None
-            records, spaced = found
-            _log_spaced(path, spaced.tolist())
+            records, spaced_lines = found
+            _log_spaced(path, spaced_lines.tolist())
             return records
         if layout == "results":
             spaced = _results_spaced(path)
             return columns.results_records(path, functools.partial(_results_line, path, spaced=spaced), spaced)
         return columns.captions_records(path)
 
-    def _caption_table(self, root: Path, path: Path, splits: dict[str, str] | None, records: pa.Table) -> pa.Table:
+    def _caption_table(self, root: str, path: Path, splits: dict[str, str] | None, records: pa.Table) -> pa.Table:
         """``CAPTION_ROWS`` of parsed records; rows of images in no split list rejected."""
         name, n = records["name"], records.num_rows
         if splits is None:
@@ -278,7 +278,7 @@ class FlickrReader(Reader):
         self._log_split_coverage(path, n_unlisted, n_no_captions)
         return table
 
-    def _rows(self, root: Path, path: Path, splits: dict[str, str] | None, layout: str) -> Iterator[dict[str, Any]]:
+    def _rows(self, root: str, path: Path, splits: dict[str, str] | None, layout: str) -> Iterator[dict[str, Any]]:
         unlisted: set[str] = set()
         seen: set[str] = set()
         for rec in _PARSERS[layout](path):

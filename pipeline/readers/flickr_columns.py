@@ -27,7 +27,9 @@ _RESULTS = rf"(?s)^{WS}*(?P<name>[^|]*?){WS}*\|{WS}*(?P<number>[0-9]+){WS}*\|(?P
 _CAPTIONS = r'^(?P<name>[^",]+),(?:"(?P<quoted>(?:[^"]|"")*)"|(?P<caption>[^",]*))$'
 
 #: Columns of a parsed file: 1-based line, image name, caption number, caption.
-RECORDS = pa.schema([("line", pa.int64()), ("name", pa.string()), ("caption_id", pa.string()), ("caption", pa.string())])
+RECORDS = pa.schema(
+    [("line", pa.int64()), ("name", pa.string()), ("caption_id", pa.string()), ("caption", pa.string())]
+)
 
 #: ``parse(line_number, line) -> (name, caption_id, caption)`` for one line the pattern left
 #: (raises ``SourceError`` for a malformed one), as the Python reader parses it.
@@ -56,9 +58,7 @@ def lines(path: Path, *, csv: bool = False) -> tuple[pa.Array, np.ndarray] | Non
     return all_lines.filter(kept), numbers
 
 
-def _matched(
-    found: pa.Array, numbers: np.ndarray, text: pa.Array, caption_id: pa.Array, parse: LineParser
-) -> pa.Table:
+def _matched(found: pa.Array, numbers: np.ndarray, text: pa.Array, caption_id: pa.Array, parse: LineParser) -> pa.Table:
     """The records of the lines the pattern matched, merged in file order with the others parsed in Python."""
     ok = found.is_valid()
     name, caption = pc.struct_field(found, "name"), pc.struct_field(found, "caption")
