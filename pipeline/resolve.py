@@ -419,8 +419,6 @@ def _aggregate(
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
     order, rank, n = valid[local], rank[local], len(by_id)
     starts = np.searchsorted(rank, np.arange(n))
-    urls, url = cols.codes(rows["url"])
-    url = url[order]
     # As group_by's "first": the first non-null value of each column, in source order.
     in_probe = pos[order]
     return pa.table(
@@ -429,8 +427,7 @@ def _aggregate(
             "captions": cols.list_column(cols.take(caption, order), rank, n),
             "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
             "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
-            "source_ids": cols.distinct_lists(names, name[local], rank, n),
-            "source_urls": cols.distinct_lists(urls, url, rank, n),
+            **_source_lists(rows, valid, identity, image_ids, names, name, by_id),
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
             **{
                 c: cols.first_valid(probed[c], in_probe, rank, starts)
@@ -439,6 +436,37 @@ def _aggregate(
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("image_path", "image_index", "file_name")},
         }
     )
+
+
+def _source_lists(
+    rows: pa.Table,
+    valid: np.ndarray,
+    identity: np.ndarray,
+    image_ids: pa.Array,
+    names: pa.Array,
+    name: np.ndarray,
+    by_id: np.ndarray,
+) -> dict[str, pa.Array]:
+    """Per image (in ``by_id`` order), its distinct source ids and URLs.
+
+    Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
+    its hash table), and the ids are written into every sample's JSON: so this is the same
+    call on the same strings in the same row order as before, on just the three columns.
+    """
+    table = pa.table(
+        {
+            "image_id": cols.take(image_ids, identity),
+            "name": cols.take(names, name),
+            "url": cols.take(rows["url"], valid),
+        }
+    )
+    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
+    del table
+    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
+    return {
+        "source_ids": grouped["name_distinct"].combine_chunks().take(at),
+        "source_urls": grouped["url_distinct"].combine_chunks().take(at),
+    }
 
 
 def _check_single_captions(images: pa.Table, multi_caption: bool, report: dict[str, Any]) -> None:

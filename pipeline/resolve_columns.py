@@ -84,13 +84,6 @@ def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
-def distinct_lists(values: pa.Array, code: np.ndarray, group: np.ndarray, n_groups: int) -> pa.Array:
-    """Per group, its distinct non-null values in order of first appearance (rows ordered by group)."""
-    named = code >= 0
-    g, c = distinct_pairs(group[named], code[named])
-    return list_column(take(values, c), g, n_groups)
-
-
 def sanitized_keys(image_ids: pa.Array) -> pa.Array:
     """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python."""
     kept = pc.match_substring_regex(image_ids, _KEY_KEPT)
