@@ -39,8 +39,31 @@ def _np(values: ArrayLike) -> np.ndarray:
 def take(values: ArrayLike, indices: np.ndarray) -> pa.Array:
     """``values`` at ``indices`` as one array; an index of -1 gives null."""
     negative = indices < 0
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
+        return _take_by_chunk(values, indices)
     out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
     return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+def _take_by_chunk(values: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
+    """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
+    it (a copy of the whole column, to take a few rows of it)."""
+    starts = np.cumsum([0] + [len(c) for c in values.chunks])
+    chunk = np.searchsorted(starts, indices, side="right") - 1
+    by_chunk = np.argsort(chunk, kind="stable")
+    bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
+    pieces = [
+        values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
+        for c in range(values.num_chunks)
+        if bounds[c + 1] > bounds[c]
+    ]
+    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
+    del pieces
+    if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
+        return gathered  # already in the order asked
+    inverse = np.empty_like(by_chunk)
+    inverse[by_chunk] = np.arange(len(by_chunk))
+    return gathered.take(pa.array(inverse))
 
 
 def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarray:
