@@ -189,6 +189,17 @@ def _copy_file_atomic(source: Path, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def read_parquet(location: Location, options: Options = None, columns: list[str] | None = None) -> Any:
+    """The Parquet table at ``location`` (a ``pyarrow.Table``; pyarrow is imported here, when needed)."""
+    import pyarrow.parquet as pq
+
+    path = local_path(location)
+    if path is not None:
+        return pq.read_table(path, columns=columns)
+    with open_read(location, options) as f:
+        return pq.read_table(f, columns=columns)
+
+
 def exists(location: Location, options: Options = None) -> bool:
     """Whether an object (or file) is stored at ``location``, as the store says now (no cached listing)."""
     path = local_path(location)
