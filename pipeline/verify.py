@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from . import storage
 from .errors import UsageError
@@ -289,7 +289,8 @@ def _reject_row_ids(build: Path | str, problems: list[Problem], options: Options
     if not storage.exists(where, options):
         problems.append(Problem(REJECTS, "missing", "not on disk"))
         return row_ids
-    with storage.open_read(where, options) as raw, io.BufferedReader(raw) as f:  # readline(limit) on any backend
+    # Buffered here: readline(limit) on every backend (an fsspec file has no limit argument).
+    with storage.open_read(where, options) as raw, io.BufferedReader(cast(io.RawIOBase, raw)) as f:
         # readline with a cap: a file without line breaks is never held whole.
         for n, line in enumerate(iter(lambda: f.readline(MAX_TEXT_BYTES + 1), b""), 1):
             if len(line) > MAX_TEXT_BYTES:

@@ -26,7 +26,7 @@ merged: every rank still yields exactly ``len(loader)`` batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -263,7 +263,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         config: StreamConfig,
         state: torch.Tensor,
         verify: Literal["sha256", "size", "none"],
-        storage_options: dict[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         handler: Handler,
         on_bad_shard: OnBadShard,
         image_transform: Callable[[Any], Any] | None,
