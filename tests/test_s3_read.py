@@ -193,3 +193,28 @@ def test_storage_options_reach_the_backend(remote: str) -> None:
         )
         assert run.returncode == 0, run.stderr
     assert "4 shards intact" in run.stdout or "rows 42" in run.stdout
+
+
+def test_export_clip_benchmark_from_the_bucket_gives_the_local_export(
+    local_build: Path, remote: str, tmp_path: Path
+) -> None:
+    for build_dir, out in ((str(local_build), tmp_path / "here"), (remote, tmp_path / "there")):
+        run = capshard("export", "clip-benchmark", build_dir, str(out), "--split", "train")
+        assert run.returncode == 0, run.stderr
+    here = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*") if p.is_file())
+    there = sorted(p.relative_to(tmp_path / "there") for p in (tmp_path / "there").rglob("*") if p.is_file())
+    assert here == there and len([p for p in here if p.suffix == ".tar"]) == 4
+    for rel in here:
+        if rel.name != "capshard.json":  # names the build it came from
+            assert (tmp_path / "there" / rel).read_bytes() == (tmp_path / "here" / rel).read_bytes(), rel
+    assert json.loads((tmp_path / "there" / "train" / "capshard.json").read_text())["build"] == remote
+
+
+def test_export_hf_from_the_bucket_holds_the_local_rows(local_build: Path, remote: str, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    for build_dir, out in ((str(local_build), tmp_path / "here"), (remote, tmp_path / "there")):
+        run = capshard("export", "hf", build_dir, str(out))
+        assert run.returncode == 0, run.stderr
+    here, there = datasets.load_from_disk(str(tmp_path / "here")), datasets.load_from_disk(str(tmp_path / "there"))
+    assert len(there) == len(here) == 13
+    assert there.to_dict() == here.to_dict()
