@@ -218,3 +218,9 @@ def test_export_hf_from_the_bucket_holds_the_local_rows(local_build: Path, remot
     here, there = datasets.load_from_disk(str(tmp_path / "here")), datasets.load_from_disk(str(tmp_path / "there"))
     assert len(there) == len(here) == 13
     assert there.to_dict() == here.to_dict()
+
+
+def test_hash_of_a_url_is_one_line_asking_for_a_local_copy() -> None:
+    run = capshard("hash", "s3://some-bucket/build")
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0
+    assert "local copy" in run.stderr and "Traceback" not in run.stderr
