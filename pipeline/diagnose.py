@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -119,11 +119,14 @@ def diagnose(
     num_workers: int = 0,
     max_batches: int | None = None,
     image_size: int = 64,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> DiagnoseReport:
-    """Read ``split`` of ``source`` through the loader and report what the batches carry."""
+    """Read ``split`` of ``source`` (a build folder or URL, or shard URLs) through the loader and
+    report what the batches carry; ``storage_options`` go to the fsspec backend of a URL."""
     loader = make_loader(
         source, split=split, batch_size=batch_size, captions_per_image=captions_per_image, seed=seed,
         num_workers=num_workers, image_size=image_size, handler="skip", allow_empty=True,  # reported as a problem
+        storage_options=storage_options,
     )
     loader.set_epoch(epoch)
     t = _Tally()

@@ -19,11 +19,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from PIL import Image
 
+from . import storage
 from .export.samples import BuildSample, iter_samples, load_build
 from .format import INDEX, REJECTS
+from .storage import Options
 
 THUMB = 160
 EXAMPLES_PER_REASON = 5
@@ -54,18 +55,20 @@ _SCRIPT = """
 """
 
 
-def render_html(build_dir: Path, *, samples: int = 24, seed: int = 0) -> str:
-    """The report page for the build in ``build_dir`` with ``samples`` images drawn with ``seed``."""
-    manifest = load_build(build_dir).to_dict()
-    picked = _sample(build_dir, samples, seed)
-    rejects = _rejects(build_dir / REJECTS)
+def render_html(build_dir: Path | str, *, samples: int = 24, seed: int = 0, options: Options = None) -> str:
+    """The report page for the build in ``build_dir`` (a folder, or a URL read with the backend
+    ``options``) with ``samples`` images drawn with ``seed``."""
+    manifest = load_build(build_dir, options).to_dict()
+    index = storage.read_parquet(storage.join(build_dir, INDEX), options, ["key", "shard", "group"])
+    picked = _sample(build_dir, index, samples, seed, options)
+    rejects = _rejects(storage.join(build_dir, REJECTS), options)
     body = [
         f"<h1>{escape(str(manifest['name']))} <span class=muted>{escape(str(manifest['version']))}</span></h1>",
         f"<p class=muted>{escape(str(build_dir))} · {escape(manifest['format'])} · {escape(manifest.get('tool', ''))}"
         f" · source {escape(str(manifest['source'].get('format')))}</p>",
         _counts(manifest),
         _chart("Captions per image", "captions-per-image", "captions", manifest["groups"]["captions_per_image"]),
-        _chart("Images per group", "group-sizes", "images", _group_sizes(build_dir)),
+        _chart("Images per group", "group-sizes", "images", _group_sizes(index["group"].to_pylist())),
         _resolution(manifest["resolution"]),
         _rejects_section(manifest["rejects"], rejects),
         _grid(picked, manifest["counts"]["images"], seed),
@@ -77,29 +80,31 @@ def render_html(build_dir: Path, *, samples: int = 24, seed: int = 0) -> str:
     )
 
 
-def write_html(build_dir: Path, path: Path, *, samples: int = 24, seed: int = 0) -> int:
+def write_html(
+    build_dir: Path | str, path: Path, *, samples: int = 24, seed: int = 0, options: Options = None
+) -> int:
     """Write the report to ``path``; returns the number of sampled images shown."""
-    page = render_html(build_dir, samples=samples, seed=seed)
+    page = render_html(build_dir, samples=samples, seed=seed, options=options)
     path.write_text(page, encoding="utf-8")
     return page.count("<div class=card")
 
 
-def _sample(build_dir: Path, n: int, seed: int) -> list[BuildSample]:
-    index = pq.read_table(build_dir / INDEX, columns=["key", "shard"]).to_pylist()
+def _sample(build_dir: Path | str, table: Any, n: int, seed: int, options: Options) -> list[BuildSample]:
+    index = table.select(["key", "shard"]).to_pylist()
     chosen = sorted(random.Random(seed).sample(range(len(index)), min(n, len(index))))
     wanted: dict[str, set[str]] = defaultdict(set)
     for i in chosen:
         wanted[index[i]["shard"]].add(index[i]["key"])
     by_key = {
-        s.key: s for s in iter_samples(build_dir, sorted(wanted)) if s.key in wanted[s.shard]
+        s.key: s for s in iter_samples(build_dir, sorted(wanted), options) if s.key in wanted[s.shard]
     }
     return [by_key[index[i]["key"]] for i in chosen]
 
 
-def _rejects(path: Path) -> dict[str, list[dict[str, Any]]]:
+def _rejects(where: str, options: Options) -> dict[str, list[dict[str, Any]]]:
     by_reason: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
+    if storage.exists(where, options):
+        with storage.open_read(where, options) as raw, io.TextIOWrapper(raw, encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
                 examples = by_reason[str(record.get("reason"))]
@@ -125,9 +130,8 @@ def _counts(m: dict[str, Any]) -> str:
     )
 
 
-def _group_sizes(build_dir: Path) -> dict[str, int]:
+def _group_sizes(groups: list[Any]) -> dict[str, int]:
     """Group size -> number of groups of that size (images that share a group show the same content)."""
-    groups = pq.read_table(build_dir / INDEX, columns=["group"])["group"].to_pylist()
     sizes = Counter(Counter(groups).values())
     return {str(k): sizes[k] for k in sorted(sizes)}
 

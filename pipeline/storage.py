@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import UsageError
-from .write import TMP_MARK, file_sha256, fsync_dir, write_bytes_atomic
+
+# :mod:`.write` (a build stage) is imported inside the functions that write, so that the
+# loader and the checks can read through this module without loading the build stages.
 
 #: URL scheme -> the capshard extra that installs its fsspec backend.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -134,6 +136,8 @@ def put_whole(location: Location, data: bytes | Path, options: Options = None) -
     process is killed: locally a temporary name, fsync and rename (:mod:`.write`); on
     S3 and GCS the upload itself; elsewhere a temporary key moved into place.
     """
+    from .write import TMP_MARK, write_bytes_atomic
+
     path = local_path(location)
     if path is not None:
         if isinstance(data, bytes):
@@ -169,6 +173,8 @@ def _upload(fs: Any, protocol: str, data: bytes | Path, key: str) -> None:
 
 def _copy_file_atomic(source: Path, path: Path) -> None:
     """Copy a local file to ``path`` with :mod:`.write`'s discipline: temporary name, fsync, rename."""
+    from .write import TMP_MARK, fsync_dir
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
@@ -181,6 +187,17 @@ def _copy_file_atomic(source: Path, path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_parquet(location: Location, options: Options = None, columns: list[str] | None = None) -> Any:
+    """The Parquet table at ``location`` (a ``pyarrow.Table``; pyarrow is imported here, when needed)."""
+    import pyarrow.parquet as pq
+
+    path = local_path(location)
+    if path is not None:
+        return pq.read_table(path, columns=columns)
+    with open_read(location, options) as f:
+        return pq.read_table(f, columns=columns)
 
 
 def exists(location: Location, options: Options = None) -> bool:
@@ -205,9 +222,6 @@ def size(location: Location, options: Options = None) -> int:
 
 def sha256(location: Location, options: Options = None) -> tuple[str, int]:
     """sha256 hex digest and size of the object at ``location``, read as a stream."""
-    path = local_path(location)
-    if path is not None:
-        return file_sha256(path)
     h = hashlib.sha256()
     total = 0
     with open_read(location, options) as f:

@@ -15,18 +15,19 @@ followed; JSON members are refused above a size and nesting cap before parsing
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
-import pyarrow.parquet as pq
-
+from . import storage
 from .errors import UsageError
 from .executors import make_executor
 from .format import INDEX, MANIFEST, REJECTS, SHARD_NAME, Manifest, ManifestError, ShardEntry, read_manifest
 from .media import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, EXTENSIONS
+from .storage import Options
 from .verify_shard import (
     MAX_TEXT_BYTES,
     Problem,
@@ -43,7 +44,7 @@ from .write import TMP_MARK
 class VerifyReport:
     """The result of :func:`verify`; ``ok`` when there is no problem at all."""
 
-    build_dir: Path
+    build_dir: Path | str
     shards: tuple[ShardReport, ...]
     problems: tuple[Problem, ...]
     counts: dict[str, int]
@@ -72,45 +73,68 @@ class VerifyReport:
         }
 
 
-def verify(build_dir: Path, *, decode: bool = False, workers: int = 1) -> VerifyReport:
-    """Check the build in ``build_dir``; see the module docstring. ``decode`` also decodes every image."""
-    build_dir = Path(build_dir)
+def verify(
+    build_dir: Path | str, *, decode: bool = False, workers: int = 1, storage_options: Options = None
+) -> VerifyReport:
+    """Check the build in ``build_dir`` (a folder, or a URL read with the fsspec backend's
+    ``storage_options``); see the module docstring. ``decode`` also decodes every image."""
+    build: Path | str = build_dir if storage.is_url(build_dir) else Path(build_dir)
+    options = dict(storage_options or {})
     problems: list[Problem] = []
     try:
-        manifest = read_manifest(build_dir, check_names=False)  # unsafe names are reported below
+        manifest = read_manifest(build, check_names=False, options=options)  # unsafe names are reported below
     except ManifestError as e:
-        return VerifyReport(build_dir, (), (Problem(MANIFEST, "damaged", f"{MANIFEST} {e.detail}"),), {})
+        return VerifyReport(build, (), (Problem(MANIFEST, "damaged", f"{MANIFEST} {e.detail}"),), {})
     if manifest is None:
-        raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
+        raise UsageError(f"{build} holds no finished build (no {MANIFEST})")
     listed = {s.name: s for s in manifest.shards}
-    formats, max_pixels = _image_options(manifest.identity.options)
+    files, names = _top_level(build, options)
     reports: dict[str, ShardReport] = {}
     tasks = []
+    formats, max_pixels = _image_options(manifest.identity.options)
     for name in listed:
         if not SHARD_NAME.fullmatch(name):
             problems.append(Problem(MANIFEST, "damaged", f"lists a shard with an unsafe name {ascii(name)[:120]}"))
-        elif not (build_dir / name).is_file():
+        elif name not in files:
             reports[name] = ShardReport(
                 name, "missing", problems=(Problem(name, "missing", f"listed in {MANIFEST}, not on disk"),)
             )
         else:
-            tasks.append(ShardCheck(str(build_dir / name), name, formats, max_pixels, decode))
+            tasks.append(ShardCheck(storage.join(build, name), name, formats, max_pixels, decode, options or None))
+    reports.update(_check_shards(tasks, listed, workers))
+    for name in names:
+        if name not in listed and (PurePosixPath(name).suffix == ".tar" or TMP_MARK in name):
+            reports[name] = ShardReport(name, "extra", problems=(Problem(name, "extra", f"not listed in {MANIFEST}"),))
+
+    shards = tuple(reports[n] for n in sorted(reports))
+    problems.extend(p for s in shards for p in s.problems)
+    counts = _check_build(build, manifest, shards, problems, options)
+    return VerifyReport(build, shards, tuple(problems), counts)
+
+
+def _top_level(build: Path | str, options: Options) -> tuple[set[str], list[str]]:
+    """The names of the files directly in the build, and every name directly in it (sorted).
+
+    In a bucket, a key ``a/b`` makes ``a`` a name (a "folder"), not a file.
+    """
+    path = storage.local_path(build)
+    if path is not None:
+        entries = sorted(path.iterdir())
+        return {p.name for p in entries if p.is_file()}, [p.name for p in entries]
+    keys = storage.list_prefix(build, options)
+    return {k for k in keys if "/" not in k}, sorted({k.split("/", 1)[0] for k in keys})
+
+
+def _check_shards(tasks: list[ShardCheck], listed: Mapping[str, ShardEntry], workers: int) -> dict[str, ShardReport]:
+    """Every shard checked in ``workers`` processes, and compared with its manifest entry."""
+    reports = {}
     executor = make_executor("process", max(1, min(workers, len(tasks))))
     try:
         for report in executor.map_unordered(check_shard, tasks):
             reports[report.name] = _against_manifest(report, listed[report.name])
     finally:
         executor.close()
-    for path in sorted(build_dir.iterdir()):
-        if path.name not in listed and (path.suffix == ".tar" or TMP_MARK in path.name):
-            reports[path.name] = ShardReport(
-                path.name, "extra", problems=(Problem(path.name, "extra", f"not listed in {MANIFEST}"),)
-            )
-
-    shards = tuple(reports[n] for n in sorted(reports))
-    problems.extend(p for s in shards for p in s.problems)
-    counts = _check_build(build_dir, manifest, shards, problems)
-    return VerifyReport(build_dir, shards, tuple(problems), counts)
+    return reports
 
 
 def _image_options(options: Mapping[str, Any]) -> tuple[tuple[str, ...], int]:
@@ -147,12 +171,12 @@ def _against_manifest(report: ShardReport, entry: ShardEntry) -> ShardReport:
 
 
 def _check_build(
-    build_dir: Path, manifest: Manifest, shards: tuple[ShardReport, ...], problems: list[Problem]
+    build: Path | str, manifest: Manifest, shards: tuple[ShardReport, ...], problems: list[Problem], options: Options
 ) -> dict[str, int]:
     """Index, rejects and the row accounting; appends problems, returns the counts found."""
     samples = {s.key: (shard.name, s) for shard in shards for s in shard.samples}
-    _check_index(build_dir, samples, {s.name for s in shards if s.status == "missing"}, problems)
-    rejected = _reject_row_ids(build_dir, problems)
+    _check_index(build, samples, {s.name for s in shards if s.status == "missing"}, problems, options)
+    rejected = _reject_row_ids(build, problems, options)
     counts = manifest.counts.to_dict()
     found = {
         "rows": counts["rows"],
@@ -223,11 +247,15 @@ def _check_row_ids(rows: int, in_shards: list[int], rejected: list[int], problem
 
 
 def _check_index(
-    build_dir: Path, samples: dict[str, tuple[str, SampleInfo]], missing: set[str], problems: list[Problem]
+    build: Path | str,
+    samples: dict[str, tuple[str, SampleInfo]],
+    missing: set[str],
+    problems: list[Problem],
+    options: Options,
 ) -> None:
     """Every index row against the sample it names (rows of missing shards: already reported)."""
     try:
-        rows = pq.read_table(build_dir / INDEX).to_pylist()
+        rows = storage.read_parquet(storage.join(build, INDEX), options).to_pylist()
     except (OSError, ValueError) as e:
         problems.append(Problem(INDEX, "damaged", f"cannot be read: {e}"))
         return
@@ -255,13 +283,14 @@ def _check_index(
         problems.append(Problem(INDEX, "damaged", f"has no row for sample {key} of {samples[key][0]}"))
 
 
-def _reject_row_ids(build_dir: Path, problems: list[Problem]) -> list[int]:
-    path = build_dir / REJECTS
+def _reject_row_ids(build: Path | str, problems: list[Problem], options: Options) -> list[int]:
+    where = storage.join(build, REJECTS)
     row_ids: list[int] = []
-    if not path.is_file():
+    if not storage.exists(where, options):
         problems.append(Problem(REJECTS, "missing", "not on disk"))
         return row_ids
-    with open(path, "rb") as f:
+    # Buffered here: readline(limit) on every backend (an fsspec file has no limit argument).
+    with storage.open_read(where, options) as raw, io.BufferedReader(cast(io.RawIOBase, raw)) as f:
         # readline with a cap: a file without line breaks is never held whole.
         for n, line in enumerate(iter(lambda: f.readline(MAX_TEXT_BYTES + 1), b""), 1):
             if len(line) > MAX_TEXT_BYTES:

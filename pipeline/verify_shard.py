@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from . import storage
 from .format import MAX_JSON_DEPTH
 from .media import EXTENSIONS, BadImage, probe
 from .resolve import sanitize_key
@@ -84,6 +85,7 @@ class ShardCheck:
     formats: tuple[str, ...]
     max_pixels: int
     decode: bool
+    storage_options: dict[str, Any] | None = None  # the fsspec backend's, for a shard at a URL
 
 
 def check_shard(_context: None, task: ShardCheck) -> ShardReport:
@@ -91,7 +93,7 @@ def check_shard(_context: None, task: ShardCheck) -> ShardReport:
     problems: list[Problem] = []
     samples: list[SampleInfo] = []
     end = 0
-    with open(task.path, "rb") as raw:
+    with storage.open_read(task.path, task.storage_options) as raw:
         stream = _HashingReader(raw)
         try:
             walk = TarWalk(stream, _POLICY)

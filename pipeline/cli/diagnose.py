@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..text import plural
+from .locations import BuildLocation
 from .options import LOADER_EXTRA_HELP, CaptionsPerImageType, json_option, require_loader_extra
+from .storage_options import storage_options_option
 
 if TYPE_CHECKING:
     from ..captions_per_image import CaptionsPerImage
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
 
 
 @click.command(context_settings={"show_default": True}, epilog=LOADER_EXTRA_HELP)
-@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("build_dir", type=BuildLocation())
 @click.option("--split", default="train", help="Split to read.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per batch.")
 @click.option(
@@ -33,9 +35,10 @@ if TYPE_CHECKING:
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Loader seed.")
 @click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")
 @click.option("--max-batches", type=click.IntRange(min=1), default=None, help="Stop after this many batches.")
+@storage_options_option
 @json_option
 def diagnose(
-    build_dir: Path,
+    build_dir: Path | str,
     split: str,
     batch_size: int,
     captions_per_image: CaptionsPerImage,
@@ -43,6 +46,7 @@ def diagnose(
     seed: int,
     workers: int,
     max_batches: int | None,
+    storage_options: dict[str, Any],
     as_json: bool,
 ) -> None:
     """Read BUILD_DIR through the loader and check the batches carry the positives asked for.
@@ -63,6 +67,7 @@ def diagnose(
         seed=seed,
         num_workers=workers,
         max_batches=max_batches,
+        storage_options=storage_options,
     )
     click.echo(json.dumps(report.to_dict()) if as_json else render(report))
     if not report.ok:

@@ -8,23 +8,28 @@ from pathlib import Path
 
 import click
 
+from ..errors import UsageError
 from ..executors import EXECUTORS
 from ..hashes import SIDECAR, hash_build
+from .locations import BuildLocation
 from .options import json_option, progress_bar
 
 
 @click.command(name="hash")
-@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("build_dir", type=BuildLocation())
 @click.option("--flip", is_flag=True, help="Also hash each image mirrored left-right (catches flipped copies).")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
 @click.option("--executor", type=click.Choice(list(EXECUTORS)), default="process", show_default=True)
 @json_option
-def hash_cmd(build_dir: Path, flip: bool, workers: int, executor: str, as_json: bool) -> None:
+def hash_cmd(build_dir: Path | str, flip: bool, workers: int, executor: str, as_json: bool) -> None:
     """Compute the 64-bit pHash of every image of BUILD_DIR from its shards.
 
     Writes phash.parquet beside the build and lists it in manifest.json; no shard byte
     changes. An interrupted run resumes from the shards already hashed.
     """
+    if not isinstance(build_dir, Path):
+        # The sidecar is written into the build and the manifest rewritten, under the build's lock.
+        raise UsageError(f"capshard hash writes phash.parquet into the build: run it on a local copy of {build_dir}")
     from ..format import read_manifest
 
     manifest = read_manifest(build_dir)

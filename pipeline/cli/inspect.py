@@ -10,24 +10,35 @@ import click
 
 from ..format import require_manifest
 from ..text import plural
+from .locations import BuildLocation
 from .options import json_option
+from .storage_options import storage_options_option
 
 
 @click.command()
-@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("build_dir", type=BuildLocation())
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (thumbnails, captions, rejects) to this file.")
 @click.option("--samples", type=click.IntRange(min=0), default=24, show_default=True,
               help="Images shown in the HTML report.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for drawing the HTML report's images.")
+@storage_options_option
 @json_option
-def inspect(build_dir: Path, html_path: Path | None, samples: int, seed: int, as_json: bool) -> None:
-    """Summarise the build in BUILD_DIR: counts per split, captions per image, resolution, rejects."""
-    manifest = require_manifest(build_dir).to_dict()
+def inspect(
+    build_dir: Path | str,
+    html_path: Path | None,
+    samples: int,
+    seed: int,
+    storage_options: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """Summarise the build in BUILD_DIR (a folder or a URL such as s3://bucket/build): counts
+    per split, captions per image, resolution, rejects."""
+    manifest = require_manifest(build_dir, storage_options).to_dict()
     if html_path is not None:
         from ..report_html import write_html
 
-        shown = write_html(build_dir, html_path, samples=samples, seed=seed)
+        shown = write_html(build_dir, html_path, samples=samples, seed=seed, options=storage_options)
         click.echo(f"wrote {html_path}: {shown} sample images", err=as_json)
     summary = summarize(manifest)
     if as_json:
@@ -59,7 +70,7 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render(build_dir: Path, s: dict[str, Any]) -> str:
+def render(build_dir: Path | str, s: dict[str, Any]) -> str:
     c = s["counts"]
     lines = [
         f"{build_dir}: {s['name']} {s['version']} ({s['format']}, source {s['source']['format']})",

@@ -11,6 +11,7 @@ import click
 
 from ..text import plural
 from .options import LOADER_EXTRA_HELP, CaptionsPerImageType, config_default, json_option, require_loader_extra
+from .storage_options import storage_options_option
 
 if TYPE_CHECKING:
     from ..smoke import Figures, SmokeResult
@@ -74,9 +75,11 @@ def _default(name: str) -> Any:
     is_flag=True,
     help="Control: replay the loop-counter bug (one id per caption) on the same batches.",
 )
+@storage_options_option
 @json_option
 def smoke_train(source: str, min_gap: float, plot: Path | None, as_json: bool, **opts: Any) -> None:
-    """Train a tiny CLIP on the build in DIR through the loader and report the gap.
+    """Train a tiny CLIP on the build in DIR (a folder or a URL such as s3://bucket/build)
+    through the loader and report the gap.
 
     The gap is the mean cosine of positive image-caption pairs minus that of negative
     pairs. Exits 0 when the final gap is above --min-gap, 1 otherwise.

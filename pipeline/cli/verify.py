@@ -13,20 +13,22 @@ from typing import Any
 
 import click
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, UsageError
 from ..text import plural
 from ..verify import VerifyReport
 from ..verify import verify as run_verify
 from ..verify_inputs import InputsReport, verify_inputs
+from .locations import BuildLocation
 from .options import json_option
 from .source import check_inputs_option, source_options, source_spec
+from .storage_options import storage_options_option
 
 #: Problems printed per shard or file; ``--json`` has every one.
 LINES_PER_PLACE = 10
 
 
 @click.command()
-@click.argument("build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("build_dir", type=BuildLocation())
 @click.option("--decode", is_flag=True, help="Decode every image fully, not only its header.")
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default="all cores")
 @click.option(
@@ -37,20 +39,22 @@ LINES_PER_PLACE = 10
 )
 @source_options
 @check_inputs_option
+@storage_options_option
 @json_option
 def verify(
-    build_dir: Path,
+    build_dir: Path | str,
     decode: bool,
     workers: int,
     source: str | None,
     fmt: str,
     check_inputs: str,
     as_json: bool,
+    storage_options: dict[str, Any],
     **reading: Any,
 ) -> None:
-    """Check the build in BUILD_DIR: every shard's sha256 against the manifest, every sample
-    re-read (members, JSON, image header, captions as in the index), and every input row
-    in a shard or in rejects.jsonl.
+    """Check the build in BUILD_DIR (a folder, or a URL such as s3://bucket/build): every
+    shard's sha256 against the manifest, every sample re-read (members, JSON, image header,
+    captions as in the index), and every input row in a shard or in rejects.jsonl.
 
     Prints one line per problem, naming the shard or file, and exits 1 when there is any.
 
@@ -59,9 +63,11 @@ def verify(
     (and changed annotations), and exits 1 when any differ.
     """
     if source is not None:
+        if not isinstance(build_dir, Path):
+            raise UsageError(f"--inputs compares a local build with its source; {build_dir} is a URL")
         _verify_inputs(verify_inputs(build_dir, source_spec(source, **reading), fmt, check_inputs), as_json)
         return
-    report = run_verify(build_dir, decode=decode, workers=workers)
+    report = run_verify(build_dir, decode=decode, workers=workers, storage_options=storage_options)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     elif report.ok:

@@ -17,7 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..errors import OutputError, UsageError
+from ..storage import Options
 from ..write import TMP_MARK, write_bytes_atomic
 from .samples import load_build, shard_names
 
@@ -25,10 +27,12 @@ DATASET_TYPE = "retrieval"
 
 
 def export_clip_benchmark(
-    build_dir: Path, out: Path, *, split: str = "test", overwrite: bool = False
+    build_dir: Path | str, out: Path, *, split: str = "test", overwrite: bool = False, storage_options: Options = None
 ) -> dict[str, Any]:
-    """Write ``out/dataset_type.txt`` and ``out/SPLIT/{nshards.txt,0.tar…}`` from ``build_dir``'s split."""
-    manifest = load_build(build_dir)
+    """Write ``out/dataset_type.txt`` and ``out/SPLIT/{nshards.txt,0.tar…}`` from ``build_dir``'s split
+    (a folder, hard-linked where it can be; or a URL, downloaded with the backend ``storage_options``)."""
+    build_dir = build_dir if storage.is_url(build_dir) else Path(build_dir)
+    manifest = load_build(build_dir, storage_options)
     shards = shard_names(manifest, split)
     target = out / split
     if target.exists() and not overwrite:
@@ -40,10 +44,10 @@ def export_clip_benchmark(
         tmp.mkdir()
         linked = 0
         for i, name in enumerate(shards):
-            linked += _link_or_copy(build_dir / name, tmp / f"{i}.tar")
+            linked += _link_or_copy(build_dir, name, tmp / f"{i}.tar", storage_options)
         (tmp / "nshards.txt").write_text(f"{len(shards)}\n")
         provenance = {
-            "build": str(build_dir.resolve()),
+            "build": build_dir if isinstance(build_dir, str) else str(build_dir.resolve()),
             "name": manifest.name,
             "version": manifest.version,
             "split": split,
@@ -69,8 +73,14 @@ def export_clip_benchmark(
     }
 
 
-def _link_or_copy(src: Path, dst: Path) -> int:
-    """Hard-link ``src`` to ``dst`` (1), or copy its bytes when the filesystem refuses (0)."""
+def _link_or_copy(build_dir: Path | str, name: str, dst: Path, options: Options) -> int:
+    """Hard-link shard ``name`` to ``dst`` (1), or copy its bytes when the filesystem refuses
+    or the build is at a URL (0)."""
+    if isinstance(build_dir, str):
+        with storage.open_read(storage.join(build_dir, name), options) as f, open(dst, "wb") as w:
+            shutil.copyfileobj(f, w, 1 << 20)
+        return 0
+    src = build_dir / name
     try:
         os.link(src, dst)
         return 1

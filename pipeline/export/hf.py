@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UsageError
+from ..storage import Options, is_url
 from .samples import BuildSample, iter_samples, load_build, shard_names
 
 
@@ -39,18 +40,34 @@ def hf_row(sample: BuildSample) -> dict[str, Any]:
     }
 
 
-def _rows(build_dir: str, shards: list[str]) -> Iterator[dict[str, Any]]:
-    for sample in iter_samples(Path(build_dir), shards):
+def _rows(build_dir: str, shards: list[str], options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    for sample in iter_samples(build_dir if is_url(build_dir) else Path(build_dir), shards, options):
         yield hf_row(sample)
 
 
-def export_hf(build_dir: Path, out: Path, *, split: str | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Save the build (or one split of it) to ``out`` with ``Dataset.save_to_disk``."""
+def _gen_kwargs(build_dir: Path | str, shards: list[str], options: Options) -> dict[str, Any]:
+    """The generator's arguments (also its cache fingerprint): a local build's as always, a URL's with its options."""
+    if isinstance(build_dir, Path):
+        return {"build_dir": str(build_dir.resolve()), "shards": shards}
+    return {"build_dir": build_dir, "shards": shards, "options": dict(options or {})}
+
+
+def export_hf(
+    build_dir: Path | str,
+    out: Path,
+    *,
+    split: str | None = None,
+    overwrite: bool = False,
+    storage_options: Options = None,
+) -> dict[str, Any]:
+    """Save the build (or one split of it; a folder, or a URL read with the backend
+    ``storage_options``) to ``out`` with ``Dataset.save_to_disk``."""
     import datasets
 
     from ..sample import FEATURES
 
-    manifest = load_build(build_dir)
+    build_dir = build_dir if is_url(build_dir) else Path(build_dir)
+    manifest = load_build(build_dir, storage_options)
     shards = shard_names(manifest, split)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists and is not empty (pass --overwrite to replace it)")
@@ -60,7 +77,7 @@ def export_hf(build_dir: Path, out: Path, *, split: str | None = None, overwrite
             ds = datasets.Dataset.from_generator(
                 _rows,
                 features=FEATURES,
-                gen_kwargs={"build_dir": str(build_dir.resolve()), "shards": shards},
+                gen_kwargs=_gen_kwargs(build_dir, shards, storage_options),
                 cache_dir=cache,
                 split=datasets.Split.TEST,
             )

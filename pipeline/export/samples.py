@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import storage
 from ..errors import IntegrityError, UsageError
 from ..format import Manifest, require_manifest
 from ..media import EXTENSIONS
+from ..storage import Options
 
 IMAGE_EXTENSIONS = frozenset(EXTENSIONS.values())
 
@@ -35,9 +37,10 @@ class BuildSample:
         return list(self.meta["captions"])
 
 
-def load_build(build_dir: Path) -> Manifest:
-    """The manifest of the finished build in ``build_dir``; UsageError when there is none."""
-    return require_manifest(build_dir)
+def load_build(build_dir: Path | str, options: Options = None) -> Manifest:
+    """The manifest of the finished build in ``build_dir`` (a folder or a URL read with the
+    backend ``options``); UsageError when there is none."""
+    return require_manifest(build_dir, options)
 
 
 def shard_names(manifest: Manifest | dict[str, Any], split: str | None = None) -> list[str]:
@@ -50,18 +53,18 @@ def shard_names(manifest: Manifest | dict[str, Any], split: str | None = None) -
     return sorted(s.name for name in chosen for s in splits[name].shards)
 
 
-def iter_samples(build_dir: Path, shards: list[str]) -> Iterator[BuildSample]:
-    """Every sample of ``shards`` in tar order."""
+def iter_samples(build_dir: Path | str, shards: list[str], options: Options = None) -> Iterator[BuildSample]:
+    """Every sample of ``shards`` in tar order (``options``: the fsspec backend's, for a URL)."""
     for name in shards:
-        yield from _shard_samples(build_dir, name)
+        yield from _shard_samples(storage.join(build_dir, name), name, options)
 
 
-def _shard_samples(build_dir: Path, name: str) -> Iterator[BuildSample]:
+def _shard_samples(where: str, name: str, options: Options) -> Iterator[BuildSample]:
     """A capshard tar is sorted, so a sample's members are contiguous: yield each when the key changes."""
     key: str | None = None
     parts: dict[str, bytes] = {}
     try:
-        with tarfile.open(build_dir / name, mode="r|") as tar:
+        with storage.open_read(where, options) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for info in tar:
                 if not info.isreg() or "." not in info.name:
                     continue
@@ -74,7 +77,7 @@ def _shard_samples(build_dir: Path, name: str) -> Iterator[BuildSample]:
                 assert f is not None  # a regular member always has a file object
                 parts[ext] = f.read()
     except (OSError, tarfile.TarError) as e:
-        raise IntegrityError(f"{build_dir / name} cannot be read: {e}") from None
+        raise IntegrityError(f"{where} cannot be read: {e}") from None
     if key is not None:
         yield _sample(name, key, parts)
 

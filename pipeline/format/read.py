@@ -7,6 +7,7 @@ import json
 import os
 import posixpath
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -53,23 +54,26 @@ def manifest_url(root: str | os.PathLike[str]) -> str:
     return str(Path(urlparse(text).path if text.startswith("file://") else text) / MANIFEST)
 
 
-def read_manifest(root: str | os.PathLike[str], *, check_names: bool = True) -> Manifest | None:
-    """The manifest of the build at ``root`` (a folder, or a URL ``fsspec`` can read), or None
-    when it has none; :class:`ManifestError` when there is one that is not ``capshard/1``."""
+def read_manifest(
+    root: str | os.PathLike[str], *, check_names: bool = True, options: Mapping[str, Any] | None = None
+) -> Manifest | None:
+    """The manifest of the build at ``root`` (a folder, or a URL ``fsspec`` can read, with the
+    backend ``options``), or None when it has none; :class:`ManifestError` when there is one
+    that is not ``capshard/1``."""
     url = manifest_url(root)
-    data = _read_capped(url)
+    data = _read_capped(url, options=options)
     return None if data is None else parse_manifest(data, url, check_names=check_names)
 
 
-def require_manifest(build_dir: str | os.PathLike[str]) -> Manifest:
+def require_manifest(build_dir: str | os.PathLike[str], options: Mapping[str, Any] | None = None) -> Manifest:
     """The manifest of the finished build in ``build_dir``; :class:`UsageError` when it has none."""
-    manifest = read_manifest(build_dir)
+    manifest = read_manifest(build_dir, options=options)
     if manifest is None:
         raise UsageError(f"{build_dir} holds no finished build (no {MANIFEST})")
     return manifest
 
 
-def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
+def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES, options: Mapping[str, Any] | None = None) -> bytes | None:
     """At most ``cap + 1`` bytes of ``url`` (so an oversized file is refused, never held), or None
     when there is no such file."""
     try:
@@ -80,13 +84,10 @@ def _read_capped(url: str, cap: int = MAX_MANIFEST_BYTES) -> bytes | None:
             if path.stat().st_size > cap:
                 raise ManifestError(url, f"is over the cap of {cap} bytes")
             return path.read_bytes()
-        try:
-            import fsspec
+        from .. import storage  # reads URLs; a missing backend is a one-line error naming the extra
 
-            with fsspec.open(url, "rb") as f:
-                return bytes(f.read(cap + 1))
-        except ImportError as e:
-            raise UsageError(f"cannot read {url}: {e} (install the fsspec backend for this scheme)") from None
+        with storage.open_read(url, options) as f:
+            return bytes(f.read(cap + 1))
     except FileNotFoundError:
         return None
     except OSError as e:

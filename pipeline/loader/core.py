@@ -63,6 +63,7 @@ class CaptionLoader:
             config=stream,
             state=self._state,
             verify=options.verify,
+            storage_options=options.storage_options,
             handler=options.handler,
             on_bad_shard=options.on_bad_shard,
             image_transform=options.image_transform,
@@ -181,7 +182,7 @@ def make_loader(
     rank, world = _distributed(options.rank, options.world_size)
     if world < 1 or not 0 <= rank < world:
         raise UsageError(f"rank {rank} is not in [0, world_size={world})")
-    shards = resolve_source(source, options.split)
+    shards = resolve_source(source, options.split, options.storage_options)
     if options.verify != "none":
         check_local_sizes(shards, options.on_bad_shard)
     stream = _stream_config(shards, options, rank, world)

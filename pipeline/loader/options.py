@@ -7,7 +7,7 @@ arguments); everything inside the loader reads the checked object, never the raw
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,6 +64,8 @@ class LoaderOptions:
         pin_memory: default: when CUDA is available.
         prefetch_factor, multiprocessing_context: passed to torch's DataLoader.
         allow_empty: accept a split and batch size that give no batch (else UsageError).
+        storage_options: keyword arguments for the fsspec backend of ``s3://``, ``gs://``...
+            sources (credentials otherwise come from the backend's own configuration).
 
     Checked on creation (and again by :func:`dataclasses.replace`): a bad value raises
     :class:`~pipeline.errors.UsageError`. ``captions_per_image`` becomes a
@@ -94,6 +96,7 @@ class LoaderOptions:
     prefetch_factor: int = 2
     multiprocessing_context: str | None = None
     allow_empty: bool = False
+    storage_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -103,6 +106,9 @@ class LoaderOptions:
         except ValueError as e:
             raise UsageError(f"captions_per_image must be a positive int or 'all': {e}") from None
         object.__setattr__(self, "captions_per_image", k)  # frozen: normalised once, here
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise UsageError(f"storage_options must be a dict, not {type(self.storage_options).__name__}")
+        object.__setattr__(self, "storage_options", dict(self.storage_options or {}))  # picklable for workers
         self._check_choices()
         object.__setattr__(self, "image_size", _size(self.image_size))
         if self.num_workers is None:

@@ -34,10 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import urlparse
 
 import braceexpand
 
+from .. import storage
 from ..errors import UsageError
 from ..format import MANIFEST, Manifest, ShardEntry, manifest_url, read_manifest
 from ..tarwalk import TarWalk
@@ -84,22 +84,12 @@ class ShardSet:
 
 
 def is_remote(url: str) -> bool:
-    """True for ``scheme://`` URLs other than ``file://`` (a one-letter scheme is a drive)."""
-    scheme = urlparse(url).scheme
-    return len(scheme) > 1 and scheme != "file"
+    """True for URLs other than ``file://`` (:func:`pipeline.storage.local_path` decides)."""
+    return storage.local_path(url) is None
 
 
 def _local_path(url: str) -> str:
-    return urlparse(url).path if url.startswith("file://") else url
-
-
-def _open_remote(url: str) -> IO[bytes]:
-    import fsspec
-
-    try:
-        return fsspec.open(url, "rb").open()
-    except ImportError as e:
-        raise UsageError(f"cannot read {url}: {e} (install the fsspec backend for this scheme)") from None
+    return url[len("file://") :] if url.lower().startswith("file://") else url
 
 
 def _shard_entries(doc: Manifest, split: str, url: str) -> tuple[ShardEntry, ...]:
@@ -114,32 +104,37 @@ def _info(url: str, entry: ShardEntry) -> ShardInfo:
 
 
 def _join(root: str, name: str) -> str:
-    return posixpath.join(root.rstrip("/"), name) if is_remote(root) else str(Path(_local_path(root)) / name)
+    return storage.join(root, name) if is_remote(root) else str(Path(_local_path(root)) / name)
 
 
 def _looks_like_shards(text: str) -> bool:
     return text.endswith(".tar") or any(c in text for c in "{*?[")
 
 
-def resolve_source(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], split: str | None) -> ShardSet:
-    """The shards of ``split`` in ``source`` (a build directory or shard URLs)."""
+def resolve_source(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    split: str | None,
+    options: storage.Options = None,
+) -> ShardSet:
+    """The shards of ``split`` in ``source`` (a build directory or shard URLs); ``options``
+    are the fsspec backend's (``LoaderOptions.storage_options``)."""
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if text.endswith(MANIFEST):
-            return _from_build(text[: -len(MANIFEST)].rstrip("/") or ".", split)
+            return _from_build(text[: -len(MANIFEST)].rstrip("/") or ".", split, options)
         if is_remote(text) and not _looks_like_shards(text):
-            return _from_build(text, split)
+            return _from_build(text, split, options)
         if not is_remote(text) and Path(_local_path(text)).is_dir():
-            return _from_build(text, split)
-        return _from_urls([text], split)
+            return _from_build(text, split, options)
+        return _from_urls([text], split, options)
     urls = [os.fspath(s) for s in source]
     if not urls:
         raise UsageError("no shards given: the source list is empty")
-    return _from_urls(urls, split)
+    return _from_urls(urls, split, options)
 
 
-def _from_build(root: str, split: str | None) -> ShardSet:
-    doc = read_manifest(root)
+def _from_build(root: str, split: str | None, options: storage.Options) -> ShardSet:
+    doc = read_manifest(root, options=options)
     if doc is None:
         raise UsageError(f"{root} is not a capshard build: it has no {MANIFEST} (is the build finished?)")
     if split is None:
@@ -152,7 +147,7 @@ def _from_build(root: str, split: str | None) -> ShardSet:
     return ShardSet(shards, split, root, doc.to_dict())
 
 
-def expand_urls(urls: Sequence[str]) -> list[str]:
+def expand_urls(urls: Sequence[str], options: storage.Options = None) -> list[str]:
     """Brace patterns and globs expanded, in the given order (globs sorted)."""
     out: list[str] = []
     for pattern in urls:
@@ -163,10 +158,8 @@ def expand_urls(urls: Sequence[str]) -> list[str]:
                 out.append(url)
                 continue
             if is_remote(url):
-                import fsspec
-
-                fs, _, paths = fsspec.get_fs_token_paths(url)
-                matches = sorted(fs.unstrip_protocol(p) for p in paths)
+                fs, pattern = storage.filesystem(url, options)
+                matches = sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
             else:
                 matches = sorted(glob.glob(_local_path(url)))
             if not matches:
@@ -175,16 +168,16 @@ def expand_urls(urls: Sequence[str]) -> list[str]:
     return out
 
 
-def _from_urls(patterns: Sequence[str], split: str | None) -> ShardSet:
-    urls = expand_urls(patterns)
+def _from_urls(patterns: Sequence[str], split: str | None, options: storage.Options) -> ShardSet:
+    urls = expand_urls(patterns, options)
     if split is not None:
         urls = [u for u in urls if posixpath.basename(_local_path(u)).startswith(f"{split}-")]
         if not urls:
             raise UsageError(f"none of the given shards belongs to split {split!r} (names {split}-NNNNNN.tar)")
     known: dict[str, ShardEntry] = {}
-    parents = (posixpath.dirname(u) if is_remote(u) else str(Path(_local_path(u)).parent) for u in urls)
+    parents = (storage.parent(u) if is_remote(u) else str(Path(_local_path(u)).parent) for u in urls)
     for parent in dict.fromkeys(parents):
-        doc = read_manifest(parent)
+        doc = read_manifest(parent, options=options)
         for e in doc.shards if doc is not None else ():
             known[_join(parent, e.name)] = e
     shards = []
@@ -194,15 +187,15 @@ def _from_urls(patterns: Sequence[str], split: str | None) -> ShardSet:
             shards.append(_info(u, entry))
         else:
             log.info("%s: no manifest describes it; counting its samples from the tar headers", u)
-            shards.append(ShardInfo(u, posixpath.basename(_local_path(u)), count_samples(u)))
+            shards.append(ShardInfo(u, posixpath.basename(_local_path(u)), count_samples(u, options)))
     return ShardSet(tuple(shards), split, None, None)
 
 
-def count_samples(url: str) -> int:
+def count_samples(url: str, options: storage.Options = None) -> int:
     """Samples in a shard, from its member names only (member data is skipped, not read)."""
     keys = 0
     last = None
-    with open_url(url) as f:
+    with open_url(url, options) as f:
         try:
             for member in TarWalk(f):
                 parsed = member_key(member.name) if member.isreg() else None
@@ -213,11 +206,9 @@ def count_samples(url: str) -> int:
     return keys
 
 
-def open_url(url: str) -> IO[bytes]:
-    """A seekable binary file for a local path or remote URL."""
-    if is_remote(url):
-        return _open_remote(url)
-    return open(_local_path(url), "rb")
+def open_url(url: str, options: storage.Options = None) -> IO[bytes]:
+    """A seekable binary file for a local path or remote URL (through :mod:`pipeline.storage`)."""
+    return storage.open_read(url, options)
 
 
 def check_local_sizes(shards: ShardSet, on_bad_shard: OnBadShard) -> None:
@@ -255,23 +246,24 @@ class ShardOpener:
     per process and file version; see :mod:`pipeline.loader.integrity`)."""
 
     verify: Verify = "sha256"
+    storage_options: dict[str, Any] | None = None
     _checks: dict[tuple[str, int, int], ShardCheck] = field(default_factory=dict, repr=False)
 
     def open(self, shard: ShardInfo) -> tuple[IO[bytes], frozenset[str] | None]:
         """A seekable file of ``shard`` and the keys of its samples to skip as damaged;
         ``None`` instead of the keys: not scanned, so check each sample as it is read."""
         if self.verify == "none":
-            return open_url(shard.url), frozenset()
+            return open_url(shard.url, self.storage_options), frozenset()
         try:
             stamp: tuple[str, int, int] | None = None
             if is_remote(shard.url) and self.verify == "sha256" and shard.sha256 is not None:
                 # One read serves both the scan and the tar reader.
-                with open_url(shard.url) as remote:
+                with open_url(shard.url, self.storage_options) as remote:
                     data = remote.read()
                 f: IO[bytes] = io.BytesIO(data)
                 size: int | None = len(data)
             elif is_remote(shard.url):
-                f = open_url(shard.url)
+                f = open_url(shard.url, self.storage_options)
                 size = getattr(f, "size", None)
                 size = -1 if not isinstance(size, int) else size
             else:

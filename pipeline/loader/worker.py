@@ -26,7 +26,7 @@ merged: every rank still yields exactly ``len(loader)`` batches.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -263,6 +263,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         config: StreamConfig,
         state: torch.Tensor,
         verify: Literal["sha256", "size", "none"],
+        storage_options: Mapping[str, Any] | None = None,
         handler: Handler,
         on_bad_shard: OnBadShard,
         image_transform: Callable[[Any], Any] | None,
@@ -271,7 +272,7 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         self.shards, self.config, self.state = shards, config, state
         self.on_bad_shard = on_bad_shard
         self.counts = [s.images for s in shards]
-        self.opener = ShardOpener(verify)
+        self.opener = ShardOpener(verify, dict(storage_options or {}))
         self.handler = handler
         self.image_transform, self.caption_transform = image_transform, caption_transform
 

@@ -33,6 +33,7 @@ class SmokeConfig:
     lr: float = 2e-3
     max_vocab: int = 50_000
     simulate_loop_counter_ids: bool = False
+    storage_options: dict[str, Any] | None = None  # for a source at a URL (fsspec backend options)
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "log_every", "eval_batches", "image_size", "embed_dim", "max_vocab")

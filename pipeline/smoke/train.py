@@ -65,6 +65,7 @@ def smoke_train(config: SmokeConfig, on_log: Callable[[int, Figures], None] | No
         image_size=config.image_size,
         num_workers=0,
         allow_empty=True,  # refused below, in the CLI's words
+        storage_options=config.storage_options,
     )
     points: list[Point] = []
     window = Pairs()
