@@ -31,11 +31,12 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, cast
 
 from ..errors import SourceError, UsageError
 from .base import Reader
 from .coco import checked_caption, images_root
+from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ def layout_of(first_line: str) -> str | None:
     return None
 
 
-def _open(path: Path, newline: str) -> TextIO:
+def _open(path: SourcePath, newline: str) -> TextIO:
     # surrogateescape: a caption that is not UTF-8 becomes one rejected row, not a failed file.
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+    return cast(TextIO, path.open(encoding="utf-8-sig", errors="surrogateescape", newline=newline))
 
 
 def _lines(f: TextIO, start: int) -> Iterator[tuple[int, str]]:
@@ -82,7 +83,7 @@ def _lines(f: TextIO, start: int) -> Iterator[tuple[int, str]]:
             yield n, line
 
 
-def _token_records(path: Path) -> Iterator[_Record]:
+def _token_records(path: SourcePath) -> Iterator[_Record]:
     spaced: list[int] = []
     with _open(path, "\n") as f:
         for n, line in _lines(f, 1):
@@ -101,7 +102,7 @@ def _token_records(path: Path) -> Iterator[_Record]:
         )
 
 
-def _captions_records(path: Path) -> Iterator[_Record]:
+def _captions_records(path: SourcePath) -> Iterator[_Record]:
     counts: dict[str, int] = {}
     with _open(path, "") as f:
         reader = csv.reader(f)
@@ -123,7 +124,7 @@ def _captions_records(path: Path) -> Iterator[_Record]:
             raise SourceError(path, reader.line_num, f"not valid CSV: {e}") from None
 
 
-def _results_records(path: Path) -> Iterator[_Record]:
+def _results_records(path: SourcePath) -> Iterator[_Record]:
     with _open(path, "\n") as f:
         header = f.readline()
         # The Kaggle header is "image_name| comment_number| comment": the space is part of the separator.
@@ -160,7 +161,7 @@ class FlickrReader(Reader):
     name = "flickr"
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         """A ``.txt``/``.token``/``.csv`` file whose first line fits one of the layouts.
 
         A ``.csv`` with the generic header ``image,caption`` is left to the ``table``
@@ -168,7 +169,7 @@ class FlickrReader(Reader):
         """
         if path.suffix.lower() not in _SUFFIXES or not path.is_file():
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(4096)
         layout = layout_of(head.split(b"\n", 1)[0].decode("utf-8", "replace"))
         return layout is not None and not (layout == "captions" and path.suffix.lower() == ".csv")
@@ -183,7 +184,7 @@ class FlickrReader(Reader):
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the flickr format needs the caption file as its source")
-        path = Path(self.spec.path)
+        path = self.spec.location(self.spec.path)
         splits = self._split_lists()
         layout = self._layout(path)
         logger.info("%s: %s layout", path.name, layout)
@@ -217,7 +218,7 @@ class FlickrReader(Reader):
         self._log_split_coverage(path, splits, seen, unlisted)
 
     @staticmethod
-    def _layout(path: Path) -> str:
+    def _layout(path: SourcePath) -> str:
         try:
             with _open(path, "\n") as f:
                 first = f.readline(1 << 16)
@@ -237,10 +238,10 @@ class FlickrReader(Reader):
         """Image name → split from the split-list files; ``None`` when there are none."""
         if not self.spec.split_files:
             return None
-        listed: dict[str, tuple[str, Path]] = {}
+        listed: dict[str, tuple[str, Path | str]] = {}
         for split, file in self.spec.split_files:
             try:
-                data = file.read_bytes()
+                data = self.spec.location(file).read_bytes()
             except OSError as e:
                 raise UsageError(f"cannot read split list {file}: {e.strerror}") from None
             # Published lists come with LF or CRLF endings, with or without a final newline.
@@ -259,7 +260,9 @@ class FlickrReader(Reader):
         return {name: split for name, (split, _) in listed.items()}
 
     @staticmethod
-    def _log_split_coverage(path: Path, splits: dict[str, str] | None, seen: set[str], unlisted: set[str]) -> None:
+    def _log_split_coverage(
+        path: SourcePath, splits: dict[str, str] | None, seen: set[str], unlisted: set[str]
+    ) -> None:
         if unlisted:
             logger.warning(
                 "%s: %d images are in no split list; their rows are rejected (not_in_split_lists)",

@@ -25,13 +25,13 @@ import posixpath
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..errors import UsageError
 from .base import ImageUnavailable, Reader, SourceSpec
 from .recaption import extra_captions
 from .tarscan import TarSample, scan_tar
+from .urlpath import SourcePath
 from .wds_captions import json_str, sample_text
 from .wds_source import is_url, labels, list_tars, looks_like_wds, open_tar, tar_size
 
@@ -74,7 +74,7 @@ class WdsReader(Reader):
         return state
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         if path.is_dir():
             return any(True for _ in path.glob("*.tar")) or any(True for _ in path.glob("*/*.tar"))
         return path.is_file() and path.suffix.lower() == ".tar"
@@ -87,7 +87,7 @@ class WdsReader(Reader):
     def id_column(self) -> str | None:
         return self.spec.id_column or "key"
 
-    def annotation_files(self) -> list[Path]:
+    def annotation_files(self) -> list[SourcePath]:
         return []
 
     def fingerprint(self) -> str:
