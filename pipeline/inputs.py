@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,14 @@ def _file_stat(path: str) -> tuple[int | None, int | None, str | None]:
 
 
 def _url_stat(url: str, options: Options = None) -> tuple[int | None, int | None, str | None]:
-    """Size and ETag/version of an object-store URL from ``fsspec`` ``info()``, where it gives them."""
+    """Size and ETag/version of an object-store URL from ``fsspec`` ``info()``, where it gives them.
+
+    ``..`` in the key is resolved first, as a file system would (such a key is listed, never read)."""
     from .storage import filesystem
 
+    scheme, _, rest = url.partition("://")
     try:
-        fs, path = filesystem(url, options)
+        fs, path = filesystem(f"{scheme}://{posixpath.normpath(rest)}", options)
         fs.invalidate_cache(path)
         info = fs.info(path)
     except (ImportError, OSError, ValueError):
