@@ -60,7 +60,7 @@ class WdsReader(Reader):
         super().__init__(spec)
         if spec.path is None:
             raise UsageError("the wds reader needs a folder of .tar files, a tar, or a brace pattern")
-        self.tars = list_tars(spec.path)
+        self.tars = list_tars(spec.path, spec.storage_options)
         self.labels = labels(self.tars)
         if spec.captions_from:
             log.warning("--captions-from is deprecated: use --captions FILE --join-on %s", spec.captions_key)
@@ -95,7 +95,7 @@ class WdsReader(Reader):
         located, not read), and the ``--captions-from`` file's bytes."""
         h = hashlib.sha256()
         for url, label in zip(self.tars, self.labels, strict=True):
-            h.update(f"T{label}\0{tar_size(url)}\n".encode())
+            h.update(f"T{label}\0{tar_size(url, self.spec.storage_options)}\n".encode())
             for sample in self._scan(url, label):
                 h.update(f"S{sample.key}\0{sample.problem}\0".encode("utf-8", "backslashreplace"))
                 for ext, ref in sorted(sample.images.items()):
@@ -124,7 +124,7 @@ class WdsReader(Reader):
 
     def _scan(self, url: str, label: str) -> Iterator[TarSample]:
         try:
-            f = open_tar(url)
+            f = open_tar(url, self.spec.storage_options)
         except OSError as e:
             raise UsageError(f"{url}: cannot open this tar: {e}") from None
         with f:
@@ -221,7 +221,7 @@ class WdsReader(Reader):
             if len(self._open) >= OPEN_TARS:
                 oldest = next(iter(self._open))
                 self._open.pop(oldest).close()
-            f = open_tar(self.tars[tar_id])
+            f = open_tar(self.tars[tar_id], self.spec.storage_options)
         self._open[tar_id] = f  # most recently used last
         return f
 
