@@ -257,3 +257,34 @@ def test_open_images_keeps_order_past_a_missing_object(s3_bucket: str) -> None:
     assert got[5] == image_bytes(1)
     assert isinstance(got[2], ImageUnavailable) and got[2].reason == "missing_image"
     assert isinstance(got[4], ImageUnavailable) and got[4].reason == "path_outside_images"
+
+
+def test_karpathy_with_filepath_from_s3_matches_local(s3_bucket: str, tmp_path: Path) -> None:
+    """Karpathy's ``filepath`` folders: a nested image found below the prefix, a flat one used
+    when only that one exists, as on disk."""
+    src = tmp_path / "src"
+    nested = [f"{i}.jpg" for i in range(3)]
+    flat = [f"{i}.jpg" for i in range(3, 6)]
+    write_images(src / "images" / "val2014", nested)
+    write_images(src / "images", flat, start=3)
+    doc = {
+        "dataset": "coco",
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": name,
+                "cocoid": i,
+                "split": "restval" if i % 2 else "test",
+                "sentences": [{"raw": caption_text(i, n), "sentid": 10 * i + n} for n in range(2)],
+            }
+            for i, name in enumerate(nested + flat)
+        ],
+    }
+    (src / "dataset_coco.json").write_text(json.dumps(doc))
+    prefix = f"{s3_bucket}/karpathy"
+    _upload(src, prefix)
+
+    _build(str(src / "dataset_coco.json"), tmp_path / "local", "--images", str(src / "images"))
+    _build(f"{prefix}/dataset_coco.json", tmp_path / "remote", "--images", f"{prefix}/images")
+    _assert_same_build(tmp_path / "local", tmp_path / "remote")
+    assert json.loads((tmp_path / "remote" / "manifest.json").read_text())["counts"]["images"] == 6
