@@ -137,11 +137,17 @@ def test_flickr_from_s3_matches_local_and_reruns_up_to_date(
     assert _build(source, tmp_path / "remote", *options) == "up_to_date"
     assert _build(source, tmp_path / "remote", *options, "--check-inputs", "content") == "up_to_date"
 
+    verify = ("verify", str(tmp_path / "remote"), "--inputs", source, *options)
+    assert _capshard(*verify).returncode == 0
+
     _put(f"{prefix}/Images/1003_abc.jpg", image_bytes(99))  # one object changes in the bucket
     proc = _capshard("build", source, "--out", str(tmp_path / "remote"), *options)
     assert proc.returncode != 0
     assert "1 image changed: 1003_abc.jpg" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = _capshard(*verify)
+    assert proc.returncode == 1
+    assert "1003_abc.jpg" in proc.stdout + proc.stderr
 
 
 def test_coco_from_s3_missing_object_and_escaping_key(s3_bucket: str, tmp_path: Path) -> None:
