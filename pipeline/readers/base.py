@@ -7,6 +7,7 @@ into the image's bytes. Readers must be picklable: shard-writing workers receive
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,13 +138,15 @@ class Reader:
 
     def read_image(self, image_path: str) -> bytes:
         """The bytes of an image file named by the source, refused when it leaves :meth:`image_root`."""
-        url_root = self.url_image_root()
+        url_root = self.url_image_root
         if url_root is not None:
             return read_url_image(confined_url(image_path, url_root), self.spec.storage_options)
         return read_image_file(self.checked_image_path(image_path))
 
+    @functools.cached_property
     def url_image_root(self) -> str | None:
-        """The image prefix when it is an object-store URL (not ``file://``), else None."""
+        """The image prefix when it is an object-store URL (not ``file://``), else None (asked once:
+        finding a table's folder in a bucket is a request)."""
         root = self.image_root()
         text = None if root is None else str(root)
         return text if text is not None and "://" in text and not text.lower().startswith("file://") else None
@@ -153,7 +156,7 @@ class Reader:
 
         Images under an object-store prefix are fetched together (:func:`pipeline.storage.fetch_many`:
         ``spec.fetch_threads`` at once, at most ``spec.fetch_bytes`` read ahead); local files one by one."""
-        url_root = self.url_image_root()
+        url_root = self.url_image_root
         checked: list[str | ImageUnavailable | None] = []
         for path, _ in refs:
             try:
