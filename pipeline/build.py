@@ -84,7 +84,7 @@ class BuildResult:
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
     """Build shards from ``spec`` into ``config.out``; see the module docstring."""
-    check_location(config.out, spec.images, spec.path)
+    check_location(config.out, spec.images if isinstance(spec.images, Path) else None, spec.path)
     with contextlib.ExitStack() as lock:
         return _build(spec, config, progress, lock)
 
@@ -100,7 +100,7 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
         log.info("format auto: reading %s as %s", spec.path or "the in-memory dataset", fmt)
     rows = _read(reader)
     root = image_root(spec.images, spec.path)
-    listing = scan(referenced_paths(rows), root)
+    listing = scan(referenced_paths(rows), root, options=spec.storage_options)
     identity = make_identity(
         format_version=FORMAT_VERSION,
         fmt=fmt,
@@ -110,7 +110,9 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
         options=config.output_options(),
     )
     out = config.out
-    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite, lock)
+    existing = _prepare_out(
+        out, input_check(identity, listing, config.check_inputs, root, spec.storage_options), config.overwrite, lock
+    )
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
     resumed = plan_store.status(out) == "complete"

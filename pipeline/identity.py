@@ -10,7 +10,7 @@ field, what changed (``seed: 0 -> 1``; ``source: 1 image changed: imgs/a.jpg``).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -101,7 +101,7 @@ def _show(value: Any) -> str:
 
 
 def input_check(
-    identity: dict[str, Any], listing: pa.Table, check: str, root: str
+    identity: dict[str, Any], listing: pa.Table, check: str, root: str, options: Mapping[str, Any] | None = None
 ) -> Callable[[dict[str, Any], pa.Table | None], list[str]]:
     """``differs(old_identity, old_listing)``: the :func:`differences` of this build's identity
     from an earlier one. For ``content`` the images are hashed once, on first use."""
@@ -111,7 +111,7 @@ def input_check(
         if check != "content":
             return identity, listing
         if not hashed:
-            now = hash_all(listing, root)
+            now = hash_all(listing, root, options)
             hashed.append(({**identity, "inputs": summary(now)}, now))
         return hashed[0]
 

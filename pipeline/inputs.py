@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,10 @@ import pyarrow.parquet as pq
 
 from .errors import IntegrityError
 from .format import INPUTS as INPUTS  # the listing's file name, for the stages that import it from here
-from .readers.confine import ImageUnavailable, confined_path, read_image_file
+from .readers.confine import ImageUnavailable, confined_path, confined_url, read_image_file
 from .write import write_bytes_atomic
 
+Options = Mapping[str, Any] | None
 CHECKS = ("stat", "content")
 #: The ``sha256`` of a listed file that exists but is not read: outside the image folder
 #: through a symlink, not a regular file, or unreadable (the probe rejects it, with why).
@@ -49,19 +52,31 @@ INPUTS_SCHEMA = pa.schema(
 CHECK_COLUMNS = {"stat": ("size", "mtime_ns", "etag"), "content": ("size", "sha256")}
 
 
-def image_root(images: Path | None, source: str | None) -> str:
-    """The folder image paths are shown relative to: ``--images``, else the source's folder."""
+def image_root(images: Path | str | None, source: str | None) -> str:
+    """The folder (or URL prefix) image paths are shown relative to: ``--images``, else the source's folder."""
     if images is not None:
-        return os.path.abspath(images)
+        return _url_root(str(images)) if _is_store_url(str(images)) else os.path.abspath(images)
+    if source is not None and _is_store_url(source):
+        return _url_root(source.rsplit("/", 1)[0])
     if source is not None and os.path.exists(source):
         return os.path.abspath(source if os.path.isdir(source) else os.path.dirname(source) or ".")
     return os.path.abspath(".")
 
 
+def _is_store_url(location: str) -> bool:
+    return "://" in location and not location.lower().startswith("file://")
+
+
+def _url_root(url: str) -> str:
+    return url.rstrip("/")
+
+
 def shown_path(path: str, root: str) -> str:
-    """``path`` relative to ``root`` (POSIX separators) when inside it; URLs and outside paths as given."""
+    """``path`` relative to ``root`` (POSIX separators) when inside it (a URL below a URL
+    prefix too); other URLs and outside paths as given."""
     if "://" in path:
-        return path
+        prefix = root + "/"
+        return path[len(prefix) :] if "://" in root and path.startswith(prefix) else path
     prefix = root.rstrip(os.sep) + os.sep
     if path.startswith(prefix):  # the readers give normalised absolute paths: no relpath needed
         rel = path[len(prefix) :]
@@ -71,7 +86,9 @@ def shown_path(path: str, root: str) -> str:
 
 def absolute_path(shown: str, root: str) -> str:
     """The path ``shown_path`` was made from."""
-    return shown if "://" in shown or os.path.isabs(shown) else os.path.join(root, shown)
+    if "://" in shown or os.path.isabs(shown):
+        return shown
+    return f"{root}/{shown}" if "://" in root else os.path.join(root, shown)
 
 
 def referenced_paths(rows: pa.Table) -> list[str]:
@@ -79,17 +96,18 @@ def referenced_paths(rows: pa.Table) -> list[str]:
     return pc.unique(rows["image_path"].drop_null()).to_pylist()
 
 
-def scan(paths: list[str], root: str, *, content: bool = False) -> pa.Table:
-    """The listing of ``paths`` (absolute or URLs) as they are now, sorted by shown path."""
+def scan(paths: list[str], root: str, *, content: bool = False, options: Options = None) -> pa.Table:
+    """The listing of ``paths`` (absolute or URLs, read with the ``--storage-options``
+    ``options``) as they are now, sorted by shown path."""
     rows = sorted(((shown_path(p, root), p) for p in paths), key=lambda r: r[0])
     out: dict[str, list[Any]] = {name: [] for name in INPUTS_SCHEMA.names}
     for shown, path in rows:
-        size, mtime, etag = _url_stat(path) if "://" in path else _file_stat(path)
+        size, mtime, etag = _url_stat(path, options) if "://" in path else _file_stat(path)
         out["path"].append(shown)
         out["size"].append(size)
         out["mtime_ns"].append(mtime)
         out["etag"].append(etag)
-        out["sha256"].append(content_sha256(path, root or None) if content and size is not None else None)
+        out["sha256"].append(content_sha256(path, root or None, options) if content and size is not None else None)
     return pa.table(out, schema=INPUTS_SCHEMA)
 
 
@@ -101,12 +119,16 @@ def _file_stat(path: str) -> tuple[int | None, int | None, str | None]:
     return st.st_size, st.st_mtime_ns, None
 
 
-def _url_stat(url: str) -> tuple[int | None, int | None, str | None]:
-    """Size and ETag/version of an object-store URL from ``fsspec`` ``info()``, where it gives them."""
-    try:
-        import fsspec
+def _url_stat(url: str, options: Options = None) -> tuple[int | None, int | None, str | None]:
+    """Size and ETag/version of an object-store URL from ``fsspec`` ``info()``, where it gives them.
 
-        fs, _, (path,) = fsspec.get_fs_token_paths(url)
+    ``..`` in the key is resolved first, as a file system would (such a key is listed, never read)."""
+    from .storage import filesystem
+
+    scheme, _, rest = url.partition("://")
+    try:
+        fs, path = filesystem(f"{scheme}://{posixpath.normpath(rest)}", options)
+        fs.invalidate_cache(path)
         info = fs.info(path)
     except (ImportError, OSError, ValueError):
         return None, None, None
@@ -118,7 +140,7 @@ def _url_stat(url: str) -> tuple[int | None, int | None, str | None]:
     return (int(size) if size is not None else None), None, tag
 
 
-def content_sha256(path: str, root: str | None = None) -> str | None:
+def content_sha256(path: str, root: str | None = None, options: Options = None) -> str | None:
     """The hex sha256 of a file's bytes, or None when it cannot be read.
 
     A local file is read only where the confinement rule allows (its real path inside
@@ -126,10 +148,12 @@ def content_sha256(path: str, root: str | None = None) -> str | None:
     a FIFO is never opened, here as in the probe."""
     h = hashlib.sha256()
     try:
-        if "://" in path:
-            import fsspec
+        if _is_store_url(path):
+            from .storage import open_read
 
-            with fsspec.open(path, "rb").open() as f:
+            if root is not None and "://" in root:
+                path = confined_url(path, root)
+            with open_read(path, options) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
         else:
@@ -139,7 +163,7 @@ def content_sha256(path: str, root: str | None = None) -> str | None:
     return h.hexdigest()
 
 
-def with_hashes(listing: pa.Table, known: dict[str, str], root: str) -> pa.Table:
+def with_hashes(listing: pa.Table, known: dict[str, str], root: str, options: Options = None) -> pa.Table:
     """``listing`` with every existing file's sha256: from ``known`` (absolute path → the probe's
     sha256), else read here (images the probe rejected are few)."""
     shas = []
@@ -148,17 +172,17 @@ def with_hashes(listing: pa.Table, known: dict[str, str], root: str) -> pa.Table
     ):
         path = absolute_path(shown, root)
         if sha is None and size is not None:
-            sha = known.get(path) or content_sha256(path, root or None) or UNREADABLE
+            sha = known.get(path) or content_sha256(path, root or None, options) or UNREADABLE
         shas.append(sha)
     return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", pa.array(shas, pa.string()))
 
 
-def hash_all(listing: pa.Table, root: str) -> pa.Table:
+def hash_all(listing: pa.Table, root: str, options: Options = None) -> pa.Table:
     """``listing`` with the sha256 of every file read now, for ``--check-inputs content``."""
     cleared = listing.set_column(
         listing.schema.get_field_index("sha256"), "sha256", pa.nulls(listing.num_rows, pa.string())
     )
-    return with_hashes(cleared, {}, root)
+    return with_hashes(cleared, {}, root, options)
 
 
 def summary(listing: pa.Table) -> dict[str, Any]:

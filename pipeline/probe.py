@@ -54,10 +54,12 @@ class ProbeTask:
 def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
     """Probe each reference of the chunk; failures become rows with a reason."""
     out = []
-    for path, index in task.refs:
+    for (path, index), opened in zip(task.refs, reader.open_images(task.refs), strict=True):
         row: dict[str, Any] = {"image_path": path, "image_index": index}
         try:
-            data = reader.open_image(path, index)
+            if isinstance(opened, ImageUnavailable):
+                raise opened
+            data = opened
             info = probe(
                 data,
                 formats=task.formats,

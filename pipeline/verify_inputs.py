@@ -62,9 +62,9 @@ def verify_inputs(build_dir: Path, spec: SourceSpec, fmt: str = "auto", check: s
     reader = get_reader(fmt)(spec)
     rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
     root = image_root(spec.images, spec.path)
-    listing = scan(referenced_paths(rows), root)
+    listing = scan(referenced_paths(rows), root, options=spec.storage_options)
     if check == "content":
-        listing = hash_all(listing, root)
+        listing = hash_all(listing, root, spec.storage_options)
     changes = compare(old_listing, listing, check)
     # The images are compared path by path above; the rest of the source's identity here.
     new = {**old, "format": fmt, "fingerprint": reader.fingerprint(), "reading": spec.reading_options()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,7 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     try:
         with open(tmp, "wb") as f:
             tar = TarWriter(f, mtime=MTIME)
-            for spec in task.samples:
-                data = _stored_image(reader, spec)
+            for spec, data in _stored_images(reader, task.samples):
                 digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
                 if task.resize is not None:
                     data, fmt, width, height = resize(data, task.resize)
@@ -187,18 +187,19 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     return result
 
 
-def _stored_image(reader: Reader, spec: SampleSpec) -> bytes:
-    """The image bytes the probe hashed; the build fails if they vanished or changed since."""
-    where = spec.image_path or f"row {spec.image_index}"
-    try:
-        data = reader.open_image(spec.image_path, spec.image_index)
-    except ImageUnavailable as e:
-        raise IntegrityError(f"image of {spec.image_id} ({where}) can no longer be read: {e}") from None
-    if hashlib.sha256(data).hexdigest() != spec.sha256:
-        raise IntegrityError(
-            f"image of {spec.image_id} ({where}) changed since the build read it; rebuild with --overwrite"
-        )
-    return data
+def _stored_images(reader: Reader, samples: tuple[SampleSpec, ...]) -> Iterator[tuple[SampleSpec, bytes]]:
+    """Each sample with the image bytes the probe hashed (fetched together: ``Reader.open_images``);
+    the build fails if one vanished or changed since."""
+    opened = reader.open_images([(spec.image_path, spec.image_index) for spec in samples])
+    for spec, data in zip(samples, opened, strict=True):
+        where = spec.image_path or f"row {spec.image_index}"
+        if isinstance(data, ImageUnavailable):
+            raise IntegrityError(f"image of {spec.image_id} ({where}) can no longer be read: {data}") from None
+        if hashlib.sha256(data).hexdigest() != spec.sha256:
+            raise IntegrityError(
+                f"image of {spec.image_id} ({where}) changed since the build read it; rebuild with --overwrite"
+            )
+        yield spec, data
 
 
 def file_sha256(path: Path) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,9 +13,48 @@ from ..config import INPUT_CHECKS, BuildConfig
 from ..errors import UsageError
 from ..readers import READERS, CaptionSource, SourceSpec
 from ..readers.base import JOIN_ON
+from ..resolve import SPLIT_NAME
+from ..storage import is_url
 from .options import SplitFile, config_default, options
+from .storage_options import storage_options_option
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+class ImagesLocation(click.ParamType):
+    """``--images``: an existing local folder, or a URL (``s3://``, ``gs://``; ``file://`` is a local folder)."""
+
+    name = "directory|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, Path) or not is_url(str(value)):
+            folder = Path(value)
+        elif str(value).lower().startswith("file://"):
+            folder = Path(str(value)[len("file://") :])
+        else:
+            return str(value).rstrip("/")
+        if not folder.exists():
+            self.fail(f"folder {str(folder)!r} does not exist.", param, ctx)
+        if not folder.is_dir():
+            self.fail(f"{str(folder)!r} is a file, not a folder.", param, ctx)
+        return folder
+
+
+class SplitLocation(click.ParamType):
+    """``SPLIT=FILE`` where FILE may also be a URL (checked when read: a missing object is a one-line error)."""
+
+    name = SplitFile.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, Path | str]:
+        if isinstance(value, tuple):
+            return value
+        split, _, file = str(value).partition("=")
+        if not is_url(file) or file.lower().startswith("file://"):
+            local: tuple[str, Path | str] = SplitFile().convert(f"{split}={_local_if_file_url(file)}", param, ctx)
+            return local
+        if not re.fullmatch(SPLIT_NAME, split):
+            self.fail(f"split name {split!r} must use only letters, digits and '_'", param, ctx)
+        return split, file
+
 
 _OPTIONS = (
     click.option(
@@ -26,8 +66,9 @@ _OPTIONS = (
     ),
     click.option(
         "--images",
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Folder of the image files named by the annotations (flickr, coco, karpathy, table).",
+        type=ImagesLocation(),
+        help="Folder (or s3://, gs:// prefix) of the image files named by the annotations "
+        "(flickr, coco, karpathy, table).",
     ),
     click.option(
         "--follow-symlinks",
@@ -38,9 +79,10 @@ _OPTIONS = (
     click.option(
         "--split-file",
         "split_files",
-        type=SplitFile(),
+        type=SplitLocation(),
         multiple=True,
-        help="SPLIT=FILE list of the images of a split (repeatable), e.g. train=Flickr_8k.trainImages.txt.",
+        help="SPLIT=FILE list of the images of a split (repeatable; FILE may be a URL), "
+        "e.g. train=Flickr_8k.trainImages.txt.",
     ),
     click.option("--image-column", help="Column holding the image path or bytes (table, hf)."),
     click.option("--caption-column", help="Column holding the caption or list of captions (table, hf)."),
@@ -94,16 +136,16 @@ check_inputs_option = click.option(
 
 
 def source_options(f: F) -> F:
-    """Add ``--format``, ``--images`` and the other reading options to a command."""
-    return options(*_OPTIONS)(f)
+    """Add ``--format``, ``--images``, ``--storage-options`` and the other reading options to a command."""
+    return storage_options_option(options(*_OPTIONS)(f))
 
 
 def source_spec(
     source: str,
     *,
-    images: Path | None,
+    images: Path | str | None,
     follow_symlinks: bool = False,
-    split_files: tuple[tuple[str, Path], ...],
+    split_files: tuple[tuple[str, Path | str], ...],
     image_column: str | None,
     caption_column: str | None,
     id_column: str | None,
@@ -114,14 +156,17 @@ def source_spec(
     captions_column: tuple[str, ...] = (),
     captions: tuple[str, ...] = (),
     join_on: tuple[str, ...] = (),
+    storage_options: dict[str, Any] | None = None,
 ) -> SourceSpec:
-    """The ``SourceSpec`` of ``source`` read with the options ``source_options`` parsed."""
+    """The ``SourceSpec`` of ``source`` read with the options ``source_options`` parsed.
+
+    ``file://`` URLs become local paths here, so they are read (and confined) as paths."""
     if captions_from and captions:
         raise UsageError("--captions-from is the deprecated form of --captions FILE --join-on key: give one of them")
     if captions_from and len(captions_column) > 1:
         raise UsageError("--captions-from takes one --captions-column")
     return SourceSpec(
-        path=source,
+        path=_local_if_file_url(source),
         images=images,
         follow_symlinks=follow_symlinks,
         split_files=split_files,
@@ -134,6 +179,7 @@ def source_spec(
         captions_key=captions_key,
         captions_column=captions_column[0] if captions_from and captions_column else None,
         captions=caption_sources(captions, join_on, () if captions_from else captions_column),
+        storage_options=dict(storage_options or {}),
     )
 
 
@@ -158,6 +204,10 @@ def caption_sources(
                 "or once per file, in the same order"
             )
     return tuple(CaptionSource(f, _nth(joins, i) or "", _nth(columns, i)) for i, f in enumerate(files))
+
+
+def _local_if_file_url(location: str) -> str:
+    return location[len("file://") :] if location.lower().startswith("file://") else location
 
 
 def _nth(given: tuple[str, ...], i: int) -> str | None:

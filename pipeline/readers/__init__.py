@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import UsageError
 from .base import CaptionSource, ImageUnavailable, Reader, SourceSpec
 from .coco import CocoReader
@@ -15,6 +13,7 @@ from .flickr import FlickrReader
 from .hf import HFReader
 from .karpathy import KarpathyReader
 from .table import TableReader
+from .urlpath import UrlPath
 from .wds import WdsReader
 
 READERS: dict[str, type[Reader]] = {
@@ -40,10 +39,12 @@ def detect(spec: SourceSpec) -> str:
         return "hf"
     if spec.path is None:
         raise UsageError("no source given")
-    path = Path(spec.path)
+    path = spec.location(spec.path)
     if not path.exists() and WdsReader.claims(spec.path):
         return "wds"  # a brace pattern, a "::" list or a URL of tars
     if not path.exists():
+        if isinstance(path, UrlPath):
+            raise UsageError(f"{spec.path} does not exist")
         if path.suffix or spec.path.startswith(("/", ".", "~")) or spec.path.count("/") > 1:
             raise UsageError(f"{spec.path} does not exist")
         # Not a local path: a hub name ("owner/name") for the hf reader, resolved offline.
@@ -60,7 +61,7 @@ def format_mismatch(spec: SourceSpec, fmt: str) -> str | None:
     Asked after reading failed: names the file, the format asked for, and what ``--format
     auto`` takes it for; None also when no format fits the file.
     """
-    if spec.path is None or not Path(spec.path).exists() or READERS[fmt].sniff(Path(spec.path)):
+    if spec.path is None or not spec.location(spec.path).exists() or READERS[fmt].sniff(spec.location(spec.path)):
         return None
     try:
         found = detect(spec)

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import SourceError, UsageError
 from .base import ImageUnavailable
+from .urlpath import SourcePath
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,15 @@ def caption_records(
         raise SourceError(file, where, str(e)) from None
 
 
-def resolve_path(path: str, base: Path) -> str:
-    """An image path from a table, made absolute against ``base`` (absolute paths kept)."""
-    return os.path.abspath(os.path.join(base, path))
+def resolve_path(path: str, base: SourcePath | str) -> str:
+    """An image path from a table, made absolute against ``base`` (absolute paths kept).
+
+    Below a URL ``base`` the key is appended as written: the reader's confinement refuses
+    ``..`` and absolute keys; a path that is itself a URL is kept."""
+    text = str(base)
+    if "://" in text and not text.lower().startswith("file://"):
+        return path if "://" in path else f"{text.rstrip('/')}/{path}"
+    return os.path.abspath(os.path.join(text, path))
 
 
 def choose_split(value: Any, default: str, restval: str) -> str:
@@ -190,7 +197,7 @@ def py_strings(arr: pa.Array, column: str, file: str) -> list[Any]:
 class ArrowPart:
     """One table of a source (a dataset split, a parquet file), read in Arrow batches."""
 
-    def __init__(self, label: str, split: str | None, base_dir: Path) -> None:
+    def __init__(self, label: str, split: str | None, base_dir: SourcePath) -> None:
         self.label = label
         self.split = split
         self.base_dir = base_dir
@@ -215,11 +222,11 @@ class ArrowPart:
 class ParquetPart(ArrowPart):
     """A parquet file; random cell access reads (and caches) the row group holding the row."""
 
-    def __init__(self, path: Path, label: str, split: str | None, base_dir: Path) -> None:
+    def __init__(self, path: SourcePath, label: str, split: str | None, base_dir: SourcePath) -> None:
         super().__init__(label, split, base_dir)
         self.path = path
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path if isinstance(path, Path) else path.open("rb"))
         except (OSError, pa.ArrowInvalid) as e:
             raise SourceError(path, "footer", f"not a readable parquet file: {e}") from None
         meta = self._file.metadata
@@ -270,7 +277,7 @@ class Parts:
         self,
         column: str,
         index: int,
-        images: Path | None,
+        images: Path | str | None,
         open_path: Callable[[str], bytes],
     ) -> bytes:
         """The stored bytes of the image cell at global row ``index``; a path cell is read with
@@ -288,7 +295,9 @@ class Parts:
         raise ImageUnavailable("missing_image", f"{part.label}[{row}]: the image cell holds neither bytes nor a path")
 
 
-def arrow_rows(parts: Parts, cols: TableColumns, *, images: Path | None, restval: str) -> Iterator[dict[str, Any]]:
+def arrow_rows(
+    parts: Parts, cols: TableColumns, *, images: Path | str | None, restval: str
+) -> Iterator[dict[str, Any]]:
     """Caption-row dicts (without ``row_id``) of every part, in order."""
     for part, start in zip(parts.parts, parts.starts, strict=True):
         default_split = part.split or "train"

@@ -7,8 +7,9 @@ into the image's bytes. Readers must be picklable: shard-writing workers receive
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,7 +17,9 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from ..schema import batches_from_rows
-from .confine import ImageUnavailable, confined_path, read_image_file
+from .confine import ImageUnavailable, confined_path, confined_url, read_image_file
+from .fetch import fetch_images, fetch_limit, read_url_image
+from .urlpath import SourcePath, source_path
 
 __all__ = ["CaptionSource", "ImageUnavailable", "Reader", "SourceSpec"]
 
@@ -47,11 +50,15 @@ class SourceSpec:
     ``path`` is a file or folder (or a hub name for ``hf``). ``dataset`` is an in-memory
     ``datasets.Dataset``/``DatasetDict`` passed by library users (the embedded sample).
     ``follow_symlinks`` lets image symlinks point outside the image folder (``--follow-symlinks``).
+    ``path``, ``images`` and the split files may be fsspec URLs (``s3://…``, a ``str``), read
+    with ``storage_options`` (``--storage-options``; not part of the build's identity);
+    ``fetch_threads``/``fetch_bytes`` bound how images under a URL are fetched
+    (``CAPSHARD_FETCH_THREADS``, ``CAPSHARD_FETCH_BYTES``).
     """
 
     path: str | None = None
-    images: Path | None = None
-    split_files: tuple[tuple[str, Path], ...] = ()
+    images: Path | str | None = None
+    split_files: tuple[tuple[str, Path | str], ...] = ()
     image_column: str | None = None
     caption_column: str | None = None
     id_column: str | None = None
@@ -68,6 +75,13 @@ class SourceSpec:
     captions_column: str | None = None
     #: ``--captions``: extra caption tables joined to the resolved images (every reader).
     captions: tuple[CaptionSource, ...] = ()
+    storage_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    fetch_threads: int = field(default_factory=lambda: fetch_limit("CAPSHARD_FETCH_THREADS", 16), compare=False)
+    fetch_bytes: int = field(default_factory=lambda: fetch_limit("CAPSHARD_FETCH_BYTES", 64 * 2**20), compare=False)
+
+    def location(self, where: str | Path) -> SourcePath:
+        """``where`` (a path or URL of this source) as a ``Path``, or a ``UrlPath`` read with the storage options."""
+        return source_path(where, self.storage_options)
 
     def reading_options(self) -> dict[str, Any]:
         """The options that change what is read from the source (part of a build's identity)."""
@@ -100,7 +114,7 @@ class Reader:
         self.spec = spec
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         """Whether ``path`` looks like this format; cheap (reads at most a few KiB)."""
         return False
 
@@ -124,7 +138,43 @@ class Reader:
 
     def read_image(self, image_path: str) -> bytes:
         """The bytes of an image file named by the source, refused when it leaves :meth:`image_root`."""
+        url_root = self.url_image_root
+        if url_root is not None:
+            return read_url_image(confined_url(image_path, url_root), self.spec.storage_options)
         return read_image_file(self.checked_image_path(image_path))
+
+    @functools.cached_property
+    def url_image_root(self) -> str | None:
+        """The image prefix when it is an object-store URL (not ``file://``), else None (asked once:
+        finding a table's folder in a bucket is a request)."""
+        root = self.image_root()
+        text = None if root is None else str(root)
+        return text if text is not None and "://" in text and not text.lower().startswith("file://") else None
+
+    def open_images(self, refs: Sequence[tuple[str | None, int | None]]) -> Iterator[bytes | ImageUnavailable]:
+        """:meth:`open_image` of every reference, in order, a failure given as its ``ImageUnavailable``.
+
+        Images under an object-store prefix are fetched together (:func:`pipeline.storage.fetch_many`:
+        ``spec.fetch_threads`` at once, at most ``spec.fetch_bytes`` read ahead); local files one by one."""
+        url_root = self.url_image_root
+        checked: list[str | ImageUnavailable | None] = []
+        for path, _ in refs:
+            try:
+                checked.append(None if path is None or url_root is None else confined_url(path, url_root))
+            except ImageUnavailable as e:
+                checked.append(e)
+        urls = [c for c in checked if isinstance(c, str)]
+        fetched = fetch_images(urls, self.spec.storage_options, self.spec.fetch_threads, self.spec.fetch_bytes)
+        for (path, index), check in zip(refs, checked, strict=True):
+            if isinstance(check, str):
+                yield next(fetched)
+            elif check is not None:
+                yield check
+            else:
+                try:
+                    yield self.open_image(path, index)
+                except ImageUnavailable as e:
+                    yield e
 
     def checked_image_path(self, image_path: str) -> str:
         """The real path of ``image_path``, refused (``path_outside_images``) when it leaves :meth:`image_root`.
@@ -135,7 +185,7 @@ class Reader:
         """
         return confined_path(image_path, self.image_root(), follow_symlinks=self.spec.follow_symlinks)
 
-    def image_root(self) -> Path | None:
+    def image_root(self) -> Path | str | None:
         """The folder every image file must stay in: ``spec.images``; readers whose paths may be
         relative to the annotation file fall back to its folder. ``None``: no folder is known."""
         return self.spec.images
@@ -150,9 +200,9 @@ class Reader:
         """Name of the column the ``id_hint`` values come from, for the resolution report."""
         return self.spec.id_column
 
-    def annotation_files(self) -> list[Path]:
+    def annotation_files(self) -> list[SourcePath]:
         """Files whose bytes define the annotations; part of the source fingerprint."""
-        return [Path(self.spec.path)] if self.spec.path else []
+        return [self.spec.location(self.spec.path)] if self.spec.path else []
 
     def fingerprint(self) -> str:
         """``sha256:…`` over the annotation (and split list) bytes.
@@ -161,12 +211,12 @@ class Reader:
         each one's path, size and mtime, so a re-run can say which image changed.
         """
         h = hashlib.sha256()
-        for f in sorted(self.annotation_files()):
+        for f in sorted(self.annotation_files(), key=_sort_key):
             h.update(b"F" + str(f.name).encode() + b"\0")
             _hash_path(h, f)
-        for split, f in self.spec.split_files:
+        for split, file in self.spec.split_files:
             h.update(b"S" + split.encode() + b"\0")
-            _hash_path(h, f)
+            _hash_path(h, self.spec.location(file))
         return "sha256:" + h.hexdigest()
 
 
@@ -180,9 +230,15 @@ def _captions_identity(sources: tuple[CaptionSource, ...]) -> list[dict[str, Any
     ]
 
 
-def _hash_path(h: Any, path: Path) -> None:
+def _sort_key(path: SourcePath) -> tuple[str, ...]:
+    # A Path sorts by its parts; a URL alike, by its "/"-separated parts.
+    return path.parts if isinstance(path, Path) else tuple(str(path).split("/"))
+
+
+def _hash_path(h: Any, path: SourcePath) -> None:
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
+        children: list[Any] = sorted(path.rglob("*"), key=_sort_key)
+        for p in children:
             if p.is_file():
                 h.update(p.relative_to(path).as_posix().encode() + b"\0")
                 _hash_file(h, p)
@@ -190,7 +246,7 @@ def _hash_path(h: Any, path: Path) -> None:
         _hash_file(h, path)
 
 
-def _hash_file(h: Any, path: Path) -> None:
-    with open(path, "rb") as f:
+def _hash_file(h: Any, path: SourcePath) -> None:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)

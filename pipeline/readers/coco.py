@@ -24,11 +24,11 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ..errors import SourceError, UsageError
 from .base import Reader, SourceSpec
+from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ _SPLIT_IN_NAME = re.compile(r"(train|val|test)")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def load_json(path: Path) -> Any:
+def load_json(path: SourcePath) -> Any:
     """Parse a JSON file; a syntax error raises ``SourceError`` with its line.
 
     Bytes that are not UTF-8 do not fail the parse: they come back as lone surrogates
@@ -65,7 +65,7 @@ def checked_caption(text: str) -> str | None:
     return text
 
 
-def checked_name(value: object, path: Path, where: str, key: str) -> str:
+def checked_name(value: object, path: SourcePath, where: str, key: str) -> str:
     """A string field that names something (a file, a split): must be a valid string."""
     if not isinstance(value, str) or checked_caption(value) is None:
         raise SourceError(path, where, f"{key!r} must be a UTF-8 string, found {value!r}")
@@ -73,12 +73,13 @@ def checked_name(value: object, path: Path, where: str, key: str) -> str:
 
 
 def images_root(spec: SourceSpec, fmt: str) -> str:
-    """The absolute image folder of ``spec``; formats that name image files need it."""
+    """The absolute image folder (or URL prefix) of ``spec``; formats that name image files need it."""
     if spec.images is None:
         raise UsageError(f"the {fmt} format names image files: pass --images DIR, the folder that holds them")
-    if not spec.images.is_dir():
+    folder = spec.location(spec.images)
+    if not folder.is_dir():
         raise UsageError(f"--images {spec.images}: not a folder")
-    return str(spec.images.absolute())
+    return str(folder.absolute())
 
 
 def split_from_file_name(name: str) -> str:
@@ -87,7 +88,7 @@ def split_from_file_name(name: str) -> str:
     return found.group(1) if found else "train"
 
 
-def json_field(entry: Any, key: str, path: Path, where: str) -> Any:
+def json_field(entry: Any, key: str, path: SourcePath, where: str) -> Any:
     """``entry[key]``; a missing key or an entry that is not an object names ``where``."""
     if not isinstance(entry, dict):
         raise SourceError(path, where, f"expected an object, found {type(entry).__name__}")
@@ -96,7 +97,7 @@ def json_field(entry: Any, key: str, path: Path, where: str) -> Any:
     return entry[key]
 
 
-def id_field(entry: Any, key: str, path: Path, where: str) -> int | str:
+def id_field(entry: Any, key: str, path: SourcePath, where: str) -> int | str:
     """An id field: an integer or a UTF-8 string (JSON ``true`` is not an id)."""
     value = json_field(entry, key, path, where)
     if isinstance(value, bool) or not isinstance(value, (int, str)) or checked_caption(str(value)) is None:
@@ -104,7 +105,7 @@ def id_field(entry: Any, key: str, path: Path, where: str) -> int | str:
     return value
 
 
-def json_list(doc: Any, key: str, path: Path) -> list[Any]:
+def json_list(doc: Any, key: str, path: SourcePath) -> list[Any]:
     """The top-level list ``doc[key]``."""
     value = json_field(doc, key, path, "top level")
     if not isinstance(value, list):
@@ -118,7 +119,7 @@ class CocoReader(Reader):
     name = "coco"
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         """A ``.json`` file with ``images`` (``file_name``) and caption annotations
         (``image_id``, ``caption``), and no Karpathy ``sentences``.
 
@@ -128,7 +129,7 @@ class CocoReader(Reader):
         """
         if path.suffix.lower() != ".json" or not path.is_file():
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(SNIFF_BYTES)
             size = f.seek(0, os.SEEK_END)
             f.seek(max(len(head), size - SNIFF_BYTES))
@@ -147,7 +148,7 @@ class CocoReader(Reader):
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the coco format needs the captions JSON file as its source")
-        path = Path(self.spec.path)
+        path = self.spec.location(self.spec.path)
         doc = load_json(path)
         files = self._file_names(doc, path)
         split = split_from_file_name(path.name)
@@ -183,7 +184,7 @@ class CocoReader(Reader):
             logger.warning("%s: %d annotations name an image_id that is not in 'images'", path.name, unknown)
 
     @staticmethod
-    def _file_names(doc: Any, path: Path) -> dict[int | str, str]:
+    def _file_names(doc: Any, path: SourcePath) -> dict[int | str, str]:
         """``images[].id`` → ``file_name``; one id with two file names is an error."""
         files: dict[int | str, str] = {}
         for i, image in enumerate(json_list(doc, "images", path)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import stat
 
 from ..errors import CapshardError
@@ -131,3 +132,22 @@ def _kind(mode: int) -> str:
         (stat.S_ISLNK, "symlink"),
     )
     return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def confined_url(image_path: str, root: str) -> str:
+    """The URL of ``image_path`` (a URL below ``root`` or a key relative to it), refused when it leaves ``root``.
+
+    An object store has no symlinks: only the text counts. A key with ``..`` that climbs
+    out, an absolute key (``root//etc/passwd``) or a URL elsewhere is ``path_outside_images``.
+    """
+    top = root.rstrip("/")
+    if "://" not in image_path:
+        key = image_path
+    elif image_path.startswith(top + "/"):
+        key = image_path[len(top) + 1 :]
+    else:
+        raise ImageUnavailable("path_outside_images", f"image {image_path} is outside the image prefix {top}")
+    normal = posixpath.normpath(key) if key else ""
+    if not key or key.startswith("/") or normal == ".." or normal.startswith("../") or normal == ".":
+        raise ImageUnavailable("path_outside_images", f"image key {key!r} is outside the image prefix {top}")
+    return f"{top}/{normal}"

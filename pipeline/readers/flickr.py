@@ -32,7 +32,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +42,7 @@ from ..schema import CAPTION_ROWS, batches_from_rows
 from . import flickr_columns as columns
 from .base import Reader
 from .coco import checked_caption, images_root
+from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ def layout_of(first_line: str) -> str | None:
     return None
 
 
-def _open(path: Path, newline: str) -> TextIO:
+def _open(path: SourcePath, newline: str) -> TextIO:
     # surrogateescape: a caption that is not UTF-8 becomes one rejected row, not a failed file.
-    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+    return cast(TextIO, path.open(encoding="utf-8-sig", errors="surrogateescape", newline=newline))
 
 
 def _lines(f: TextIO, start: int) -> Iterator[tuple[int, str]]:
@@ -90,7 +91,7 @@ def _lines(f: TextIO, start: int) -> Iterator[tuple[int, str]]:
             yield n, line
 
 
-def _token_line(path: Path, n: int, line: str) -> tuple[str, str, str]:
+def _token_line(path: SourcePath, n: int, line: str) -> tuple[str, str, str]:
     """``(name, number, caption)`` of one token line; a line of another shape is an error."""
     m = _TOKEN_LINE.fullmatch(line)
     if m is None:
@@ -98,7 +99,7 @@ def _token_line(path: Path, n: int, line: str) -> tuple[str, str, str]:
     return m.group(1), m.group(2), m.group(3)
 
 
-def _token_records(path: Path) -> Iterator[_Record]:
+def _token_records(path: SourcePath) -> Iterator[_Record]:
     spaced: list[int] = []
     with _open(path, "\n") as f:
         for n, line in _lines(f, 1):
@@ -109,7 +110,7 @@ def _token_records(path: Path) -> Iterator[_Record]:
     _log_spaced(path, spaced)
 
 
-def _log_spaced(path: Path, spaced: list[int]) -> None:
+def _log_spaced(path: SourcePath, spaced: list[int]) -> None:
     if spaced:
         logger.warning(
             "%s: %d lines separate the caption with a space instead of a tab (lines %s); read alike",
@@ -119,7 +120,7 @@ def _log_spaced(path: Path, spaced: list[int]) -> None:
         )
 
 
-def _captions_records(path: Path) -> Iterator[_Record]:
+def _captions_records(path: SourcePath) -> Iterator[_Record]:
     counts: dict[str, int] = {}
     with _open(path, "") as f:
         reader = csv.reader(f)
@@ -141,7 +142,7 @@ def _captions_records(path: Path) -> Iterator[_Record]:
             raise SourceError(path, reader.line_num, f"not valid CSV: {e}") from None
 
 
-def _results_records(path: Path) -> Iterator[_Record]:
+def _results_records(path: SourcePath) -> Iterator[_Record]:
     with _open(path, "\n") as f:
         header = f.readline()
         spaced = "| " in header
@@ -149,13 +150,13 @@ def _results_records(path: Path) -> Iterator[_Record]:
             yield _Record(n, *_results_line(path, n, line, spaced))
 
 
-def _results_spaced(path: Path) -> bool:
+def _results_spaced(path: SourcePath) -> bool:
     # The Kaggle header is "image_name| comment_number| comment": the space is part of the separator.
     with _open(path, "\n") as f:
         return "| " in f.readline()
 
 
-def _results_line(path: Path, n: int, line: str, spaced: bool) -> tuple[str, str, str]:
+def _results_line(path: SourcePath, n: int, line: str, spaced: bool) -> tuple[str, str, str]:
     """``(name, number, comment)`` of one results.csv line, the known missing-``|`` row repaired."""
     cells = line.split("|", 2)
     if len(cells) == 3 and _NUMBER.fullmatch(cells[1].strip()):
@@ -188,7 +189,7 @@ class FlickrReader(Reader):
     name = "flickr"
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         """A ``.txt``/``.token``/``.csv`` file whose first line fits one of the layouts.
 
         A ``.csv`` with the generic header ``image,caption`` is left to the ``table``
@@ -196,7 +197,7 @@ class FlickrReader(Reader):
         """
         if path.suffix.lower() not in _SUFFIXES or not path.is_file():
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(4096)
         layout = layout_of(head.split(b"\n", 1)[0].decode("utf-8", "replace"))
         return layout is not None and not (layout == "captions" and path.suffix.lower() == ".csv")
@@ -220,19 +221,19 @@ class FlickrReader(Reader):
     def rows(self) -> Iterator[dict[str, Any]]:
         yield from self._rows(*self._prepare())
 
-    def _prepare(self) -> tuple[str, Path, dict[str, str] | None, str]:
+    def _prepare(self) -> tuple[str, SourcePath, dict[str, str] | None, str]:
         """Image folder, caption file, split lists and layout, each checked."""
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the flickr format needs the caption file as its source")
-        path = Path(self.spec.path)
+        path = self.spec.location(self.spec.path)
         splits = self._split_lists()
         layout = self._layout(path)
         logger.info("%s: %s layout", path.name, layout)
         return root, path, splits, layout
 
     @staticmethod
-    def _columnar_records(path: Path, layout: str) -> pa.Table | None:
+    def _columnar_records(path: SourcePath, layout: str) -> pa.Table | None:
         """The file's records as columns (``flickr_columns.RECORDS``); ``None``: read it row by row."""
         if layout == "token":
             found = columns.token_records(path, functools.partial(_token_line, path))
@@ -246,7 +247,7 @@ class FlickrReader(Reader):
             return columns.results_records(path, functools.partial(_results_line, path, spaced=spaced), spaced)
         return columns.captions_records(path)
 
-    def _caption_table(self, root: str, path: Path, splits: dict[str, str] | None, records: pa.Table) -> pa.Table:
+    def _caption_table(self, root: str, path: SourcePath, splits: dict[str, str] | None, records: pa.Table) -> pa.Table:
         """``CAPTION_ROWS`` of parsed records; rows of images in no split list rejected."""
         name, n = records["name"], records.num_rows
         if splits is None:
@@ -278,7 +279,9 @@ class FlickrReader(Reader):
         self._log_split_coverage(path, n_unlisted, n_no_captions)
         return table
 
-    def _rows(self, root: str, path: Path, splits: dict[str, str] | None, layout: str) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, root: str, path: SourcePath, splits: dict[str, str] | None, layout: str
+    ) -> Iterator[dict[str, Any]]:
         unlisted: set[str] = set()
         seen: set[str] = set()
         for rec in _PARSERS[layout](path):
@@ -309,7 +312,7 @@ class FlickrReader(Reader):
         self._log_split_coverage(path, len(unlisted), len(splits.keys() - seen) if splits is not None else 0)
 
     @staticmethod
-    def _layout(path: Path) -> str:
+    def _layout(path: SourcePath) -> str:
         try:
             with _open(path, "\n") as f:
                 first = f.readline(1 << 16)
@@ -329,10 +332,10 @@ class FlickrReader(Reader):
         """Image name → split from the split-list files; ``None`` when there are none."""
         if not self.spec.split_files:
             return None
-        listed: dict[str, tuple[str, Path]] = {}
+        listed: dict[str, tuple[str, Path | str]] = {}
         for split, file in self.spec.split_files:
             try:
-                data = file.read_bytes()
+                data = self.spec.location(file).read_bytes()
             except OSError as e:
                 raise UsageError(f"cannot read split list {file}: {e.strerror}") from None
             # Published lists come with LF or CRLF endings, with or without a final newline.
@@ -351,7 +354,7 @@ class FlickrReader(Reader):
         return {name: split for name, (split, _) in listed.items()}
 
     @staticmethod
-    def _log_split_coverage(path: Path, n_unlisted: int, n_no_captions: int) -> None:
+    def _log_split_coverage(path: SourcePath, n_unlisted: int, n_no_captions: int) -> None:
         if n_unlisted:
             logger.warning(
                 "%s: %d images are in no split list; their rows are rejected (not_in_split_lists)",

@@ -13,11 +13,12 @@ reader whole: ``None`` from :func:`records` means "not taken here".
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from .urlpath import SourcePath
 
 #: What Python's ``str.isspace``/``\\s`` call whitespace (RE2's ``\\s`` is ASCII only).
 WS = r"[\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
@@ -36,7 +37,7 @@ RECORDS = pa.schema(
 LineParser = Callable[[int, str], tuple[str, str, str]]
 
 
-def lines(path: Path, *, csv: bool = False) -> tuple[pa.Array, np.ndarray] | None:
+def lines(path: SourcePath, *, csv: bool = False) -> tuple[pa.Array, np.ndarray] | None:
     """Non-blank lines without their ``\\n`` (and one ``\\r``), with 1-based numbers.
 
     ``csv``: as Python's csv module reads, where only empty lines are blank and a ``\\r``
@@ -79,7 +80,7 @@ def _matched(found: pa.Array, numbers: np.ndarray, text: pa.Array, caption_id: p
     return pa.concat_tables([table.filter(ok), rest]).sort_by("line")
 
 
-def token_records(path: Path, parse: LineParser) -> tuple[pa.Table, np.ndarray] | None:
+def token_records(path: SourcePath, parse: LineParser) -> tuple[pa.Table, np.ndarray] | None:
     """``NAME#N<TAB>caption`` lines; also the numbers of lines with a space instead of the tab."""
     read = lines(path)
     if read is None:
@@ -90,7 +91,7 @@ def token_records(path: Path, parse: LineParser) -> tuple[pa.Table, np.ndarray] 
     return _matched(found, numbers, text, pc.struct_field(found, "number"), parse), spaced
 
 
-def results_records(path: Path, parse: LineParser, spaced: bool) -> pa.Table | None:
+def results_records(path: SourcePath, parse: LineParser, spaced: bool) -> pa.Table | None:
     """``image_name| comment_number| comment`` lines after the header (``spaced``: ``"| "`` separators)."""
     read = lines(path)
     if read is None:
@@ -116,7 +117,7 @@ def _with_caption(found: pa.Array, caption: pa.Array) -> pa.Array:
     )
 
 
-def captions_records(path: Path) -> pa.Table | None:
+def captions_records(path: SourcePath) -> pa.Table | None:
     """Kaggle ``image,caption`` CSV whose records are all one line; ``caption_id`` counts each image's rows."""
     read = lines(path, csv=True)
     if read is None:

@@ -32,6 +32,7 @@ from .arrow import (
     missing_column,
 )
 from .base import ImageUnavailable, Reader, SourceSpec
+from .urlpath import SourcePath
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,9 @@ class HFReader(Reader):
         return state
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
+        if not isinstance(path, Path):
+            return False  # in object storage: parquet is read by the table reader
         if path.is_dir():
             if any((path / name).is_file() for name in METADATA_FILES):
                 return True
@@ -128,7 +131,7 @@ class HFReader(Reader):
     def id_column(self) -> str | None:
         return self.columns().id
 
-    def annotation_files(self) -> list[Path]:
+    def annotation_files(self) -> list[SourcePath]:
         path = self._local_path()
         if path is None:
             return []
@@ -169,7 +172,7 @@ class HFReader(Reader):
         )
         yield from arrow_rows(parts, cols, images=self.spec.images, restval=self.spec.restval)
 
-    def image_root(self) -> Path | None:
+    def image_root(self) -> Path | str | None:
         """``--images``, else the local dataset's folder; an in-memory or hub dataset has none."""
         if self.spec.images is not None:
             return self.spec.images
@@ -207,6 +210,11 @@ class HFReader(Reader):
         if self.spec.dataset is not None:
             return _dataset_parts(self.spec.dataset, Path.cwd())
         path = self._local_path()
+        if path is None and "://" in str(self.spec.path):
+            raise UsageError(
+                f"{self.spec.path}: the hf reader reads local datasets only; for parquet files in object "
+                "storage use --format table"
+            )
         if path is None:
             return _dataset_parts(_load_cached(str(self.spec.path)), Path.cwd())
         if _is_saved_dataset(path):

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import SourceError, UsageError
 from .base import Reader
 from .coco import checked_caption, checked_name, id_field, images_root, json_field, json_list, load_json
+from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ class KarpathyReader(Reader):
     _id_column: str | None = None
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         """A ``.json`` file whose start has ``images`` and ``sentences`` or ``dataset``
         keys and no ``annotations`` key (that one is COCO)."""
         if path.suffix.lower() != ".json" or not path.is_file():
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             head = f.read(HEAD_BYTES)
         return b'"images"' in head and (b'"sentences"' in head or b'"dataset"' in head) and b'"annotations"' not in head
 
@@ -57,7 +57,7 @@ class KarpathyReader(Reader):
         if self._id_column is not None or self.spec.path is None:
             return self._id_column
         try:
-            with open(self.spec.path, "rb") as f:
+            with self.spec.location(self.spec.path).open("rb") as f:
                 head = f.read(HEAD_BYTES)
         except OSError:
             return None
@@ -67,7 +67,7 @@ class KarpathyReader(Reader):
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the karpathy format needs the dataset_*.json file as its source")
-        path = Path(self.spec.path)
+        path = self.spec.location(self.spec.path)
         doc = load_json(path)
         no_sentences: list[str] = []
         id_columns: set[str] = set()
@@ -86,7 +86,7 @@ class KarpathyReader(Reader):
                 id_columns.add(id_key)
             common = {
                 "split": self._split(image, path, where),
-                "image_path": _image_path(root, image.get("filepath"), file_name, path, where),
+                "image_path": _image_path(root, image.get("filepath"), file_name, path, where, self._exists),
                 "id_hint": id_hint,
                 "file_name": file_name,
             }
@@ -115,19 +115,25 @@ class KarpathyReader(Reader):
                 ", ".join(no_sentences[:5]),
             )
 
-    def _split(self, image: dict[str, Any], path: Path, where: str) -> str | None:
+    def _exists(self, image_path: str) -> bool:
+        """Whether an image file (or object, below a URL prefix) exists."""
+        return os.path.exists(image_path) if "://" not in image_path else self.spec.location(image_path).is_file()
+
+    def _split(self, image: dict[str, Any], path: SourcePath, where: str) -> str | None:
         if "split" not in image:
             return None
         split = checked_name(image["split"], path, where, "split")
         return self.spec.restval if split == "restval" else split
 
 
-def _image_path(root: str, filepath: object, file_name: str, path: Path, where: str) -> str:
+def _image_path(
+    root: str, filepath: object, file_name: str, path: SourcePath, where: str, exists: Callable[[str], bool]
+) -> str:
     """``root/filepath/file_name``, or ``root/file_name`` when only that one exists."""
     flat = f"{root}{os.sep}{file_name}"
     if filepath is None or filepath == "":
         return flat
     nested = f"{root}{os.sep}{checked_name(filepath, path, where, 'filepath')}{os.sep}{file_name}"
-    if not os.path.exists(nested) and os.path.exists(flat):
+    if not exists(nested) and exists(flat):
         return flat
     return nested

@@ -31,6 +31,7 @@ from .arrow import (
 )
 from .base import ImageUnavailable, Reader, SourceSpec
 from .coco import checked_caption
+from .urlpath import SourcePath
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TableReader(Reader):
         super().__init__(spec)
         if spec.path is None:
             raise UsageError("the table reader needs a path to a .csv, .tsv, .jsonl or .parquet file")
-        self.path = Path(spec.path)
+        self.path = spec.location(spec.path)
         # An explicit --format table on another suffix (Kaggle's captions.txt) reads it as CSV.
         self.kind = "parquet" if self.path.is_dir() else SUFFIXES.get(self.path.suffix.lower(), "csv")
         self.columns = TableColumns(
@@ -70,7 +71,7 @@ class TableReader(Reader):
         return state
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         if path.is_dir():
             return next(iter(path.glob("*.parquet")), None) is not None
         return path.is_file() and path.suffix.lower() in SUFFIXES
@@ -92,9 +93,12 @@ class TableReader(Reader):
             records = self._csv_rows("\t" if self.kind == "tsv" else ",")
         yield from records
 
-    def image_root(self) -> Path:
+    def image_root(self) -> Path | str:
         """``--images``, else the table's folder (a parquet folder: that folder), which paths are relative to."""
-        return self.spec.images or (self.path if self.path.is_dir() else self.path.parent)
+        if self.spec.images:
+            return self.spec.images
+        folder = self.path if self.path.is_dir() else self.path.parent
+        return folder if isinstance(folder, Path) else str(folder)
 
     def open_image(self, image_path: str | None, image_index: int | None) -> bytes:
         if image_path is not None:
@@ -107,10 +111,10 @@ class TableReader(Reader):
 
     def _open(self) -> Parts:
         if self._parts is None:
-            files = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
+            files: list[Any] = sorted(self.path.rglob("*.parquet")) if self.path.is_dir() else [self.path]
             if not files:
                 raise UsageError(f"{self.path}: no .parquet files in this folder")
-            root = self.path if self.path.is_dir() else self.path.parent
+            root: Any = self.path if self.path.is_dir() else self.path.parent
             parts = [ParquetPart(f, f.relative_to(root).as_posix(), None, f.parent) for f in files]
             for part in parts:
                 names = part.schema.names
@@ -140,7 +144,7 @@ class TableReader(Reader):
         for what, value in (("image path", image), ("id", ident), ("split", split)):
             if isinstance(value, str) and checked_caption(value) is None:
                 raise SourceError(file, line, f"{what} is not valid UTF-8")
-        base = self.spec.images or self.path.parent
+        base = self.spec.images or str(self.path.parent)
         return {
             "split": choose_split(split, "train", self.spec.restval),
             "image_path": resolve_path(image, base) if image else None,
@@ -150,7 +154,7 @@ class TableReader(Reader):
 
     def _csv_rows(self, delimiter: str) -> Iterator[dict[str, Any]]:
         file, cols = str(self.path), self.columns
-        with open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        with self.path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             # TSV has no quoting: a caption may hold a lone '"' (Flickr's do).
             if delimiter == "\t":
                 reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE)
@@ -201,7 +205,7 @@ class TableReader(Reader):
     def _jsonl_records(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """``(line, object)`` per non-blank line; undecodable bytes kept as surrogates."""
         file = str(self.path)
-        with open(self.path, encoding="utf-8-sig", errors="surrogateescape") as f:
+        with self.path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
             for line, text in enumerate(f, 1):
                 if not text.strip():
                     continue

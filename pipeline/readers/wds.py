@@ -25,13 +25,13 @@ import posixpath
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..errors import UsageError
 from .base import ImageUnavailable, Reader, SourceSpec
 from .recaption import extra_captions
 from .tarscan import TarSample, scan_tar
+from .urlpath import SourcePath
 from .wds_captions import json_str, sample_text
 from .wds_source import is_url, labels, list_tars, looks_like_wds, open_tar, tar_size
 
@@ -60,7 +60,7 @@ class WdsReader(Reader):
         super().__init__(spec)
         if spec.path is None:
             raise UsageError("the wds reader needs a folder of .tar files, a tar, or a brace pattern")
-        self.tars = list_tars(spec.path)
+        self.tars = list_tars(spec.path, spec.storage_options)
         self.labels = labels(self.tars)
         if spec.captions_from:
             log.warning("--captions-from is deprecated: use --captions FILE --join-on %s", spec.captions_key)
@@ -74,7 +74,7 @@ class WdsReader(Reader):
         return state
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, path: SourcePath) -> bool:
         if path.is_dir():
             return any(True for _ in path.glob("*.tar")) or any(True for _ in path.glob("*/*.tar"))
         return path.is_file() and path.suffix.lower() == ".tar"
@@ -87,7 +87,7 @@ class WdsReader(Reader):
     def id_column(self) -> str | None:
         return self.spec.id_column or "key"
 
-    def annotation_files(self) -> list[Path]:
+    def annotation_files(self) -> list[SourcePath]:
         return []
 
     def fingerprint(self) -> str:
@@ -95,7 +95,7 @@ class WdsReader(Reader):
         located, not read), and the ``--captions-from`` file's bytes."""
         h = hashlib.sha256()
         for url, label in zip(self.tars, self.labels, strict=True):
-            h.update(f"T{label}\0{tar_size(url)}\n".encode())
+            h.update(f"T{label}\0{tar_size(url, self.spec.storage_options)}\n".encode())
             for sample in self._scan(url, label):
                 h.update(f"S{sample.key}\0{sample.problem}\0".encode("utf-8", "backslashreplace"))
                 for ext, ref in sorted(sample.images.items()):
@@ -124,7 +124,7 @@ class WdsReader(Reader):
 
     def _scan(self, url: str, label: str) -> Iterator[TarSample]:
         try:
-            f = open_tar(url)
+            f = open_tar(url, self.spec.storage_options)
         except OSError as e:
             raise UsageError(f"{url}: cannot open this tar: {e}") from None
         with f:
@@ -221,7 +221,7 @@ class WdsReader(Reader):
             if len(self._open) >= OPEN_TARS:
                 oldest = next(iter(self._open))
                 self._open.pop(oldest).close()
-            f = open_tar(self.tars[tar_id])
+            f = open_tar(self.tars[tar_id], self.spec.storage_options)
         self._open[tar_id] = f  # most recently used last
         return f
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import IO
+from collections.abc import Mapping
+from typing import IO, Any
 
 import braceexpand
 
 from ..errors import UsageError
+
+Options = Mapping[str, Any] | None
 
 
 def is_url(path: str) -> bool:
@@ -31,22 +34,24 @@ def looks_like_wds(path: str) -> bool:
     return is_url(path) and ".tar" in path
 
 
-def list_tars(source: str) -> list[str]:
-    """The tars of ``source`` in reading order; raises ``UsageError`` naming what is missing."""
+def list_tars(source: str, options: Options = None) -> list[str]:
+    """The tars of ``source`` in reading order; raises ``UsageError`` naming what is missing.
+
+    ``options``: the ``--storage-options`` of URLs (every function here takes them)."""
     tars: list[str] = []
     for part in source.split("::"):
         if not part:
             continue
         for item in braceexpand.braceexpand(part):
-            tars.extend(_expand_one(item))
+            tars.extend(_expand_one(item, options))
     if not tars:
         raise UsageError(f"{source}: no .tar files found")
     return tars
 
 
-def _expand_one(item: str) -> list[str]:
+def _expand_one(item: str, options: Options) -> list[str]:
     if is_url(item):
-        fs, path = _fs(item)
+        fs, path = _fs(item, options)
         if fs.isdir(path):
             found = sorted(p for p in fs.find(path) if p.endswith(".tar"))
             if not found:
@@ -65,29 +70,29 @@ def _expand_one(item: str) -> list[str]:
     return [os.path.abspath(item)]
 
 
-def _fs(url: str):  # type: ignore[no-untyped-def]
+def _fs(url: str, options: Options = None):  # type: ignore[no-untyped-def]
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **dict(options or {}))
     except (ImportError, ValueError) as e:
         raise UsageError(f"{url}: cannot open this URL: {e}") from None
 
 
-def open_tar(url: str) -> IO[bytes]:
+def open_tar(url: str, options: Options = None) -> IO[bytes]:
     """A seekable binary file object for a tar listed by :func:`list_tars`."""
     if not is_url(url):
         return open(url, "rb")
-    fs, path = _fs(url)
+    fs, path = _fs(url, options)
     f: IO[bytes] = fs.open(path, "rb")
     return f
 
 
-def tar_size(url: str) -> int:
+def tar_size(url: str, options: Options = None) -> int:
     """The size of a tar in bytes, from the file system (no data read)."""
     if not is_url(url):
         return os.path.getsize(url)
-    fs, path = _fs(url)
+    fs, path = _fs(url, options)
     return int(fs.size(path))
 
 
