@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_etl import REPO, make_dataset  # noqa: E402
+from bench_etl import REPO, make_dataset
 
 #: Runs ``capshard build`` in-process and prints its CPU accounting as JSON on the last line.
 TIMED = """

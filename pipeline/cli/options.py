@@ -16,8 +16,8 @@ import click
 
 from ..captions_per_image import CaptionsPerImage
 from ..errors import UsageError
-from ..text import duration
 from ..resolve import SPLIT_NAME
+from ..text import duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
