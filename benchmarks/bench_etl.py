@@ -9,7 +9,9 @@ interleave every method (so the load of a shared machine falls on all of them al
 - LitData ``optimize`` with 2 workers, when ``litdata`` imports (optional);
 - ``capshard build`` passthrough with ``--workers 1`` and ``--workers 2``;
 - a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
-- ``capshard build --resize 256 --workers 2``.
+- ``capshard build --resize 256 --workers 2``;
+- resolution at ``--resolve-rows`` caption rows (1M and 10M by default; references and
+  hashes only, the code path of ``build``), each in a fresh process: ``bench_resolve.py``.
 
 Every method runs as its own process (imports included, as a user would run it).
 ``--compare NAME=PATH`` adds capshard rows for another checkout (e.g. main before a
@@ -35,6 +37,9 @@ import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_resolve
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (500, 375)
@@ -209,6 +214,8 @@ def main() -> None:
                     help="Python of an environment with litdata installed (LitData is skipped without it).")
     ap.add_argument("--plot-only", action="store_true",
                     help="Only draw the chart (beside --out, .png) from the report already at --out.")
+    ap.add_argument("--resolve-rows", type=int, nargs="*", default=[1_000_000, 10_000_000],
+                    help="Caption-row counts for the resolution part (none: skip it).")
     args = ap.parse_args()
     if args.plot_only:
         rate, data = rates_from_report(args.out)
@@ -250,6 +257,8 @@ def main() -> None:
                 print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
     rate = {m: args.images / statistics.median(t) for m, t in times.items()}
     report = render(args, rate, times, mean_kb, litdata, trees)
+    if args.resolve_rows:
+        report += render_resolution([bench_resolve.run_fresh(n) for n in args.resolve_rows])
     print(report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -293,6 +302,27 @@ def render(args: argparse.Namespace, rate: dict[str, float], times: dict[str, li
             lines.append(f"- {m}: this checkout / {label.strip(' []')}: {rate[m] / rate[m + label]:.2f}")
     if not litdata:
         lines += ["", "LitData: not installed in this environment (`import litdata` failed), so not measured."]
+    return "\n".join(lines) + "\n"
+
+
+def render_resolution(results: list[dict]) -> str:
+    """The resolution section: wall and CPU seconds, peak RSS, per-row cost against the smallest size."""
+    lines = [
+        "",
+        "## Resolution at scale",
+        "",
+        "`distinct_refs` + `resolve` on synthetic caption rows (5 per image, Flickr-length captions, probed "
+        "hashes), each size in a fresh process (`benchmarks/bench_resolve.py`).",
+        "",
+        "| rows | images | wall s | CPU s | peak RSS MiB | RSS after generating the input MiB | CPU per row vs first |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    base = results[0]["cpu_s"] / results[0]["rows"]
+    for r in results:
+        lines.append(
+            f"| {r['rows']:,} | {r['images']:,} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mib']:,} | "
+            f"{r['rss_after_generate_mib']:,} | {r['cpu_s'] / r['rows'] / base:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

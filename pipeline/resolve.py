@@ -21,15 +21,17 @@ kept (they are real annotations, and dropping them would change the published co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import resolve_columns as cols
 from .config import BuildConfig
 from .errors import BuildError
 from .format import ResolutionReport
@@ -43,7 +45,7 @@ SPLIT_PRIORITY = {"test": 0, "val": 1, "validation": 1, "dev": 1, "train": 2}
 MAX_KEY = 80
 #: Split names become shard-file prefixes: letters, digits and ``_`` only.
 SPLIT_NAME = r"^[A-Za-z0-9_]+$"
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY_BAD = re.compile(cols.KEY_BAD)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,9 @@ class Resolution:
 
 @dataclass(frozen=True)
 class _Naming:
-    """Image id per identity (content hash or trusted name), and what naming found."""
+    """Image id per identity code (content hash or trusted name), and what naming found."""
 
-    ids: dict[str, str]
+    ids: pa.Array
     merged_ids: int = 0
     conflicts: int = 0
     duplicate_content: int = 0
@@ -88,18 +90,33 @@ def sanitize_key(image_id: str) -> str:
 def resolve(
     rows: pa.Table, probed: pa.Table, config: BuildConfig, *, id_column: str | None, multi_caption: bool
 ) -> Resolution:
-    """Resolve image identity for every row; see the module docstring for the strategies."""
+    """Resolve image identity for every row; see the module docstring for the strategies.
+
+    Rows are handled by position and strings by integer codes (:mod:`.resolve_columns`):
+    the caption table is neither joined nor copied, only the output columns are taken.
+    """
     n_rows = rows.num_rows
     spec = config.id_spec
-    rows = _with_reasons(_join_probe(rows, probed), config.max_caption_chars)
+    pos = cols.probe_positions(rows, probed, ref_key)
+    caption = cols.trimmed(rows["caption"])
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
-    rows = _require_names(rows.append_column("name", names), spec)
+    needs_name = spec.missing_reason is not None
+    rejected = _flagged(rows, probed, pos, caption, names if needs_name else None, config.max_caption_chars)
+    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, np.flatnonzero(rejected), config)
+    valid = np.flatnonzero(~rejected)
+    del rejected
 
-    rejected = rows.filter(pc.is_valid(rows["reason"]))
-    valid = rows.filter(pc.is_null(rows["reason"]))
-    rejects = [_reject_record(r, config) for r in rejected.to_pylist()]
-
-    naming = _name_by_content(valid, spec.name) if spec.by_content else _trusted_ids(valid)
+    shas, sha_of_probe = cols.codes(probed["sha256"])
+    assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
+    sha = sha_of_probe[pos[valid]]
+    name_values, name = cols.codes(names)  # over all rows: no copy of the column
+    name = name[valid]
+    if spec.by_content:
+        naming = _name_by_content(shas, sha, name_values, name, rows["file_name"], valid, spec.name)
+        identity = sha
+    else:
+        naming = _trusted_ids(name_values, name, sha)
+        identity = name
     report = ResolutionReport(
         strategy=spec.text,
         id_source=id_source,
@@ -108,28 +125,76 @@ def resolve(
         duplicate_content=naming.duplicate_content,
         notes=naming.notes,
     )
-    identity = valid["sha256"] if spec.by_content else valid["name"]
-    valid = valid.append_column("identity", identity)
-    valid = valid.append_column("image_id", pa.array([naming.ids[k] for k in identity.to_pylist()], pa.string()))
 
-    valid, leak_rejects = _handle_leaks(valid, config)
+    keep, leak_rejects = _handle_leaks(rows, valid, identity, naming.ids, config)
     rejects.extend(leak_rejects)
-    images = _images(valid, multi_caption or naming.duplicate_content > 0)
-    reject_table = pa.Table.from_pylist(sorted(rejects, key=lambda r: r["row_id"]), schema=REJECT_SCHEMA)
-    return Resolution(images=images, rejects=reject_table, report=report, n_rows=n_rows)
+    valid, identity, name = valid[keep], identity[keep], name[keep]
+    images = _aggregate(rows, probed, pos, caption, valid, identity, naming.ids, name_values, name)
+    _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
+    return Resolution(images=_keyed(images), rejects=_reject_table(rejects), report=report, n_rows=n_rows)
 
 
-def _join_probe(rows: pa.Table, probed: pa.Table) -> pa.Table:
-    """Each caption row with its image's probe result, in row order."""
-    rows = rows.append_column("ref", ref_key(rows))
-    probed = probed.append_column("ref", ref_key(probed)).drop_columns(["image_path", "image_index"])
-    return rows.join(probed, "ref", join_type="left outer", use_threads=False).sort_by("row_id")
+def _flagged(
+    rows: pa.Table,
+    probed: pa.Table,
+    pos: np.ndarray,
+    caption: pa.ChunkedArray,
+    names: pa.ChunkedArray | None,
+    max_caption_chars: int,
+) -> np.ndarray:
+    """Which rows get a reason: cheap boolean columns (the reasons themselves only for those rows)."""
+    length = pc.utf8_length(caption)
+    flagged = [
+        pc.is_valid(rows["reject"]),
+        pc.is_null(rows["split"]),
+        pc.invert(pc.fill_null(pc.match_substring_regex(rows["split"], SPLIT_NAME), True)),
+        pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"])),
+        pc.fill_null(pc.greater(length, max_caption_chars), True),
+        pc.fill_null(pc.equal(length, 0), False),
+        *([pc.is_null(names)] if names is not None else []),
+    ]
+    return cols.as_numpy(functools.reduce(pc.or_, flagged)) | cols.probe_failed(probed, pos)
 
 
-def _with_reasons(rows: pa.Table, max_caption_chars: int) -> pa.Table:
-    """Captions stripped, and a ``reason`` column: the first reason a row cannot be used, else null."""
-    caption = pc.utf8_trim_whitespace(rows["caption"])
-    rows = rows.set_column(rows.schema.get_field_index("caption"), "caption", caption)
+def _keyed(images: pa.Table) -> pa.Table:
+    """The images with their group number and WebDataset key."""
+    keys = cols.sanitized_keys(images["image_id"].combine_chunks())
+    assert pc.count_distinct(keys).as_py() == len(keys), "sanitised keys must be unique"
+    images = images.append_column("group", pa.array(range(images.num_rows), pa.int64()))
+    return images.append_column("key", keys)
+
+
+def _reject_table(rejects: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(sorted(rejects, key=lambda r: r["row_id"]), schema=REJECT_SCHEMA)
+
+
+def _row_rejects(
+    rows: pa.Table,
+    probed: pa.Table,
+    pos: np.ndarray,
+    caption: pa.ChunkedArray,
+    names: pa.ChunkedArray | None,
+    at: np.ndarray,
+    config: BuildConfig,
+) -> list[dict[str, Any]]:
+    """The reject records of the rows at positions ``at`` (a few, in a normal build).
+
+    ``names``: the source names when the strategy needs one per row (else ``None``).
+    """
+    if len(at) == 0:
+        return []
+    rows = pa.table(
+        {
+            **{
+                c: cols.take(rows[c], at)
+                for c in ("row_id", "location", "reject", "split", "image_path", "image_index")
+            },
+            "caption": cols.take(caption, at),
+            "image_reason": cols.take(probed["image_reason"], pos[at]),
+            "image_detail": cols.take(probed["image_detail"], pos[at]),
+        }
+    )
+    caption = rows["caption"]
     length = pc.utf8_length(caption)
     no_ref = pc.and_(pc.is_null(rows["image_path"]), pc.is_null(rows["image_index"]))
     none = pa.scalar(None, pa.string())
@@ -138,13 +203,21 @@ def _with_reasons(rows: pa.Table, max_caption_chars: int) -> pa.Table:
         rows["reject"],
         pc.if_else(pc.is_null(rows["split"]), pa.scalar("no_split"), none),
         pc.if_else(good_split, none, pa.scalar("bad_split_name")),
-        pc.if_else(no_ref, pa.scalar("missing_image"), none),
+        pc.if_else(no_ref, pa.scalar("missing_image"), pa.scalar(None, pa.string())),
         rows["image_reason"],
-        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), none),
-        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), none),
-        pc.if_else(pc.greater(length, max_caption_chars), pa.scalar("caption_too_long"), none),
+        pc.if_else(pc.is_null(caption), pa.scalar("missing_caption"), pa.scalar(None, pa.string())),
+        pc.if_else(pc.equal(length, 0), pa.scalar("empty_caption"), pa.scalar(None, pa.string())),
+        pc.if_else(
+            pc.greater(length, config.max_caption_chars),
+            pa.scalar("caption_too_long"),
+            pa.scalar(None, pa.string()),
+        ),
     )
-    return rows.append_column("reason", reason)
+    if names is not None:
+        missing = pc.and_(pc.is_null(reason), pc.is_null(cols.take(names, at)))
+        reason = pc.if_else(missing, pa.scalar(config.id_spec.missing_reason), reason)
+    rows = rows.append_column("reason", reason)
+    return [_reject_record(r, config) for r in rows.to_pylist()]
 
 
 def _no_names(rows: pa.Table) -> pa.ChunkedArray:
@@ -169,189 +242,263 @@ _NAMES = {
 }
 
 
-def _require_names(rows: pa.Table, spec: IdSpec) -> pa.Table:
-    """Under a strategy that trusts a name, a usable row without one is rejected."""
-    if spec.missing_reason is None:
-        return rows
-    missing = pc.and_(pc.is_null(rows["reason"]), pc.is_null(rows["name"]))
-    reason = pc.if_else(missing, pa.scalar(spec.missing_reason), rows["reason"])
-    return rows.set_column(rows.schema.get_field_index("reason"), "reason", reason)
+def _name_by_content(
+    shas: pa.Array,
+    sha: np.ndarray,
+    names: pa.Array,
+    name: np.ndarray,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
+    strategy: str,
+) -> _Naming:
+    """Image id per content-hash code (null for hashes no valid row has); counts merges and conflicts.
 
+    ``sha``/``name``: per valid row (``valid``: their positions), codes into ``shas``/``names``
+    (-1: no name); ``file_names``: the column of all rows. A hash with
+    one source name takes it; a hash with several (merged ids) is decided in Python.
+    """
+    pair_sha, pair_name = cols.distinct_pairs(sha, name)  # first-appearance order
+    named = pair_name >= 0
+    names_per_sha = np.bincount(pair_sha[named], minlength=len(shas))
+    conflicted = np.bincount(pair_name[named], minlength=len(names)) > 1
+    present = np.bincount(pair_sha, minlength=len(shas)) > 0
+    the_name = np.full(len(shas), -1, np.int64)
+    the_name[pair_sha[named]] = pair_name[named]
 
-def _images(valid: pa.Table, several_captions_expected: bool) -> pa.Table:
-    """One row per image, sorted by image id, with its group number and WebDataset key."""
-    images = _aggregate(valid)
-    if several_captions_expected:
-        _check_single_captions(images)
-    images = images.sort_by("image_id")
-    keys = [sanitize_key(i) for i in images["image_id"].to_pylist()]
-    assert len(set(keys)) == len(keys), "sanitised keys must be unique"
-    images = images.append_column("group", pa.array(range(images.num_rows), pa.int64()))
-    return images.append_column("key", pa.array(keys, pa.string()))
-
-
-def _name_by_content(valid: pa.Table, strategy: str) -> _Naming:
-    """Image id per content hash; under ``auto``, with the merges and conflicts counted."""
-    pairs = valid.group_by(["sha256", "name"], use_threads=False).aggregate([("file_name", "distinct")])
-    shas_of_name: dict[str, set[str]] = defaultdict(set)
-    names_of_sha: dict[str, set[str]] = defaultdict(set)
-    files_of_sha: dict[str, set[str]] = defaultdict(set)
-    for sha, name, files in zip(
-        pairs["sha256"].to_pylist(),
-        pairs["name"].to_pylist(),
-        pairs["file_name_distinct"].to_pylist(),
-        strict=True,
-    ):
-        names_of_sha[sha]  # every hash gets an entry, named or not
-        if name is not None:
-            shas_of_name[name].add(sha)
-            names_of_sha[sha].add(name)
-        files_of_sha[sha].update(f for f in files if f is not None)
-    conflicted = {n for n, shas in shas_of_name.items() if len(shas) > 1}
-    ids: dict[str, str] = {}
-    for sha, names in names_of_sha.items():
-        if strategy == "content" or not names:
-            ids[sha] = f"sha256-{sha[:16]}"
-        elif len(names) == 1:
-            (name,) = names
-            ids[sha] = f"{name}~{sha[:8]}" if name in conflicted else name
-        else:
-            files = files_of_sha[sha]
-            name = next(iter(files)) if len(files) == 1 else min(names)
-            ids[sha] = f"{name}~{sha[:8]}" if name in conflicted else name
+    ids = pc.binary_join_element_wise("sha256-", pc.utf8_slice_codeunits(shas, 0, 16), "")
     if strategy != "auto":
-        return _Naming(_unique_ids(ids))
-    merged = {sha: names for sha, names in names_of_sha.items() if len(names) > 1}
+        return _Naming(_unique_ids(pc.if_else(pa.array(present), ids, pa.scalar(None, pa.string())), shas))
+    single = np.flatnonzero(names_per_sha == 1)
+    named_id = cols.take(names, the_name[single])
+    suffixed = pc.binary_join_element_wise(named_id, pc.utf8_slice_codeunits(cols.take(shas, single), 0, 8), "~")
+    named_id = pc.if_else(pa.array(conflicted[the_name[single]]), suffixed, named_id)
+    ids = _put(ids, single, named_id)
+    ids, merged_ids, notes = _merged_ids(
+        ids, shas, sha, names, pair_sha, pair_name, names_per_sha, conflicted, file_names, valid
+    )
+    conflicted_names = cols.take(names, np.flatnonzero(conflicted)).to_pylist()
+    if conflicted_names:
+        notes += (
+            f"{len(conflicted_names)} ids carry different image bytes and were kept apart as id~sha8 "
+            f"(e.g. {', '.join(sorted(conflicted_names)[:5])})",
+        )
+    ids = pc.if_else(pa.array(present), ids, pa.scalar(None, pa.string()))
+    return _Naming(_unique_ids(ids, shas), merged_ids=merged_ids, conflicts=len(conflicted_names), notes=notes)
+
+
+def _merged_ids(
+    ids: pa.Array,
+    shas: pa.Array,
+    sha: np.ndarray,
+    names: pa.Array,
+    pair_sha: np.ndarray,
+    pair_name: np.ndarray,
+    names_per_sha: np.ndarray,
+    conflicted: np.ndarray,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
+) -> tuple[pa.Array, int, tuple[str, ...]]:
+    """Ids of hashes that several source ids share (in Python: they are few), how many source
+    ids were merged, and the report's note on them."""
+    merged_codes = np.flatnonzero(names_per_sha > 1)
+    if len(merged_codes) == 0:
+        return ids, 0, ()
+    # Merged hashes in order of first appearance, each with its set of names, as the report lists them.
+    in_merged = np.isin(pair_sha, merged_codes)
+    # Merged hashes in order of first appearance (ties in the report's example keep it).
+    merged: dict[int, set[str]] = {s: set() for s in dict.fromkeys(pair_sha[in_merged].tolist())}
+    in_merged &= pair_name >= 0
+    for s, text in zip(pair_sha[in_merged].tolist(), cols.take(names, pair_name[in_merged]).to_pylist(), strict=True):
+        merged[s].add(text)
+    merged_codes = np.array(list(merged))
+    files: dict[int, set[str]] = {s: set() for s in merged}
+    rows = np.flatnonzero(np.isin(sha, merged_codes))
+    for s, f in zip(sha[rows].tolist(), cols.take(file_names, valid[rows]).to_pylist(), strict=True):
+        if f is not None:
+            files[s].add(f)
+    sha_text = cols.take(shas, merged_codes).to_pylist()
+    conflicted_set = set(cols.take(names, np.flatnonzero(conflicted)).to_pylist())
+    chosen = []
+    for s, digest in zip(merged, sha_text, strict=True):
+        name = next(iter(files[s])) if len(files[s]) == 1 else min(merged[s])
+        chosen.append(f"{name}~{digest[:8]}" if name in conflicted_set else name)
     merged_ids = sum(len(n) - 1 for n in merged.values())
-    notes = []
-    if merged:
-        example = sorted(next(iter(sorted(merged.values(), key=min))))[:5]
-        notes.append(
-            f"{merged_ids} source ids were merged into {len(merged)} images with identical bytes "
-            f"(e.g. {', '.join(example)}); if the id column counts rows, this is the loop-counter bug fixed"
-        )
-    if conflicted:
-        notes.append(
-            f"{len(conflicted)} ids carry different image bytes and were kept apart as id~sha8 "
-            f"(e.g. {', '.join(sorted(conflicted)[:5])})"
-        )
-    return _Naming(_unique_ids(ids), merged_ids=merged_ids, conflicts=len(conflicted), notes=tuple(notes))
+    example = sorted(next(iter(sorted(merged.values(), key=min))))[:5]
+    note = (
+        f"{merged_ids} source ids were merged into {len(merged)} images with identical bytes "
+        f"(e.g. {', '.join(example)}); if the id column counts rows, this is the loop-counter bug fixed"
+    )
+    return _put(ids, merged_codes, pa.array(chosen, pa.string())), merged_ids, (note,)
 
 
-def _unique_ids(ids: dict[str, str]) -> dict[str, str]:
+def _put(values: pa.Array, at: np.ndarray, replacements: pa.Array) -> pa.Array:
+    """``values`` with the entries at ``at`` (distinct positions) replaced by ``replacements``."""
+    if len(at) == 0:
+        return values
+    mask = np.zeros(len(values), bool)
+    mask[at] = True
+    # replace_with_mask consumes replacements in position order.
+    return pc.replace_with_mask(values, pa.array(mask), cols.take(replacements, np.argsort(at)))
+
+
+def _unique_ids(ids: pa.Array, identities: pa.Array) -> pa.Array:
     """Make image ids unique: an id shared by several identities gets a hash suffix on each."""
-    count: dict[str, int] = defaultdict(int)
-    for image_id in ids.values():
-        count[image_id] += 1
-    return {k: (f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}" if count[v] > 1 else v) for k, v in ids.items()}
+    counts = pc.value_counts(ids.drop_null())
+    shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(shared) == 0:
+        return ids
+    at = np.flatnonzero(cols.as_numpy(pc.fill_null(pc.is_in(ids, value_set=shared), False)))
+    fixed = [
+        f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}"
+        for v, k in zip(cols.take(ids, at).to_pylist(), cols.take(identities, at).to_pylist(), strict=True)
+    ]
+    return _put(ids, at, pa.array(fixed, pa.string()))
 
 
-def _trusted_ids(valid: pa.Table) -> _Naming:
-    """Ids taken as given; one id with several contents is an error, shared contents a note."""
-    per_name = valid.group_by("name", use_threads=False).aggregate([("sha256", "count_distinct")])
-    bad = per_name.filter(pc.greater(per_name["sha256_count_distinct"], 1))["name"].to_pylist()
-    if bad:
+def _trusted_ids(names: pa.Array, name: np.ndarray, sha: np.ndarray) -> _Naming:
+    """Ids taken as given (one per name code); one id with several contents is an error, shared contents a note."""
+    pair_name, pair_sha = cols.distinct_pairs(name, sha)
+    bad_codes = np.flatnonzero(np.bincount(pair_name, minlength=len(names)) > 1)
+    if len(bad_codes):
+        bad = cols.take(names, bad_codes).to_pylist()
         raise BuildError(
             f"{len(bad)} image ids carry different image bytes in different rows "
             f"({', '.join(sorted(bad)[:5])}{', …' if len(bad) > 5 else ''}); they cannot be one sample. "
             "Use --id auto to keep them apart, or fix the source"
         )
-    per_sha = valid.group_by("sha256", use_threads=False).aggregate([("name", "count_distinct")])
-    shared = pc.sum(pc.greater(per_sha["name_count_distinct"], 1)).as_py() or 0
+    shared = int(np.count_nonzero(np.bincount(pair_sha) > 1)) if len(pair_sha) else 0
     notes = (f"{shared} images have the same bytes as another id; kept apart as --id asked",) if shared else ()
-    return _Naming({n: n for n in per_name["name"].to_pylist()}, duplicate_content=int(shared), notes=notes)
+    return _Naming(names, duplicate_content=shared, notes=notes)
 
 
-def _handle_leaks(valid: pa.Table, config: BuildConfig) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Images in more than one split: fail, or keep the evaluation split and reject the rest."""
-    splits = valid.group_by("image_id", use_threads=False).aggregate([("split", "distinct")])
-    leaked = {
-        i: s
-        for i, s in zip(splits["image_id"].to_pylist(), splits["split_distinct"].to_pylist(), strict=True)
-        if len(s) > 1
-    }
-    if not leaked:
-        return valid, []
+def _handle_leaks(
+    rows: pa.Table, valid: np.ndarray, identity: np.ndarray, image_ids: pa.Array, config: BuildConfig
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Images in more than one split: fail, or keep the evaluation split and reject the rest.
+
+    Returns which valid rows stay (a mask) and the reject records of the others.
+    """
+    splits, split = cols.codes(rows["split"])
+    split = split[valid]
+    pair_image, pair_split = cols.distinct_pairs(identity, split)
+    leaked_codes = np.flatnonzero(np.bincount(pair_image, minlength=len(image_ids)) > 1)
+    keep_rows = np.ones(len(valid), bool)
+    if len(leaked_codes) == 0:
+        return keep_rows, []
+    split_text = splits.to_pylist()
+    in_leaked = np.isin(pair_image, leaked_codes)
+    leaked: dict[int, set[str]] = {int(i): set() for i in leaked_codes}
+    for i, s in zip(pair_image[in_leaked].tolist(), pair_split[in_leaked].tolist(), strict=True):
+        leaked[i].add(split_text[s])
+    id_text = dict(zip(leaked, cols.take(image_ids, leaked_codes).to_pylist(), strict=True))
     if config.on_leak == "fail":
-        shown = "; ".join(f"{i} in {', '.join(sorted(leaked[i]))}" for i in sorted(leaked)[:5])
+        by_id = {id_text[i]: s for i, s in leaked.items()}
+        shown = "; ".join(f"{i} in {', '.join(sorted(by_id[i]))}" for i in sorted(by_id)[:5])
         raise BuildError(
             f"{len(leaked)} images appear in more than one split ({shown}{'; …' if len(leaked) > 5 else ''}): "
             "a train/eval leak. Fix the split assignment, or pass --on-leak reject to keep each image in its "
             "evaluation split and reject its other rows"
         )
-    keep = {i: min(s, key=lambda x: (SPLIT_PRIORITY.get(x, 3), x)) for i, s in leaked.items()}
-    drop_mask = [
-        i in keep and s != keep[i]
-        for i, s in zip(valid["image_id"].to_pylist(), valid["split"].to_pylist(), strict=True)
-    ]
-    mask = pa.array(drop_mask)
-    dropped = valid.filter(mask)
+    keep_split = np.full(len(image_ids), -1, np.int64)
+    for i, s in leaked.items():
+        keep_split[i] = split_text.index(min(s, key=lambda x: (SPLIT_PRIORITY.get(x, 3), x)))
+    kept = keep_split[identity]
+    dropped = np.flatnonzero((kept >= 0) & (split != kept))
+    keep_rows[dropped] = False
+    at = valid[dropped]
     rejects = [
         {
-            "row_id": r["row_id"],
-            "location": r["location"],
+            "row_id": row_id,
+            "location": location,
             "reason": "split_leak",
-            "detail": detail("split_leak", image_id=r["image_id"], kept=keep[r["image_id"]]),
+            "detail": detail("split_leak", image_id=id_text[i], kept=split_text[keep_split[i]]),
         }
-        for r in dropped.select(["row_id", "location", "image_id"]).to_pylist()
-    ]
-    return valid.filter(pc.invert(mask)), rejects
-
-
-def _aggregate(valid: pa.Table) -> pa.Table:
-    """One row per image, captions and their ids in source (row id) order."""
-    grouped = (
-        valid.sort_by("row_id")
-        .group_by("image_id", use_threads=False)
-        .aggregate(
-            [
-                ("caption", "list"),
-                ("caption_id", "list"),
-                ("row_id", "list"),
-                ("name", "distinct"),
-                ("url", "distinct"),
-                ("location", "first"),
-                ("split", "first"),
-                ("sha256", "first"),
-                ("n_bytes", "first"),
-                ("format", "first"),
-                ("width", "first"),
-                ("height", "first"),
-                ("image_path", "first"),
-                ("image_index", "first"),
-                ("file_name", "first"),
-            ]
+        for row_id, location, i in zip(
+            cols.take(rows["row_id"], at).to_pylist(),
+            cols.take(rows["location"], at).to_pylist(),
+            identity[dropped].tolist(),
+            strict=True,
         )
-    )
-    return grouped.rename_columns(
+    ]
+    return keep_rows, rejects
+
+
+def _aggregate(
+    rows: pa.Table,
+    probed: pa.Table,
+    pos: np.ndarray,
+    caption: pa.ChunkedArray,
+    valid: np.ndarray,
+    identity: np.ndarray,
+    image_ids: pa.Array,
+    names: pa.Array,
+    name: np.ndarray,
+) -> pa.Table:
+    """One row per image, sorted by image id; captions and their ids in source (row id) order.
+
+    ``valid`` are row positions in source order; ``identity`` their codes into ``image_ids``.
+    """
+    present = np.unique(identity)
+    by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
+    rank_of = np.zeros(len(image_ids), np.int64)
+    rank_of[by_id] = np.arange(len(by_id))
+    rank = rank_of[identity]
+    local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
+    order, rank, n = valid[local], rank[local], len(by_id)
+    starts = np.searchsorted(rank, np.arange(n))
+    # As group_by's "first": the first non-null value of each column, in source order.
+    in_probe = pos[order]
+    return pa.table(
         {
-            "caption_list": "captions",
-            "caption_id_list": "caption_ids",
-            "row_id_list": "row_ids",
-            "name_distinct": "source_ids",
-            "url_distinct": "source_urls",
+            "image_id": cols.take(image_ids, by_id),
+            "captions": cols.list_column(cols.take(caption, order), rank, n),
+            "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
+            "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
+            **_source_lists(rows, valid, identity, image_ids, names, name, by_id),
+            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
             **{
-                f"{c}_first": c
-                for c in (
-                    "location",
-                    "split",
-                    "sha256",
-                    "n_bytes",
-                    "format",
-                    "width",
-                    "height",
-                    "image_path",
-                    "image_index",
-                    "file_name",
-                )
+                c: cols.first_valid(probed[c], in_probe, rank, starts)
+                for c in ("sha256", "n_bytes", "format", "width", "height")
             },
+            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("image_path", "image_index", "file_name")},
         }
     )
 
 
-def _check_single_captions(images: pa.Table) -> None:
+def _source_lists(
+    rows: pa.Table,
+    valid: np.ndarray,
+    identity: np.ndarray,
+    image_ids: pa.Array,
+    names: pa.Array,
+    name: np.ndarray,
+    by_id: np.ndarray,
+) -> dict[str, pa.Array]:
+    """Per image (in ``by_id`` order), its distinct source ids and URLs.
+
+    Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
+    its hash table), and the ids are written into every sample's JSON: so this is the same
+    call on the same strings in the same row order as before, on just the three columns.
+    """
+    table = pa.table(
+        {
+            "image_id": cols.take(image_ids, identity),
+            "name": cols.take(names, name),
+            "url": cols.take(rows["url"], valid),
+        }
+    )
+    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
+    del table
+    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
+    return {
+        "source_ids": grouped["name_distinct"].combine_chunks().take(at),
+        "source_urls": grouped["url_distinct"].combine_chunks().take(at),
+    }
+
+
+def _check_single_captions(images: pa.Table, several_captions_expected: bool) -> None:
     """Every image with one caption, where the source has several: the id bug, not the data."""
-    if images.num_rows < 2:
+    if images.num_rows < 2 or not several_captions_expected:
         return
     counts = pc.list_value_length(images["captions"])
     if pc.max(counts).as_py() == 1:

@@ -26,6 +26,7 @@ both apply). ``location`` is "FILE:LINE", 1-based; a CSV record's first line.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import re
@@ -33,13 +34,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..errors import SourceError, UsageError
+from ..schema import CAPTION_ROWS, batches_from_rows
+from . import flickr_columns as columns
 from .base import Reader
 from .coco import checked_caption, images_root
 
 logger = logging.getLogger(__name__)
 
 _SUFFIXES = {".txt", ".token", ".csv"}
+#: Rows per record batch, as ``schema.batches_from_rows`` makes them.
+BATCH_ROWS = 65536
 _TOKEN_LINE = re.compile(r"(\S+?)#([0-9]+)[\t ](.*)", re.DOTALL)
 _RESULTS_HEADER = ["image_name", "comment_number", "comment"]
 _CAPTIONS_HEADER = ["image", "caption"]
@@ -82,16 +90,26 @@ def _lines(f: TextIO, start: int) -> Iterator[tuple[int, str]]:
             yield n, line
 
 
+def _token_line(path: Path, n: int, line: str) -> tuple[str, str, str]:
+    """``(name, number, caption)`` of one token line; a line of another shape is an error."""
+    m = _TOKEN_LINE.fullmatch(line)
+    if m is None:
+        raise SourceError(path, n, f"expected NAME#N<TAB>caption, found {line[:80]!r}")
+    return m.group(1), m.group(2), m.group(3)
+
+
 def _token_records(path: Path) -> Iterator[_Record]:
     spaced: list[int] = []
     with _open(path, "\n") as f:
         for n, line in _lines(f, 1):
-            m = _TOKEN_LINE.fullmatch(line)
-            if m is None:
-                raise SourceError(path, n, f"expected NAME#N<TAB>caption, found {line[:80]!r}")
-            if line[m.end(2)] == " ":
+            name, number, caption = _token_line(path, n, line)
+            if line[len(name) + 1 + len(number)] == " ":
                 spaced.append(n)
-            yield _Record(n, m.group(1), m.group(2), m.group(3))
+            yield _Record(n, name, number, caption)
+    _log_spaced(path, spaced)
+
+
+def _log_spaced(path: Path, spaced: list[int]) -> None:
     if spaced:
         logger.warning(
             "%s: %d lines separate the caption with a space instead of a tab (lines %s); read alike",
@@ -126,29 +144,39 @@ def _captions_records(path: Path) -> Iterator[_Record]:
 def _results_records(path: Path) -> Iterator[_Record]:
     with _open(path, "\n") as f:
         header = f.readline()
-        # The Kaggle header is "image_name| comment_number| comment": the space is part of the separator.
         spaced = "| " in header
         for n, line in _lines(f, 2):
-            cells = line.split("|", 2)
-            if len(cells) == 3 and _NUMBER.fullmatch(cells[1].strip()):
-                name, number, comment = cells[0], cells[1].strip(), cells[2]
-                comment = comment.removeprefix(" ") if spaced else comment
-            elif len(cells) == 2 and (m := _RESULTS_MISSING_PIPE.fullmatch(cells[1])):
-                name, number, comment = cells[0], m.group(1), m.group(2)
-                logger.warning(
-                    "%s:%d: row lacks the '|' between comment_number and comment; read as number %s, "
-                    "comment %r (the known Kaggle results.csv defect)",
-                    path.name,
-                    n,
-                    number,
-                    comment,
-                )
-            else:
-                raise SourceError(path, n, f"expected 'image_name| comment_number| comment', found {line[:80]!r}")
-            name = name.strip()
-            if not name:
-                raise SourceError(path, n, "empty image_name")
-            yield _Record(n, name, number, comment)
+            yield _Record(n, *_results_line(path, n, line, spaced))
+
+
+def _results_spaced(path: Path) -> bool:
+    # The Kaggle header is "image_name| comment_number| comment": the space is part of the separator.
+    with _open(path, "\n") as f:
+        return "| " in f.readline()
+
+
+def _results_line(path: Path, n: int, line: str, spaced: bool) -> tuple[str, str, str]:
+    """``(name, number, comment)`` of one results.csv line, the known missing-``|`` row repaired."""
+    cells = line.split("|", 2)
+    if len(cells) == 3 and _NUMBER.fullmatch(cells[1].strip()):
+        name, number, comment = cells[0], cells[1].strip(), cells[2]
+        comment = comment.removeprefix(" ") if spaced else comment
+    elif len(cells) == 2 and (m := _RESULTS_MISSING_PIPE.fullmatch(cells[1])):
+        name, number, comment = cells[0], m.group(1), m.group(2)
+        logger.warning(
+            "%s:%d: row lacks the '|' between comment_number and comment; read as number %s, "
+            "comment %r (the known Kaggle results.csv defect)",
+            path.name,
+            n,
+            number,
+            comment,
+        )
+    else:
+        raise SourceError(path, n, f"expected 'image_name| comment_number| comment', found {line[:80]!r}")
+    name = name.strip()
+    if not name:
+        raise SourceError(path, n, "empty image_name")
+    return name, number, comment
 
 
 _PARSERS = {"token": _token_records, "captions": _captions_records, "results": _results_records}
@@ -179,7 +207,21 @@ class FlickrReader(Reader):
     def id_column(self) -> str | None:
         return None
 
+    def read(self) -> Iterator[pa.RecordBatch]:
+        """Caption rows built from Arrow columns (:mod:`.flickr_columns`) where the file allows,
+        else row by row from :meth:`rows`; the same rows, messages and warnings either way."""
+        root, path, splits, layout = self._prepare()
+        records = self._columnar_records(path, layout)
+        if records is None:
+            yield from batches_from_rows(self._rows(root, path, splits, layout))
+            return
+        yield from self._caption_table(root, path, splits, records).to_batches(max_chunksize=BATCH_ROWS)
+
     def rows(self) -> Iterator[dict[str, Any]]:
+        yield from self._rows(*self._prepare())
+
+    def _prepare(self) -> tuple[str, Path, dict[str, str] | None, str]:
+        """Image folder, caption file, split lists and layout, each checked."""
         root = images_root(self.spec, self.name)
         if self.spec.path is None:
             raise UsageError("the flickr format needs the caption file as its source")
@@ -187,6 +229,56 @@ class FlickrReader(Reader):
         splits = self._split_lists()
         layout = self._layout(path)
         logger.info("%s: %s layout", path.name, layout)
+        return root, path, splits, layout
+
+    @staticmethod
+    def _columnar_records(path: Path, layout: str) -> pa.Table | None:
+        """The file's records as columns (``flickr_columns.RECORDS``); ``None``: read it row by row."""
+        if layout == "token":
+            found = columns.token_records(path, functools.partial(_token_line, path))
+            if found is None:
+                return None
+            records, spaced_lines = found
+            _log_spaced(path, spaced_lines.tolist())
+            return records
+        if layout == "results":
+            spaced = _results_spaced(path)
+            return columns.results_records(path, functools.partial(_results_line, path, spaced=spaced), spaced)
+        return columns.captions_records(path)
+
+    def _caption_table(self, root: str, path: Path, splits: dict[str, str] | None, records: pa.Table) -> pa.Table:
+        """``CAPTION_ROWS`` of parsed records; rows of images in no split list rejected."""
+        name, n = records["name"], records.num_rows
+        if splits is None:
+            split = pa.array(["train"] * n, pa.string()) if n else pa.array([], pa.string())
+            n_unlisted = n_no_captions = 0
+        else:
+            listed = pa.array(list(splits), pa.string())
+            split = pc.take(pa.array(list(splits.values()), pa.string()), pc.index_in(name, value_set=listed))
+            seen = pc.unique(name)
+            n_unlisted = len(pc.unique(name.filter(pc.is_null(split))))
+            n_no_captions = len(listed) - pc.sum(pc.is_in(listed, value_set=seen)).as_py()
+        none = pa.nulls(n, pa.string())
+        table = pa.table(
+            {
+                "row_id": pa.array(range(n), pa.int64()),
+                "location": pc.binary_join_element_wise(f"{path.name}:", pc.cast(records["line"], pa.string()), ""),
+                "caption": records["caption"],
+                "caption_id": records["caption_id"],
+                "split": split,
+                "image_path": pc.binary_join_element_wise(f"{root}{os.sep}", name, ""),
+                "image_index": pa.nulls(n, pa.int64()),
+                "id_hint": none,
+                "file_name": pc.replace_substring_regex(name, "^.*/", ""),
+                "reject": pc.if_else(pc.is_null(split), pa.scalar("not_in_split_lists"), none),
+                "url": none,
+            },
+            schema=CAPTION_ROWS,
+        )
+        self._log_split_coverage(path, n_unlisted, n_no_captions)
+        return table
+
+    def _rows(self, root: str, path: Path, splits: dict[str, str] | None, layout: str) -> Iterator[dict[str, Any]]:
         unlisted: set[str] = set()
         seen: set[str] = set()
         for rec in _PARSERS[layout](path):
@@ -214,7 +306,7 @@ class FlickrReader(Reader):
                     "reject": reject,
                 }
             )
-        self._log_split_coverage(path, splits, seen, unlisted)
+        self._log_split_coverage(path, len(unlisted), len(splits.keys() - seen) if splits is not None else 0)
 
     @staticmethod
     def _layout(path: Path) -> str:
@@ -259,12 +351,12 @@ class FlickrReader(Reader):
         return {name: split for name, (split, _) in listed.items()}
 
     @staticmethod
-    def _log_split_coverage(path: Path, splits: dict[str, str] | None, seen: set[str], unlisted: set[str]) -> None:
-        if unlisted:
+    def _log_split_coverage(path: Path, n_unlisted: int, n_no_captions: int) -> None:
+        if n_unlisted:
             logger.warning(
                 "%s: %d images are in no split list; their rows are rejected (not_in_split_lists)",
                 path.name,
-                len(unlisted),
+                n_unlisted,
             )
-        if splits is not None and (no_captions := len(splits.keys() - seen)):
-            logger.warning("%s: %d images of the split lists have no caption", path.name, no_captions)
+        if n_no_captions:
+            logger.warning("%s: %d images of the split lists have no caption", path.name, n_no_captions)

@@ -1,0 +1,148 @@
+"""Column kernels of stage *resolve*: per-row work as Arrow/NumPy operations, not Python loops.
+
+:mod:`.resolve` decides what the rules are; this module applies them to millions of rows
+without a Python object per row. Rows are addressed by position (``int64`` indices into
+the caption-row table) and strings by integer codes (:func:`codes`), so the wide caption
+table is never joined, sorted or copied whole: each output column is taken once, in its
+final order. Python runs only for the rare rows a rule singles out (merged or conflicting
+ids, clashing image ids, leaked images, rejected rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
+KEY_BAD = r"[^A-Za-z0-9_-]+"
+# An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
+_KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
+
+
+def codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
+    """Distinct non-null values (first-appearance order) and each row's code into them (-1: null)."""
+    distinct = pc.unique(values).drop_null()
+    code = pc.index_in(values, value_set=distinct, skip_nulls=True)
+    return distinct, as_numpy(pc.fill_null(code, -1))
+
+
+def as_numpy(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values.to_numpy(zero_copy_only=False)
+
+
+def take(values: ArrayLike, indices: np.ndarray) -> pa.Array:
+    """``values`` at ``indices`` as one array; an index of -1 gives null."""
+    negative = indices < 0
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
+        return _take_by_chunk(values, indices)
+    out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+def _take_by_chunk(values: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
+    """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
+    it (a copy of the whole column, to take a few rows of it)."""
+    starts = np.cumsum([0] + [len(c) for c in values.chunks])
+    chunk = np.searchsorted(starts, indices, side="right") - 1
+    by_chunk = np.argsort(chunk, kind="stable")
+    bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
+    pieces = [
+        values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
+        for c in range(values.num_chunks)
+        if bounds[c + 1] > bounds[c]
+    ]
+    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
+    del pieces
+    if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
+        return gathered  # already in the order asked
+    inverse = np.empty_like(by_chunk)
+    inverse[by_chunk] = np.arange(len(by_chunk))
+    return gathered.take(pa.array(inverse))
+
+
+def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarray:
+    """Per caption row, the row of ``probed`` with its image reference (-1: none).
+
+    The same match as joining on :func:`.resolve.ref_key`; file-only sources match on the
+    path itself, without building a key column of the row count.
+    """
+    if rows["image_index"].null_count == rows.num_rows:
+        keys, value_set = rows["image_path"], probed["image_path"]
+    else:
+        keys, value_set = ref_key(rows), ref_key(probed)
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    return as_numpy(pc.fill_null(pc.index_in(keys, value_set=value_set, skip_nulls=True), -1))
+
+
+def trimmed(captions: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Captions stripped of surrounding whitespace; chunks with nothing to strip are reused, not copied."""
+    chunks = []
+    for chunk in captions.chunks:
+        stripped = pc.utf8_trim_whitespace(chunk)
+        chunks.append(chunk if stripped.equals(chunk) else stripped)
+    return pa.chunked_array(chunks, pa.string())
+
+
+def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ``(a, b)`` code pairs, in order of first appearance."""
+    if len(a) == 0:
+        return a, b
+    key = a.astype(np.int64) * (int(b.max()) + 2) + (b.astype(np.int64) + 1)
+    _, first = np.unique(key, return_index=True)
+    first.sort()
+    return a[first], b[first]
+
+
+def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
+    """A list per group from ``values`` already ordered by ``group`` (ascending)."""
+    offsets = np.zeros(n_groups + 1, np.int32)
+    np.cumsum(np.bincount(group, minlength=n_groups), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def sanitized_keys(image_ids: pa.Array) -> pa.Array:
+    """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python."""
+    kept = pc.match_substring_regex(image_ids, _KEY_KEPT)
+    changed = np.flatnonzero(~as_numpy(kept))
+    if len(changed) == 0:
+        return image_ids
+    ids = take(image_ids, changed)
+    key = pc.utf8_trim(pc.replace_substring_regex(ids, KEY_BAD, "_"), "_")
+    key = pc.if_else(pc.equal(key, ""), pa.scalar("img"), key)
+    digests = pa.array(
+        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
+    )
+    key = pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), digests, "_")
+    return pc.replace_with_mask(image_ids, pc.invert(kept), key)
+
+
+def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts: np.ndarray) -> pa.Array:
+    """Per group, its first non-null value (``hash_first``'s rule), rows ordered by group.
+
+    ``index``: per ordered row, its position in ``values``; ``starts``: each group's first row.
+    Only groups whose first row is null are searched further.
+    """
+    at = index[starts]
+    out = take(values, at)
+    if out.null_count == 0:
+        return out
+    missing = np.flatnonzero(as_numpy(pc.is_null(out)))
+    rows = np.flatnonzero(np.isin(group, missing))
+    rows = rows[as_numpy(pc.is_valid(take(values, index[rows])))]
+    found, first = np.unique(group[rows], return_index=True)
+    at = at.copy()
+    at[found] = index[rows[first]]
+    return take(values, at)
+
+
+def probe_failed(probed: pa.Table, pos: np.ndarray) -> np.ndarray:
+    """Per row, whether the probe rejected its image (a reason in ``probed``; -1: not probed, False)."""
+    failed = np.append(as_numpy(pc.is_valid(probed["image_reason"])), False)
+    return failed[pos]  # pos -1 reads the appended False
