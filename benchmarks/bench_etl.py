@@ -164,6 +164,41 @@ def capshard(tree: Path, token: Path, images: Path, out: Path, *extra: str) -> l
             "--images", str(images), "--out", str(out), *extra]
 
 
+def plot(rate: dict[str, float], title: str, path: Path) -> None:
+    """A horizontal bar chart of images/s per method (matplotlib: the ``plot`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [m.replace("`", "") for m in rate][::-1]
+    values = list(rate.values())[::-1]
+    colours = ["tab:blue" if lab.startswith("capshard") else "tab:gray" for lab in labels]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) + 1.2))
+    bars = ax.barh(labels, values, color=colours)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("images/s (log scale; higher is faster)")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rates_from_report(report: Path) -> tuple[dict[str, float], str]:
+    """The images/s column of a report this script wrote, and its data line (to re-plot it)."""
+    rate: dict[str, float] = {}
+    data = ""
+    for line in report.read_text(encoding="utf-8").splitlines():
+        if line.startswith("- data:"):
+            data = line[len("- data: "):]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[1].replace(",", "").isdigit():
+            rate[cells[0]] = float(cells[1].replace(",", ""))
+    return rate, data
+
+
 def has_litdata(python: str) -> bool:
     return subprocess.run([python, "-c", "import litdata"], capture_output=True).returncode == 0
 
@@ -177,9 +212,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="Write the markdown report here.")
     ap.add_argument("--litdata-python", default=sys.executable,
                     help="Python of an environment with litdata installed (LitData is skipped without it).")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="Only draw the chart (beside --out, .png) from the report already at --out.")
     ap.add_argument("--resolve-rows", type=int, nargs="*", default=[1_000_000, 10_000_000],
                     help="Caption-row counts for the resolution part (none: skip it).")
     args = ap.parse_args()
+    if args.plot_only:
+        rate, data = rates_from_report(args.out)
+        plot(rate, data, args.out.with_suffix(".png"))
+        return
     trees = [("", REPO)] + [(f" [{n}]", Path(p)) for n, p in (c.split("=", 1) for c in args.compare)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -222,6 +263,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
+        plot(rate, f"{args.images} photo-like JPEGs, medians of {args.rounds} rounds", args.out.with_suffix(".png"))
 
 
 def render(args: argparse.Namespace, rate: dict[str, float], times: dict[str, list[float]], mean_kb: float,

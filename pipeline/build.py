@@ -57,6 +57,7 @@ from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
+from .stats import BuildStats
 from .write import TMP_MARK, ShardResult, write_shard
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,12 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
     resumed = plan_store.status(out) == "complete"
+    stats = BuildStats(config.workers)
     with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
-        plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed)
-        results, reused = _write_shards(out, plan, executor, progress)
-    manifest = _finish(out, plan, results, _name(spec, config), config.version or default_version(plan.identity))
+        plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
+        results, reused = _write_shards(out, plan, executor, progress, stats)
+    version = config.version or default_version(plan.identity)
+    manifest = _finish(out, plan, results, _name(spec, config), version, stats)
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
 
@@ -133,6 +136,7 @@ def _planned(
     identity: dict[str, Any],
     listing: pa.Table,
     resumed: bool,
+    stats: BuildStats,
 ) -> plan_store.Plan:
     """The plan: the saved one when resuming, else planned now and saved. Its identity is ``identity``
     with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe)."""
@@ -144,7 +148,7 @@ def _planned(
         return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
     if plan_store.status(out) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
-    resolution, known = _plan(rows, reader, config, executor, progress)
+    resolution, known = _plan(rows, reader, config, executor, progress, stats)
     listing = with_hashes(listing, known, root)
     plan = plan_store.Plan(
         identity={**identity, "inputs": summary(listing)},
@@ -166,7 +170,7 @@ def _name(spec: SourceSpec, config: BuildConfig) -> str:
 
 
 def _finish(
-    out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str
+    out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str, stats: BuildStats
 ) -> dict[str, Any]:
     """*finalize*: index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
     with _output_errors(out):
@@ -184,6 +188,7 @@ def _finish(
         rejects=plan.rejects,
         report=plan.report,
         n_rows=plan.n_rows,
+        stats=stats.to_dict(),
     )
     _check_accounting(manifest)
     with _output_errors(out):
@@ -268,13 +273,13 @@ def _known_hashes(listing: pa.Table | None, root: str) -> dict[str, str]:
 
 
 def _plan(
-    rows: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress
+    rows: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress, stats: BuildStats
 ) -> tuple[Resolution, dict[str, str]]:
     """probe → resolve → plan (the resolution's images with ``shard`` and ``position``), with the
     reject budget checked before writing; also the sha256 the probe found for each image path."""
     extra = read_sources(reader.spec.captions)  # --captions: user errors before the images are read
     refs = distinct_refs(rows)
-    with progress("probing images", refs.num_rows) as advance:
+    with progress("probing images", refs.num_rows) as advance, stats.stage("probe") as probe_stats:
         probed = probe_images(
             refs,
             reader,
@@ -285,6 +290,7 @@ def _plan(
             validate=config.validate,
             on_progress=advance,
         )
+        probe_stats.images, probe_stats.bytes = probed.num_rows, pc.sum(probed["n_bytes"]).as_py() or 0
     if config.id_column is not None and reader.id_column() != config.id_column:
         raise UsageError(
             f"--id {config.id}: this {reader.name} source has no id column {config.id_column!r}"
@@ -318,7 +324,7 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
 
 
 def _write_shards(
-    out: Path, plan: plan_store.Plan, executor: Executor, progress: Progress
+    out: Path, plan: plan_store.Plan, executor: Executor, progress: Progress, stats: BuildStats
 ) -> tuple[dict[str, ShardResult], int]:
     """Write every planned shard that is not already written (and unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
@@ -335,10 +341,13 @@ def _write_shards(
     try:
         # closing(): on an interrupt the executor stops its workers before the clean-up below.
         written = contextlib.closing(executor.map_unordered(write_shard, todo))
-        with progress("writing shards", sum(len(t.samples) for t in todo)) as advance, written as each:
+        total = sum(len(t.samples) for t in todo)
+        with progress("writing shards", total) as advance, written as each, stats.stage("write") as write_stats:
             for result in each:
                 results[result.name] = result
                 advance(result.images)
+                write_stats.images += result.images
+                write_stats.bytes += result.bytes
     finally:
         for stale in [*out.glob(f".*{TMP_MARK}*"), *plan_store.done_dir(out).glob(f".*{TMP_MARK}*")]:
             stale.unlink(missing_ok=True)

@@ -98,6 +98,7 @@ def manifest_dict(
     rejects: pa.Table,
     report: ResolutionReport,
     n_rows: int,
+    stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest's content, in the shape DESIGN.md gives (:class:`~pipeline.format.Manifest`)."""
     per_image = Counter(pc.list_value_length(planned["captions"]).to_pylist())
@@ -118,6 +119,7 @@ def manifest_dict(
         resolution=report,
         rejects=Rejects(rejects.num_rows, dict(sorted(by_reason.items()))),
         tool=f"capshard {__version__}",
+        stats=stats,
     )
     return manifest.to_dict()
 

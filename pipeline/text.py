@@ -17,3 +17,13 @@ def byte_size(n: int) -> str:
         if n >= size and (n * 10) % size == 0:
             return f"{n / size:g}{unit}"
     return f"{n}B"
+
+
+def duration(seconds: float) -> str:
+    """A time span for progress lines: ``42 s``, ``3 min 05 s``, ``2 h 07 min``; ``unknown`` for infinity."""
+    if seconds == float("inf"):
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

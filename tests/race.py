@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from synth import flickr_token_file, write_images
+from synth import comparable, flickr_token_file, write_images
 
 N_IMAGES = 24
 PER_SHARD = 2
@@ -61,7 +61,8 @@ def race(first: list[str], second: list[str]) -> list[subprocess.CompletedProces
 
 def folder_bytes(out: Path) -> dict[str, bytes]:
     """Every file of a build folder that a finished build consists of."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    return {p.name: comparable(p.name, p.read_bytes()) for p in sorted(out.iterdir())
+            if p.is_file() and not p.name.startswith(".")}
 
 
 def outcome(out: Path, runs: list[subprocess.CompletedProcess[str]], clean: dict[tuple[str, int], dict[str, bytes]]

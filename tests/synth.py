@@ -16,6 +16,21 @@ from PIL import Image
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
+def comparable(name: str, data: bytes) -> bytes:
+    """A build file's bytes as builds of the same input must reproduce them: a manifest without its
+    ``stats`` (seconds and rates of that run, docs/FORMAT.md), every other file as it is."""
+    if not name.endswith("manifest.json"):
+        return data
+    manifest = json.loads(data)
+    manifest.pop("stats", None)
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
+def manifest_bytes(folder: Path) -> bytes:
+    """``folder/manifest.json`` as :func:`comparable` gives it."""
+    return comparable("manifest.json", (folder / "manifest.json").read_bytes())
+
+
 def image_bytes(index: int, fmt: str = "JPEG", size: tuple[int, int] = (32, 24)) -> bytes:
     """Encoded bytes of a small image unique to ``index``."""
     img = Image.new("RGB", size, ((index * 37) % 256, (index * 91 // 7) % 256, (index // 256) % 256))

@@ -42,7 +42,8 @@ def test_the_manifest_round_trips_through_its_types(built: Path) -> None:
     manifest = Manifest.from_dict(doc)
     assert manifest.to_dict() == doc
     assert list(manifest.to_dict()) == [
-        "format", "name", "version", "tool", "source", "options", "counts", "splits", "groups", "resolution", "rejects"
+        "format", "name", "version", "tool", "source", "options", "counts", "splits", "groups", "resolution", "rejects",
+        "stats",
     ]
     assert [s.name for s in manifest.shards] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert manifest.counts.images == 9 and manifest.splits["train"].captions == 27

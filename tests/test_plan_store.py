@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from synth import flickr_token_file, write_images
+from synth import comparable, flickr_token_file, write_images
 
 from pipeline import build as build_module
 from pipeline import plan_store
@@ -51,7 +51,8 @@ def plan_only(spec: SourceSpec, out: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != ".capshard.lock"}
+    return {p.name: comparable(p.name, p.read_bytes()) for p in sorted(out.iterdir())
+            if p.is_file() and p.name != ".capshard.lock"}
 
 
 def without_tool(data: bytes) -> dict[str, object]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from raycluster import RayCluster
-from synth import flickr_token_file, write_images
+from synth import comparable, flickr_token_file, write_images
 
 pytest.importorskip("ray", reason="Ray is optional: pip install 'capshard[ray]'")
 
@@ -75,7 +75,7 @@ def _build(tmp_path: Path, out: str, env: dict[str, str], *extra: str) -> None:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+    return {p.relative_to(folder).as_posix(): comparable(p.name, p.read_bytes()) for p in sorted(folder.rglob("*"))
             if p.is_file() and ".capshard" not in p.parts}
 
 

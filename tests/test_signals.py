@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from synth import caption_text
+from synth import caption_text, manifest_bytes
 
 from pipeline.verify import verify
 from pipeline.write import file_sha256
@@ -101,7 +101,7 @@ def assert_resumes_to_the_clean_bytes(root: Path, out: str, clean_out: str = "cl
     clean = {p.name: p.read_bytes() for p in sorted((root / clean_out).glob("*.tar"))}
     assert len(clean) == SHARDS
     assert {p.name: p.read_bytes() for p in sorted((root / out).glob("*.tar"))} == clean
-    assert (root / out / "manifest.json").read_bytes() == (root / clean_out / "manifest.json").read_bytes()
+    assert manifest_bytes(root / out) == manifest_bytes(root / clean_out)
     assert not temporaries(root / out) and not (root / out / ".capshard").exists()
     assert verify(root / out).ok
 

@@ -17,6 +17,7 @@ import click
 from ..captions_per_image import CaptionsPerImage
 from ..errors import UsageError
 from ..resolve import SPLIT_NAME
+from ..text import duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,13 +121,24 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     if total <= 0:
         yield lambda n: None
     elif sys.stderr.isatty():
-        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
-            yield bar.update
+        with click.progressbar(
+            length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True, item_show_func=_shown
+        ) as bar:
+            start = time.monotonic()
+
+            def advance(n: int) -> None:
+                bar.update(n, f"{(bar.pos + n) / max(time.monotonic() - start, 1e-9):.0f} images/s")
+
+            yield advance
     else:
         every = float(os.environ.get("CAPSHARD_PROGRESS_EVERY", PROGRESS_EVERY))
         log = ProgressLog(label, total, every)
         yield log.advance
         log.finish()
+
+
+def _shown(item: str | None) -> str | None:
+    return item
 
 
 class ProgressLog:
@@ -148,26 +160,17 @@ class ProgressLog:
             eta = (self.total - self.done) / rate if rate else float("inf")
             self._echo(
                 f"{self.done}/{self.total} images ({self.done / self.total:.0%}), {rate:.0f} images/s, "
-                f"ETA {_duration(eta)}"
+                f"ETA {duration(eta)}"
             )
 
     def finish(self) -> None:
         """The stage ended; not called when it was interrupted or failed."""
         seconds = time.monotonic() - self.start
         rate = self.done / max(seconds, 1e-9)
-        self._echo(f"{self.done}/{self.total} images in {_duration(seconds)} ({rate:.0f} images/s)")
+        self._echo(f"{self.done}/{self.total} images in {duration(seconds)} ({rate:.0f} images/s)")
 
     def _echo(self, text: str) -> None:
         click.echo(f"progress: {self.label}: {text}", err=True)
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")

@@ -219,6 +219,9 @@ class Manifest:
     rejects: Rejects
     tool: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Seconds, images/s and MB/s of the run's long stages (:mod:`pipeline.stats`); differs run
+    #: to run, so nothing that decides identity or checks a build reads it.
+    stats: Mapping[str, Any] | None = None
 
     @property
     def shards(self) -> tuple[ShardEntry, ...]:
@@ -242,6 +245,7 @@ class Manifest:
             "resolution": self.resolution.to_dict(),
             "rejects": self.rejects.to_dict(),
             **self.extra,
+            **({"stats": dict(self.stats)} if self.stats is not None else {}),
         }
 
     @classmethod
@@ -273,7 +277,8 @@ class Manifest:
             resolution=ResolutionReport.from_dict(doc["resolution"], file),
             rejects=Rejects.from_dict(doc["rejects"], file),
             tool=None if doc.get("tool") is None else _text(doc["tool"], file, "tool"),
-            extra={k: v for k, v in doc.items() if k not in MANIFEST_KEYS and k != "tool"},
+            extra={k: v for k, v in doc.items() if k not in MANIFEST_KEYS and k not in ("tool", "stats")},
+            stats=_optional_object(doc.get("stats"), file, "stats"),
         )
 
 

@@ -220,7 +220,8 @@ def collate(config: StreamConfig, log: ErrorLog, custom_images: bool, custom_cap
                 images[i].permute(1, 2, 0).numpy()[...] = r["image"]
         counts = [len(r["texts"]) for r in records]
         group = torch.tensor([r["group"] for r in records], dtype=torch.long)
-        caption_image = torch.repeat_interleave(torch.arange(len(records)), torch.tensor(counts, dtype=torch.long))
+        # Built from a list: repeat_interleave costs ~20 ms a batch where torch runs several threads.
+        caption_image = torch.tensor([i for i, n in enumerate(counts) for _ in range(n)], dtype=torch.long)
         texts = [t for r in records for t in r["texts"]]
         batch: Sample = {
             "image": images,
