@@ -85,7 +85,7 @@ class BuildResult:
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
     """Build shards from ``spec`` into ``config.out``; see the module docstring."""
-    check_location(config.out, spec.images, spec.path)
+    check_location(config.out, spec.images, spec.path, config.storage_options)
     with contextlib.ExitStack() as lock:
         return _build(spec, config, progress, lock)
 

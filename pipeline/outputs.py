@@ -182,11 +182,13 @@ def record(out: Location, names: Iterable[str], options: Options = None) -> None
     fsync_dir(state)
 
 
-def check_location(out: Location, images: Path | None, source: str | None) -> None:
+def check_location(out: Location, images: Path | None, source: str | None, options: Options = None) -> None:
     """Refuse an ``out`` that is or lies inside ``images``, or that is the source's folder
     (or lies inside a source that is a folder): capshard does not write among its inputs.
-    An ``out`` on object storage is checked against inputs given as URLs of the same store."""
+    An ``out`` on object storage is checked against inputs given as URLs of the same store, and
+    its backend must be installed (a one-line error naming the extra, before anything is read)."""
     if storage.is_url(out):
+        storage.filesystem(out, options)
         _check_url_location(str(out), images, source)
         return
     target = Path(os.path.realpath(out))
