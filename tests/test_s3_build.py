@@ -221,3 +221,18 @@ def test_an_out_whose_backend_is_missing_is_one_line_naming_the_extra(small: Pat
         "capshard: error: gs://bucket/out: gs:// needs its storage backend: pip install 'capshard[gcs]'"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_storage_options_reach_every_worker(small: Path, s3_bucket: str, tmp_path: Path) -> None:
+    """The endpoint given only as --storage-options (not in the environment): the driver and the
+    pool's workers all write through it."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"} | {"PYTHONPATH": str(ROOT)}
+    prefix = f"{s3_bucket}/with-options"
+    args = build_args(small, prefix, "--storage-options", json.dumps({"endpoint_url": endpoint}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    local = capshard(*build_args(small, str(tmp_path / "local")))
+    assert local.returncode == 0, local.stderr
+    assert store_objects(prefix) == local_files(tmp_path / "local")
