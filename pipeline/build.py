@@ -112,7 +112,8 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
     )
     out, opts = config.out, config.storage_options
     differs = input_check(identity, listing, config.check_inputs, root)
-    existing = _prepare_out(out, differs, config.overwrite, lock, _claimant(identity), opts)
+    with _output_errors(out):
+        existing = _prepare_out(out, differs, config.overwrite, lock, _claimant(identity), opts)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
     resumed = plan_store.status(out, opts) == "complete"
@@ -255,13 +256,14 @@ def _claimant(identity: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _output_errors(out: Location) -> Iterator[None]:
-    """Turn an OS error while writing into ``out`` (full disk, read-only folder) into one OutputError."""
+    """Turn an OS error while writing into ``out`` (full disk, read-only folder; on a store: a missing
+    bucket, denied access) into one OutputError."""
     try:
         yield
     except OSError as e:
-        if e.errno is None:
+        if e.errno is None and not is_url(out):
             raise
-        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
+        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
 def _read(reader: Reader) -> pa.Table:

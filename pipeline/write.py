@@ -193,8 +193,11 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
                 raise
             raise OutputError(f"cannot write shard {task.name} to a local temporary file: {e.strerror}") from None
         record = (json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-        storage.put_whole(storage.join(task.out, task.done), record, options)
-        storage.put_whole(storage.join(task.out, task.name), tmp, options)
+        try:
+            storage.put_whole(storage.join(task.out, task.done), record, options)
+            storage.put_whole(storage.join(task.out, task.name), tmp, options)
+        except OSError as e:  # the store refused (permissions, a missing bucket, the network)
+            raise OutputError(f"cannot write shard {task.name} to {task.out}: {e.strerror or e}") from None
     return result
 
 

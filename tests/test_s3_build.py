@@ -236,3 +236,12 @@ def test_storage_options_reach_every_worker(small: Path, s3_bucket: str, tmp_pat
     local = capshard(*build_args(small, str(tmp_path / "local")))
     assert local.returncode == 0, local.stderr
     assert store_objects(prefix) == local_files(tmp_path / "local")
+
+
+def test_a_missing_bucket_is_one_line(small: Path, s3_bucket: str) -> None:
+    proc = capshard(*build_args(small, "s3://capshard-no-such-bucket/out"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "capshard: error: cannot write to s3://capshard-no-such-bucket/out: The specified bucket does not exist"
+    )
+    assert "Traceback" not in proc.stderr
