@@ -11,7 +11,9 @@ input and options is a no-op; of anything else, an error that says what differs,
 ``overwrite``.
 
 One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
-read until the manifest is written. Only files the build recorded as its own are ever
+read until the manifest is written. ``OUT`` may be an fsspec URL (``config.out`` is then a
+``str``): everything goes through :mod:`.storage`, and the lock becomes a claim
+(:func:`.lock.claim`), which is no mutual exclusion. Only files the build recorded as its own are ever
 replaced or removed (:mod:`.outputs`).
 """
 
