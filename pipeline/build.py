@@ -11,7 +11,9 @@ input and options is a no-op; of anything else, an error that says what differs,
 ``overwrite``.
 
 One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
-read until the manifest is written. Only files the build recorded as its own are ever
+read until the manifest is written. ``OUT`` may be an fsspec URL (``config.out`` is then a
+``str``): everything goes through :mod:`.storage`, and the lock becomes a claim
+(:func:`.lock.claim`), which is no mutual exclusion. Only files the build recorded as its own are ever
 replaced or removed (:mod:`.outputs`).
 """
 
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,20 +39,20 @@ from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
 from .executors import Executor, make_executor
 from .extra_captions import add_captions, read_sources
-from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
-from .identity import default_version, input_check, make_identity
-from .inputs import (
-    INPUTS,
-    absolute_path,
-    image_root,
-    read_listing,
-    referenced_paths,
-    scan,
-    summary,
-    with_hashes,
-    write_listing,
+from .finalize import (
+    REJECTS,
+    check_shards,
+    manifest_dict,
+    write_index,
+    write_listing_to,
+    write_manifest,
+    write_rejects,
+    write_sizes,
 )
-from .lock import hold
+from .format import DONE, STATE
+from .identity import default_version, input_check, make_identity
+from .inputs import absolute_path, image_root, referenced_paths, scan, summary, with_hashes
+from .lock import claim, hold
 from .outputs import BUILD_FILES, check_location, clean, record, refuse_foreign, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
@@ -58,6 +60,7 @@ from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
 from .stats import BuildStats
+from .storage import Location, Options, is_url, join
 from .write import TMP_MARK, ShardResult, write_shard
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ def _no_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
 class BuildResult:
     """What ``build`` did: ``status`` is ``built``, ``resumed`` or ``up_to_date``."""
 
-    out: Path
+    out: Path | str
     status: str
     manifest: dict[str, Any]
     reused_shards: int = 0
@@ -85,7 +88,7 @@ class BuildResult:
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
     """Build shards from ``spec`` into ``config.out``; see the module docstring."""
-    check_location(config.out, spec.images if isinstance(spec.images, Path) else None, spec.path)
+    check_location(config.out, spec.images, spec.path, config.storage_options)
     with contextlib.ExitStack() as lock:
         return _build(spec, config, progress, lock)
 
@@ -110,19 +113,19 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
         reading=spec.reading_options(),
         options=config.output_options(),
     )
-    out = config.out
-    existing = _prepare_out(
-        out, input_check(identity, listing, config.check_inputs, root, spec.storage_options), config.overwrite, lock
-    )
+    out, opts = config.out, config.storage_options
+    differs = input_check(identity, listing, config.check_inputs, root, spec.storage_options)
+    with _output_errors(out):
+        existing = _prepare_out(out, differs, config.overwrite, lock, _claimant(identity), opts)
     if existing is not None:
         return BuildResult(out, "up_to_date", existing)
-    resumed = plan_store.status(out) == "complete"
+    resumed = plan_store.status(out, opts) == "complete"
     stats = BuildStats(config.workers)
     with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
         plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
-        results, reused = _write_shards(out, plan, executor, progress, stats)
+        results, reused = _write_shards(out, plan, executor, progress, stats, opts)
     version = config.version or default_version(plan.identity)
-    manifest = _finish(out, plan, results, _name(spec, config), version, stats)
+    manifest = _finish(out, plan, results, _name(spec, config), version, stats, opts)
     return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
 
 
@@ -142,11 +145,11 @@ def _planned(
     with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe)."""
     out, root = config.out, image_root(spec.images, spec.path)
     if resumed:
-        saved = plan_store.load(out)
+        saved = plan_store.load(out, config.storage_options)
         listing = with_hashes(listing, _known_hashes(saved.listing, root), root)
         log.info("resuming the unfinished build in %s", out)
         return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
-    if plan_store.status(out) == "stale":
+    if plan_store.status(out, config.storage_options) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
     resolution, known = _plan(rows, reader, config, executor, progress, stats)
     listing = with_hashes(listing, known, root)
@@ -161,7 +164,7 @@ def _planned(
         source=plan_store.source_record(spec),
     )
     with _output_errors(out):
-        plan_store.save(out, plan)
+        plan_store.save(out, plan, config.storage_options)
     return plan
 
 
@@ -170,14 +173,21 @@ def _name(spec: SourceSpec, config: BuildConfig) -> str:
 
 
 def _finish(
-    out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str, stats: BuildStats
+    out: Location,
+    plan: plan_store.Plan,
+    results: dict[str, ShardResult],
+    name: str,
+    version: str,
+    stats: BuildStats,
+    opts: Options,
 ) -> dict[str, Any]:
-    """*finalize*: index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
+    """*finalize*: index, rejects, inputs listing, sizes; every shard checked; last, the manifest; then the state
+    goes."""
     with _output_errors(out):
-        write_index(out, plan.images, results)
-        write_rejects(out, plan.rejects)
-        write_listing(out / INPUTS, plan.listing)
-        write_sizes(out, results)
+        write_index(out, plan.images, results, opts)
+        write_rejects(out, plan.rejects, opts)
+        write_listing_to(out, plan.listing, opts)
+        write_sizes(out, results, opts)
     manifest = manifest_dict(
         identity=plan.identity,
         name=name,
@@ -191,24 +201,26 @@ def _finish(
         stats=stats.to_dict(),
     )
     _check_accounting(manifest)
+    check_shards(out, plan.shards(), results, opts)
     with _output_errors(out):
-        write_manifest(out, manifest)
-    shutil.rmtree(plan_store.state_dir(out), ignore_errors=True)
+        write_manifest(out, manifest, opts)
+    plan_store.remove_state(out, opts)
     return manifest
 
 
-def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack) -> dict[str, Any] | None:
-    """Lock ``out``, then check what it holds: same finished build → its manifest; else make room or refuse.
+def _prepare_out(
+    out: Location, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack, build_id: str, opts: Options
+) -> dict[str, Any] | None:
+    """Lock (or, on an object store, claim: :func:`.lock.claim`) ``out``, then check what it holds:
+    same finished build → its manifest; else make room or refuse.
 
     ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
-    with _output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(hold(out, "build"))
-    folder = survey(out)
+    _take_out(out, overwrite, lock, build_id, opts)
+    folder = survey(out, opts)
     manifest = folder.manifest
-    state_file = plan_store.state_dir(out) / plan_store.IDENTITY
     if manifest is not None:
-        diffs = [] if overwrite else differs(manifest.identity.to_dict(), read_listing(out / INPUTS))
+        old_listing = None if overwrite else plan_store.saved_listing(out, opts, folder="")
+        diffs = [] if overwrite else differs(manifest.identity.to_dict(), old_listing)
         if not overwrite and not diffs:
             return manifest.to_dict()
         refuse_foreign(folder)
@@ -217,37 +229,53 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
                 f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
                 "choose another --out or pass --overwrite to replace it"
             )
-        clean(folder)
-    elif state_file.is_file():
+        clean(folder, opts)
+    elif (saved := plan_store.saved_identity(out, opts)) is not None:
         refuse_foreign(folder)
         if not overwrite:
-            with open(state_file, encoding="utf-8") as f:
-                diffs = differs(json.load(f), read_listing(plan_store.state_dir(out) / INPUTS))
+            diffs = differs(saved, plan_store.saved_listing(out, opts))
             if diffs:
                 raise OutputError(
                     f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
                     "pass --overwrite to start over from the current input, or restore that input to finish it"
                 )
         else:
-            clean(folder)
+            clean(folder, opts)
     else:
-        clean(folder)  # what a run killed while planning, or stopped by the reject budget, left
+        clean(folder, opts)  # what a run killed while planning, or stopped by the reject budget, left
     with _output_errors(out):
-        for stale in out.glob(f".*{TMP_MARK}*"):
-            stale.unlink()
-        record(out, BUILD_FILES)
+        if not is_url(out):
+            for stale in Path(out).glob(f".*{TMP_MARK}*"):
+                stale.unlink()
+        record(out, BUILD_FILES, opts)
     return None
 
 
+def _take_out(out: Location, overwrite: bool, lock: contextlib.ExitStack, build_id: str, opts: Options) -> None:
+    """Hold the lock of a local ``out`` (created), or claim an object-store ``out``, for the rest of the build."""
+    with _output_errors(out):
+        if is_url(out):
+            lock.enter_context(claim(str(out), "build", build_id, overwrite=overwrite, options=opts))
+        else:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            lock.enter_context(hold(Path(out), "build"))
+
+
+def _claimant(identity: dict[str, Any]) -> str:
+    """What a claim on an object store records as the build: a digest of its identity."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @contextlib.contextmanager
-def _output_errors(out: Path) -> Iterator[None]:
-    """Turn an OS error while writing into ``out`` (full disk, read-only folder) into one OutputError."""
+def _output_errors(out: Location) -> Iterator[None]:
+    """Turn an OS error while writing into ``out`` (full disk, read-only folder; on a store: a missing
+    bucket, denied access) into one OutputError."""
     try:
         yield
     except OSError as e:
-        if e.errno is None:
+        if e.errno is None and not is_url(out):
             raise
-        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
+        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
 def _read(reader: Reader) -> pa.Table:
@@ -312,25 +340,25 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
         with _output_errors(config.out):
-            write_rejects(config.out, rejects)
+            write_rejects(config.out, rejects, config.storage_options)
         top = pc.value_counts(rejects["reason"]).to_pylist()
         top.sort(key=lambda v: -v["counts"])
         reasons = ", ".join(f"{v['values']}: {v['counts']}" for v in top[:3])
         hint = " Is --images the right folder?" if top[0]["values"] == "missing_image" else ""
         raise BuildError(
             f"{rejects.num_rows} of {n_rows} rows rejected ({rejects.num_rows / n_rows:.1%}), over "
-            f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {config.out / REJECTS}.{hint}"
+            f"--max-reject-fraction {config.max_reject_fraction} ({reasons}); see {join(config.out, REJECTS)}.{hint}"
         )
 
 
 def _write_shards(
-    out: Path, plan: plan_store.Plan, executor: Executor, progress: Progress, stats: BuildStats
+    out: Location, plan: plan_store.Plan, executor: Executor, progress: Progress, stats: BuildStats, opts: Options
 ) -> tuple[dict[str, ShardResult], int]:
     """Write every planned shard that is not already written (and unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
     todo = []
-    for task in plan.tasks(out):
-        done = plan_store.finished(out, task.name)
+    for task in plan.tasks(out, opts):
+        done = plan_store.finished(out, task.name, opts)
         if done is not None:
             results[task.name] = done
         else:
@@ -349,8 +377,10 @@ def _write_shards(
                 write_stats.images += result.images
                 write_stats.bytes += result.bytes
     finally:
-        for stale in [*out.glob(f".*{TMP_MARK}*"), *plan_store.done_dir(out).glob(f".*{TMP_MARK}*")]:
-            stale.unlink(missing_ok=True)
+        if not is_url(out):  # an object store has no temporaries: a shard is uploaded whole or not at all
+            done_dir = Path(out, STATE, DONE)
+            for stale in [*Path(out).glob(f".*{TMP_MARK}*"), *done_dir.glob(f".*{TMP_MARK}*")]:
+                stale.unlink(missing_ok=True)
     return results, reused
 
 

@@ -8,6 +8,7 @@ build in ``--out`` is the same build (no-op) or a different one (error).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ DEFAULT_MAX_CAPTION_CHARS = 2000
 class BuildConfig:
     """Everything ``build`` needs besides the source. Keyword-only; validated on creation."""
 
-    out: Path
+    #: A local folder (``Path``; a ``file://`` URL becomes one) or an fsspec URL kept as a ``str``
+    #: (``s3://bucket/prefix``): see :func:`out_location`.
+    out: Path | str
     format: str = "auto"
     id: str = "auto"
     seed: int = 0
@@ -57,11 +60,13 @@ class BuildConfig:
     exclude_near: tuple[Path, ...] = ()
     near_threshold: int = DEFAULT_NEAR_THRESHOLD
     on_near_leak: str = "report"
+    #: ``--storage-options``: keyword arguments of the fsspec backend of URL locations (never output options).
+    storage_options: dict[str, Any] = field(default_factory=dict, compare=False)
     #: ``id`` parsed (set on creation; stages read this, never the string).
     id_spec: IdSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "out", out_location(self.out))
         object.__setattr__(self, "id_spec", parse_id(self.id))
         if self.on_leak not in LEAK_POLICIES:
             raise UsageError(f"--on-leak must be one of {', '.join(LEAK_POLICIES)}, not {self.on_leak!r}")
@@ -118,3 +123,14 @@ class BuildConfig:
             "image_formats": list(self.image_formats),
             "validate": self.validate,
         }
+
+
+def out_location(out: str | os.PathLike[str]) -> Path | str:
+    """``--out`` as the build stages take it: a ``Path`` for a local folder or a ``file://`` URL
+    (locked and written like any folder), the URL itself (a ``str``) for an object store."""
+    text = os.fspath(out)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is None:
+        return Path(text)
+    if text.lower().startswith("file://"):
+        return Path(text[len("file://") :])
+    return text.rstrip("/")

@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, storage
+from .errors import OutputError
 from .format import (
     INDEX,
+    INPUTS,
     MANIFEST,
     REJECTS,
     SIZES,
@@ -30,7 +31,8 @@ from .format import (
     ShardEntry,
     SplitEntry,
 )
-from .write import ShardResult, write_bytes_atomic, write_json_atomic
+from .storage import Location, Options
+from .write import ShardResult
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -48,18 +50,49 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
-def write_rejects(out: Path, rejects: pa.Table) -> None:
+def write_rejects(out: Location, rejects: pa.Table, options: Options = None) -> None:
     """``rejects.jsonl``: one line per input row not in a shard, in row order."""
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejects.to_pylist()]
-    write_bytes_atomic(out / REJECTS, "".join(lines).encode("utf-8"))
+    storage.put_whole(storage.join(out, REJECTS), "".join(lines).encode("utf-8"), options)
 
 
-def write_sizes(out: Path, results: dict[str, ShardResult]) -> None:
+def write_sizes(out: Location, results: dict[str, ShardResult], options: Options = None) -> None:
     """``sizes.json``: shard name -> number of samples, open_clip's ``get_dataset_size`` format."""
-    write_json_atomic(out / SIZES, {name: results[name].images for name in sorted(results)})
+    _put_json(storage.join(out, SIZES), {name: results[name].images for name in sorted(results)}, options)
 
 
-def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -> None:
+def write_listing_to(out: Location, listing: pa.Table, options: Options = None) -> None:
+    """``inputs.parquet``: the build's inputs listing (:mod:`pipeline.inputs`), beside the manifest."""
+    _put_parquet(storage.join(out, INPUTS), listing, options)
+
+
+def check_shards(out: Location, planned: list[str], results: dict[str, ShardResult], options: Options = None) -> None:
+    """Before the manifest: every planned shard is in ``out`` with the size and sha256 of its
+    ``done`` record, else one :class:`OutputError` naming the missing or different shards (a
+    shard written to a node-local disk of another machine is missing here)."""
+    bad: list[str] = []
+    for name in planned:
+        result = results.get(name)
+        where = storage.join(out, name)
+        try:
+            ok = result is not None and storage.size(where, options) == result.bytes
+            ok = ok and result is not None and storage.sha256(where, options)[0] == result.sha256
+        except FileNotFoundError:
+            ok = False
+        if not ok:
+            bad.append(name)
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise OutputError(
+            f"{len(bad)} of {len(planned)} planned shards are missing from {out} or differ from their done "
+            f"record ({shown}); no manifest written. Is --out a location every worker writes to "
+            "(not a node-local path)? Re-run to write them again"
+        )
+
+
+def write_index(
+    out: Location, planned: pa.Table, results: dict[str, ShardResult], options: Options = None
+) -> None:
     """``index.parquet``: one row per image, with what was stored (sha256 and size after re-encoding)."""
     stored = {s.key: s for r in results.values() for s in r.samples}
     keys = planned["key"].to_pylist()
@@ -82,9 +115,7 @@ def write_index(out: Path, planned: pa.Table, results: dict[str, ShardResult]) -
         table = table.append_column(pa.field("phash", pa.int64()), planned["phash"])
     if "caption_sources" in planned.column_names:  # build --captions: the origin of each caption
         table = table.append_column(pa.field("caption_sources", pa.list_(pa.string())), planned["caption_sources"])
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_bytes_atomic(out / INDEX, sink.getvalue().to_pybytes())
+    _put_parquet(storage.join(out, INDEX), table, options)
 
 
 def manifest_dict(
@@ -137,6 +168,17 @@ def _splits(results: dict[str, ShardResult]) -> dict[str, SplitEntry]:
     }
 
 
-def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest atomically: the last file of a build."""
-    write_json_atomic(out / MANIFEST, manifest)
+def write_manifest(out: Location, manifest: dict[str, Any], options: Options = None) -> None:
+    """Write the manifest atomically (whole, on an object store): the last file of a build."""
+    _put_json(storage.join(out, MANIFEST), manifest, options)
+
+
+def _put_json(where: str, data: Any, options: Options) -> None:
+    """As :func:`pipeline.write.write_json_atomic` writes it: indented, key-sorted, UTF-8."""
+    storage.put_whole(where, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(), options)
+
+
+def _put_parquet(where: str, table: pa.Table, options: Options) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.put_whole(where, sink.getvalue().to_pybytes(), options)

@@ -17,10 +17,21 @@ normally removes the file while it still holds the lock; whoever opened the old 
 the meantime notices (the path no longer names the file it locked) and starts over, so
 two holders can never lock two different files.
 
-Local disks (and NFSv4, where the kernel maps ``flock`` onto NFS locks) only. A lock on
-object storage (a lock object created with a conditional put, if-none-match, carrying
-an owner, a heartbeat and a stale-lock timeout) is for the object-store output of a
-later change; nothing here pretends to lock an fsspec URL.
+Local disks (and NFSv4, where the kernel maps ``flock`` onto NFS locks) only.
+
+**Object stores have no lock.** A build into a URL (``s3://``, ``gs://``) instead
+*claims* it (:func:`claim`): before it plans, it stores ``OUT/.capshard/owner.json``
+(whole, like every object) holding its holder record and ``build``, a digest of the
+build's identity. A build that finds a claim of a *different* build refuses, naming
+the holder, unless ``--overwrite``; a claim of the *same* build (the same input and
+options: a re-run after a kill, which resumes) is taken over. The claim goes when the
+build ends (with ``.capshard/`` once the manifest is written, or removed if still ours
+on a failure); a killed build's claim stays until a re-run takes it over. This is a
+convention, not mutual exclusion: two builds started at the same moment can both find
+no claim and both write. Two runs of the *same* build then write the same bytes under
+the same keys, and the manifest is still written last, after every shard is checked;
+two *different* builds interleave, and what the prefix holds is undefined until one
+of them is re-run (with ``--overwrite``) alone.
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import storage
 from .errors import OutputError
-from .format import LOCK
+from .format import LOCK, STATE
+from .storage import Options
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +195,51 @@ def _describe_holders(fd: int) -> str:
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
+
+#: The claim object of a build on object storage, under ``OUT/.capshard/``.
+OWNER = "owner.json"
+
+
+@contextlib.contextmanager
+def claim(out: str, command: str, build: str, *, overwrite: bool, options: Options = None) -> Iterator[Holder]:
+    """Claim the object-store prefix ``out`` for build ``build`` (see the module docstring).
+
+    Raises :class:`LockHeld` naming the holder when ``out`` is claimed by a different build
+    and ``overwrite`` is false.
+    """
+    where = storage.join(out, STATE, OWNER)
+    previous = _read_claim(where, options)
+    if previous is not None and previous.get("build") != build and not overwrite:
+        raise LockHeld(
+            f"{out} is claimed by {_claim_holder(previous)} for a different build; wait for it to end, "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    if previous is not None:
+        log.warning("%s: taking over the claim of %s", out, _claim_holder(previous))
+    me = Holder(socket.gethostname(), os.getpid(), _now(), command, "exclusive")
+    mine = {**asdict(me), "build": build}
+    storage.put_whole(where, (json.dumps(mine, sort_keys=True) + "\n").encode(), options)
+    try:
+        yield me
+    finally:
+        with contextlib.suppress(OSError):
+            if _read_claim(where, options) == mine:
+                storage.remove([where], options)
+
+
+def _read_claim(where: str, options: Options) -> dict[str, object] | None:
+    try:
+        data = json.loads(storage.read_bytes(where, options)[:MAX_RECORD])
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # a damaged claim: nobody's build, taken over only with --overwrite
+    return data if isinstance(data, dict) else {}
+
+
+def _claim_holder(data: dict[str, object]) -> str:
+    try:
+        return Holder(str(data["host"]), int(str(data["pid"])), str(data["started"]), str(data["command"]),
+                      "exclusive").describe()
+    except (KeyError, ValueError):
+        return "a capshard build (its claim cannot be read)"

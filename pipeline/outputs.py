@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import storage
 from .errors import OutputError, UsageError
 from .format import (
     DONE,
@@ -42,8 +43,11 @@ from .format import (
     STATE,
     Manifest,
     ManifestError,
+    parse_manifest,
     read_manifest,
 )
+from .lock import OWNER
+from .storage import Location, Options
 from .write import TMP_MARK, fsync_dir
 
 #: The files every build may write besides its shards.
@@ -57,32 +61,62 @@ class Folder:
     """What ``out`` holds: a finished build's manifest (or None), the entries capshard
     recorded as its own, and the entries it did not."""
 
-    out: Path
+    out: Location
     manifest: Manifest | None
     owned: tuple[str, ...]
     foreign: tuple[str, ...]
 
 
-def survey(out: Path) -> Folder:
+def survey(out: Location, options: Options = None) -> Folder:
     """Sort the entries of ``out`` (which may not exist) into owned and foreign.
 
-    A ``manifest.json`` that is not a capshard manifest is an :class:`OutputError`:
-    the folder is someone else's.
+    ``out`` may be a prefix of an object store: its entries are then the first ``/``-parts
+    of its keys (a part followed by more is a folder). A ``manifest.json`` that is not a
+    capshard manifest is an :class:`OutputError`: the folder is someone else's.
     """
-    if not out.is_dir():
+    entries = _entries(out, options)
+    if entries is None:
         return Folder(out, None, (), ())
     try:
-        manifest = read_manifest(out)
+        manifest = _manifest(out, options)
     except ManifestError as e:
         raise OutputError(f"{out}: not a capshard build ({MANIFEST} {e.detail}); choose another --out") from None
-    recorded = set(_ledger(out)) | _done(out)
+    recorded = set(_ledger(out, options)) | _done(out, options)
     if manifest is not None:
         recorded |= {*BUILD_FILES, *_listed(manifest)}
     owned: list[str] = []
     foreign: list[str] = []
-    for entry in sorted(out.iterdir(), key=lambda p: p.name):
-        (owned if _is_owned(entry, recorded) else foreign).append(entry.name)
+    for name, is_dir in entries:
+        (owned if _is_owned(name, is_dir, recorded) else foreign).append(name)
     return Folder(out, manifest, tuple(owned), tuple(foreign))
+
+
+def _entries(out: Location, options: Options) -> list[tuple[str, bool]] | None:
+    """``(name, is a folder)`` of each entry of ``out``, by name; None when there is no folder."""
+    if not storage.is_url(out):
+        path = Path(out)
+        if not path.is_dir():
+            return None
+        # A link named like the state folder is not the state folder: only a real folder is.
+        special = (STATE, HASH_PARTS)
+        return [
+            (p.name, p.is_dir() and not (p.name in special and p.is_symlink()))
+            for p in sorted(path.iterdir(), key=lambda p: p.name)
+        ]
+    found: dict[str, bool] = {}
+    for key in storage.list_prefix(out, options):
+        head, sep, _ = key.partition("/")
+        found[head] = found.get(head, False) or bool(sep)
+    return sorted(found.items())
+
+
+def _manifest(out: Location, options: Options) -> Manifest | None:
+    if not storage.is_url(out):
+        return read_manifest(out)
+    where = storage.join(out, MANIFEST)
+    if not storage.exists(where, options):
+        return None
+    return parse_manifest(storage.read_bytes(where, options), where)
 
 
 def refuse_foreign(folder: Folder) -> None:
@@ -99,7 +133,7 @@ def refuse_foreign(folder: Folder) -> None:
                       "replaces nor removes them: move them away or choose another --out")
 
 
-def clean(folder: Folder) -> None:
+def clean(folder: Folder, options: Options = None) -> None:
     """Remove every owned file of ``folder`` and capshard's state, nothing else.
 
     The files about to go are written to the ledger first, and the manifest goes first:
@@ -110,7 +144,15 @@ def clean(folder: Folder) -> None:
     files = [n for n in folder.owned if n not in (LOCK, STATE, HASH_PARTS)]
     if not files and STATE not in folder.owned and HASH_PARTS not in folder.owned:
         return
-    record(out, files)
+    record(out, files, options)
+    if storage.is_url(out):
+        storage.remove([storage.join(out, n) for n in sorted(files, key=lambda n: n != MANIFEST)], options)
+        for prefix in (HASH_PARTS, STATE):  # the state (with its ledger) last; the build's claim stays
+            where = storage.join(out, prefix)
+            keys = [k for k in storage.list_prefix(where, options) if prefix != STATE or k != OWNER]
+            storage.remove([storage.join(where, k) for k in keys], options)
+        return
+    out = Path(out)
     for name in sorted(files, key=lambda n: n != MANIFEST):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / HASH_PARTS, ignore_errors=True)  # an interrupted `capshard hash`'s parts
@@ -118,30 +160,43 @@ def clean(folder: Folder) -> None:
     fsync_dir(out)
 
 
-def record(out: Path, names: Iterable[str]) -> None:
-    """Add ``names`` (entries of ``out``) to the ledger, durably, before they are created."""
-    known = set(_ledger(out))
-    new = [n for n in dict.fromkeys(names) if n not in known]
+def record(out: Location, names: Iterable[str], options: Options = None) -> None:
+    """Add ``names`` (entries of ``out``) to the ledger, durably, before they are created.
+
+    On an object store (no append) the ledger is rewritten whole with the new names added."""
+    known = _ledger(out, options)
+    new = [n for n in dict.fromkeys(names) if n not in set(known)]
     if not new:
         return
-    state = out / STATE
+    lines = "".join(json.dumps(n) + "\n" for n in new)
+    if storage.is_url(out):
+        text = "".join(json.dumps(n) + "\n" for n in known) + lines
+        storage.put_whole(storage.join(out, STATE, LEDGER), text.encode("utf-8"), options)
+        return
+    state = Path(out) / STATE
     state.mkdir(parents=True, exist_ok=True)
     with open(state / LEDGER, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(n) + "\n" for n in new))
+        f.write(lines)
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(state)
 
 
-def check_location(out: Path, images: Path | None, source: str | None) -> None:
+def check_location(out: Location, images: Path | str | None, source: str | None, options: Options = None) -> None:
     """Refuse an ``out`` that is or lies inside ``images``, or that is the source's folder
-    (or lies inside a source that is a folder): capshard does not write among its inputs."""
+    (or lies inside a source that is a folder): capshard does not write among its inputs.
+    An ``out`` on object storage is checked against inputs given as URLs of the same store, and
+    its backend must be installed (a one-line error naming the extra, before anything is read)."""
+    if storage.is_url(out):
+        storage.filesystem(out, options)
+        _check_url_location(str(out), images, source)
+        return
     target = Path(os.path.realpath(out))
-    if images is not None:
+    if images is not None and not storage.is_url(images):
         folder = Path(os.path.realpath(images))
         if target == folder or folder in target.parents:
             raise UsageError(f"--out {out} is inside --images {images}; choose an --out outside the input images")
-    if source is not None and os.path.exists(source):
+    if source is not None and not storage.is_url(source) and os.path.exists(source):
         path = Path(os.path.realpath(source))
         if path.is_dir() and (target == path or path in target.parents):
             raise UsageError(f"--out {out} is inside the source folder {source}; choose an --out outside it")
@@ -149,17 +204,23 @@ def check_location(out: Path, images: Path | None, source: str | None) -> None:
             raise UsageError(f"--out {out} is the folder of the source {source}; choose another --out")
 
 
-def _is_owned(entry: Path, recorded: set[str]) -> bool:
+def _check_url_location(out: str, images: Path | str | None, source: str | None) -> None:
+    inside = [str(loc).rstrip("/") for loc in (images, source) if loc is not None and storage.is_url(loc)]
+    for loc in inside:
+        if out == loc or out.startswith(loc + "/") or storage.parent(loc) == out:
+            raise UsageError(f"--out {out} is an input location or lies inside one ({loc}); choose another --out")
+
+
+def _is_owned(name: str, is_dir: bool, recorded: set[str]) -> bool:
     """The lock, the state folder, and files (never folders) recorded or temporaries of those."""
-    name = entry.name
     if name in (LOCK, STATE, HASH_PARTS):
-        return name == LOCK or (entry.is_dir() and not entry.is_symlink())
-    return not entry.is_dir() and (name in recorded or _temporary_of(name) in recorded)
+        return name == LOCK or is_dir
+    return not is_dir and (name in recorded or _temporary_of(name) in recorded)
 
 
-def _ledger(out: Path) -> list[str]:
+def _ledger(out: Location, options: Options = None) -> list[str]:
     try:
-        text = (out / STATE / LEDGER).read_text(encoding="utf-8")
+        text = storage.read_bytes(storage.join(out, STATE, LEDGER), options).decode("utf-8")
     except FileNotFoundError:
         return []
     names = []
@@ -172,12 +233,10 @@ def _ledger(out: Path) -> list[str]:
     return names
 
 
-def _done(out: Path) -> set[str]:
+def _done(out: Location, options: Options = None) -> set[str]:
     """Shards with a ``done`` record: written by a build that has not finished."""
-    done = out / STATE / DONE
-    if not done.is_dir():
-        return set()
-    return {p.name.removesuffix(".json") for p in done.glob("*.json") if SHARD_NAME.fullmatch(p.name[:-5])}
+    names = [key for key in storage.list_prefix(storage.join(out, STATE, DONE), options) if "/" not in key]
+    return {n.removesuffix(".json") for n in names if n.endswith(".json") and SHARD_NAME.fullmatch(n[:-5])}
 
 
 def _listed(manifest: Manifest) -> set[str]:

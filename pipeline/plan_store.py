@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import IntegrityError
 from .format import DONE, STATE, STATE_FILE, ResolutionReport
-from .inputs import INPUTS, read_listing, write_listing
+from .inputs import INPUTS, INPUTS_SCHEMA, read_listing
 from .outputs import record
 from .readers import CaptionSource, SourceSpec
 from .rejects import REJECT_SCHEMA
-from .write import SampleSpec, ShardResult, ShardTask, file_sha256, write_bytes_atomic, write_json_atomic
+from .storage import Location, Options
+from .write import SampleSpec, ShardResult, ShardTask
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +77,15 @@ class Plan:
         """Every planned shard name, sorted."""
         return sorted(set(self.images["shard"].to_pylist()))
 
-    def tasks(self, out: Path) -> list[ShardTask]:
-        """One write task per shard, sorted by name."""
+    def tasks(self, out: Location, options: Options = None) -> list[ShardTask]:
+        """One write task per shard, sorted by name (``options``: the store's ``--storage-options``)."""
         samples: dict[str, list[SampleSpec]] = {}
         for r in self.images.to_pylist():
             samples.setdefault(r["shard"], []).append(_sample_spec(r))
         done = (Path(STATE) / DONE).as_posix()
         return [
-            ShardTask(name, str(out), tuple(s), self.source_format, self.resize, f"{done}/{name}.json")
+            ShardTask(name, str(out), tuple(s), self.source_format, self.resize, f"{done}/{name}.json",
+                      dict(options) if options else None)
             for name, s in sorted(samples.items())
         ]
 
@@ -125,66 +129,64 @@ def _sample_spec(r: dict[str, Any]) -> SampleSpec:
     )
 
 
-def state_dir(out: Path) -> Path:
-    """``OUT/.capshard``."""
-    return out / STATE
+def state_dir(out: Location) -> Path | str:
+    """``OUT/.capshard`` (a ``Path`` for a local ``out``, else a URL)."""
+    return _at(out, STATE)
 
 
-def done_dir(out: Path) -> Path:
+def done_dir(out: Location) -> Path | str:
     """Where the done records of ``out``'s shards live."""
-    return out / STATE / DONE
+    return _at(out, STATE, DONE)
 
 
-def done_path(out: Path, name: str) -> Path:
+def done_path(out: Location, name: str) -> Path | str:
     """The done record of shard ``name``."""
-    return done_dir(out) / f"{name}.json"
+    return _at(out, STATE, DONE, f"{name}.json")
 
 
-def status(out: Path) -> str:
+def _at(out: Location, *parts: str) -> Path | str:
+    return storage.join(out, *parts) if storage.is_url(out) else Path(out, *parts)
+
+
+def status(out: Location, options: Options = None) -> str:
     """``none`` (no plan), ``stale`` (a plan of an older layout, or cut short) or ``complete``."""
-    state = state_dir(out)
-    if not (state / IDENTITY).is_file():
+    if not storage.exists(_at(out, STATE, IDENTITY), options):
         return "none"
     try:
-        with open(state / PLAN_JSON, encoding="utf-8") as f:
-            layout = json.load(f).get("layout")
+        layout = json.loads(storage.read_bytes(_at(out, STATE, PLAN_JSON), options)).get("layout")
     except (OSError, ValueError, AttributeError):
         return "stale"
     return "complete" if layout == LAYOUT else "stale"
 
 
-def save(out: Path, plan: Plan) -> None:
+def save(out: Location, plan: Plan, options: Options = None) -> None:
     """Write ``plan`` under ``OUT/.capshard/``; the shard names go to the ledger first, the identity last."""
-    record(out, plan.shards())  # before any shard exists
-    state = state_dir(out)
-    state.mkdir(parents=True, exist_ok=True)
-    write_listing(state / INPUTS, plan.listing)
-    _write_table(state / PLAN_TABLE, plan.images)
-    _write_table(state / REJECTS_TABLE, plan.rejects)
-    write_json_atomic(
-        state / PLAN_JSON,
-        {
-            "layout": LAYOUT,
-            "rows": plan.n_rows,
-            "report": plan.report.to_dict(),
-            "resize": plan.resize,
-            "source": plan.source,
-        },
-    )
-    write_json_atomic(state / IDENTITY, plan.identity)  # last: the plan is complete
+    record(out, plan.shards(), options)  # before any shard exists
+    _put_table(_at(out, STATE, INPUTS), plan.listing, options)
+    _put_table(_at(out, STATE, PLAN_TABLE), plan.images, options)
+    _put_table(_at(out, STATE, REJECTS_TABLE), plan.rejects, options)
+    meta = {
+        "layout": LAYOUT,
+        "rows": plan.n_rows,
+        "report": plan.report.to_dict(),
+        "resize": plan.resize,
+        "source": plan.source,
+    }
+    storage.put_whole(_at(out, STATE, PLAN_JSON), json_bytes(meta), options)
+    storage.put_whole(_at(out, STATE, IDENTITY), json_bytes(plan.identity), options)  # last: the plan is complete
 
 
-def load(out: Path) -> Plan:
+def load(out: Location, options: Options = None) -> Plan:
     """The complete plan saved in ``out``; :class:`IntegrityError` naming the file when it cannot be read."""
     state = state_dir(out)
-    if status(out) != "complete":
+    if status(out, options) != "complete":
         raise IntegrityError(f"{state} holds no complete plan of layout {LAYOUT}")
     try:
-        identity = _read_json(state / IDENTITY)
-        meta = _read_json(state / PLAN_JSON)
-        images = pq.read_table(state / PLAN_TABLE)
-        rejects = pq.read_table(state / REJECTS_TABLE).cast(REJECT_SCHEMA)
-        listing = read_listing(state / INPUTS)
+        identity = json.loads(storage.read_bytes(_at(out, STATE, IDENTITY), options))
+        meta = json.loads(storage.read_bytes(_at(out, STATE, PLAN_JSON), options))
+        images = _get_table(_at(out, STATE, PLAN_TABLE), options)
+        rejects = _get_table(_at(out, STATE, REJECTS_TABLE), options).cast(REJECT_SCHEMA)
+        listing = saved_listing(out, options)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise IntegrityError(f"the plan in {state} cannot be read: {e}") from None
     if listing is None:
@@ -201,27 +203,64 @@ def load(out: Path) -> Plan:
     )
 
 
-def finished(out: Path, name: str) -> ShardResult | None:
-    """The done record of shard ``name`` when the file in ``out`` still matches it, else None."""
-    path, shard = done_path(out, name), out / name
-    if not (path.is_file() and shard.is_file()):
+def saved_identity(out: Location, options: Options = None) -> dict[str, Any] | None:
+    """The identity of the (complete or stale) plan in ``out``, None when there is none."""
+    where = _at(out, STATE, IDENTITY)
+    if not storage.exists(where, options):
+        return None
+    data = json.loads(storage.read_bytes(where, options))
+    return data if isinstance(data, dict) else None
+
+
+def saved_listing(out: Location, options: Options = None, *, folder: str = STATE) -> pa.Table | None:
+    """The inputs listing saved in ``OUT/.capshard/`` (or, with ``folder=""``, the finished build's); None if none."""
+    where = _at(out, *([folder] if folder else []), INPUTS)
+    local = storage.local_path(where)
+    if local is not None:
+        return read_listing(local)
+    if not storage.exists(where, options):
         return None
     try:
-        result = ShardResult.from_json(_read_json(path))
+        return _get_table(where, options).cast(INPUTS_SCHEMA)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise IntegrityError(f"{where} cannot be read: {e}") from None
+
+
+def finished(out: Location, name: str, options: Options = None) -> ShardResult | None:
+    """The done record of shard ``name`` when the shard in ``out`` still matches it, else None."""
+    path, shard = done_path(out, name), storage.join(out, name)
+    if not (storage.exists(path, options) and storage.exists(shard, options)):
+        return None
+    try:
+        result = ShardResult.from_json(json.loads(storage.read_bytes(path, options)))
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("ignoring the unreadable done record %s (%s); writing %s again", path, e, name)
         return None
-    if shard.stat().st_size != result.bytes or file_sha256(shard)[0] != result.sha256:
+    if storage.size(shard, options) != result.bytes or storage.sha256(shard, options)[0] != result.sha256:
         return None
     return result
 
 
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def remove_state(out: Location, options: Options = None) -> None:
+    """Remove ``OUT/.capshard/`` (once the manifest is written, or by a clean-up)."""
+    local = storage.local_path(out)
+    if local is not None:
+        shutil.rmtree(local / STATE, ignore_errors=True)
+        return
+    state = storage.join(out, STATE)
+    storage.remove([storage.join(state, key) for key in storage.list_prefix(state, options)], options)
 
 
-def _write_table(path: Path, table: pa.Table) -> None:
+def json_bytes(data: Any) -> bytes:
+    """``data`` as :func:`pipeline.write.write_json_atomic` writes it: indented, key-sorted, UTF-8."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _put_table(where: Location, table: pa.Table, options: Options) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    write_bytes_atomic(path, sink.getvalue().to_pybytes())
+    storage.put_whole(where, sink.getvalue().to_pybytes(), options)
+
+
+def _get_table(where: Location, options: Options) -> pa.Table:
+    return pq.read_table(pa.BufferReader(storage.read_bytes(where, options)))

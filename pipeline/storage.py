@@ -115,6 +115,7 @@ def open_read(location: Location, options: Options = None) -> IO[bytes]:
     if path is not None:
         return open(path, "rb")
     fs, key = filesystem(location, options)
+    fs.invalidate_cache(key)  # another process may have written it since this one listed its prefix
     f: IO[bytes] = fs.open(key, "rb")
     return f
 
@@ -125,6 +126,7 @@ def read_bytes(location: Location, options: Options = None) -> bytes:
     if path is not None:
         return path.read_bytes()
     fs, key = filesystem(location, options)
+    fs.invalidate_cache(key)  # another process may have written it since this one listed its prefix
     data: bytes = fs.cat_file(key)
     return data
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .errors import IntegrityError, OutputError
 from .media import EXTENSIONS, resize
 from .readers import ImageUnavailable, Reader
@@ -65,6 +67,8 @@ class ShardTask:
     resize: int | None
     #: Where the ``done`` record goes, relative to ``out``.
     done: str
+    #: ``--storage-options`` for an ``out`` on object storage (the fsspec backend's keyword arguments).
+    storage_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,33 +154,21 @@ def sample_members(
 def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     """Write one shard atomically and record it as done.
 
-    The ``done`` record is written before the rename, so a shard under its final name
-    always has a record that matches it, whenever the process is killed. An OS error on
-    the output (full disk, read-only folder) is an :class:`OutputError` naming the shard.
+    The ``done`` record is written before the shard appears under its final name, so a
+    shard there always has a record that matches it, whenever the process is killed. A
+    local ``out`` gets a temporary name in the folder, fsync and rename; an object store
+    gets the tar written to a local temporary file, then uploaded whole under its final
+    key (:func:`pipeline.storage.put_whole`). An OS error on the output (full disk,
+    read-only folder) is an :class:`OutputError` naming the shard.
     """
+    if storage.is_url(task.out):
+        return _write_to_store(reader, task)
     out = Path(task.out)
-    final = out / task.name
     tmp = out / f".{task.name}{TMP_MARK}{os.getpid()}"
-    entries: list[StoredSample] = []
-    captions = 0
     try:
-        with open(tmp, "wb") as f:
-            tar = TarWriter(f, mtime=MTIME)
-            for spec, data in _stored_images(reader, task.samples):
-                digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
-                if task.resize is not None:
-                    data, fmt, width, height = resize(data, task.resize)
-                    digest = hashlib.sha256(data).hexdigest()
-                members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
-                for name in sorted(members):
-                    tar.add(name, members[name])
-                entries.append(StoredSample(spec.key, digest, width, height, EXTENSIONS[fmt]))
-                captions += len(spec.captions)
-            shard_sha, size = tar.close()
-            os.fsync(f.fileno())
-        result = ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
+        result = _write_tar(reader, task, tmp)
         write_json_atomic(out / task.done, result.to_json())
-        os.replace(tmp, final)
+        os.replace(tmp, out / task.name)
         fsync_dir(out)
     except OSError as e:
         if e.errno is None:  # a codec's error (Pillow raises OSError), not the output's
@@ -185,6 +177,47 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     finally:
         tmp.unlink(missing_ok=True)
     return result
+
+
+def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
+    """:func:`write_shard` for an object store: local temporary tar, done record, then the shard's upload."""
+    options = task.storage_options
+    with tempfile.TemporaryDirectory(prefix="capshard-shard-") as folder:
+        tmp = Path(folder, task.name)
+        try:
+            result = _write_tar(reader, task, tmp)
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise OutputError(f"cannot write shard {task.name} to a local temporary file: {e.strerror}") from None
+        record = (json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        try:
+            storage.put_whole(storage.join(task.out, task.done), record, options)
+            storage.put_whole(storage.join(task.out, task.name), tmp, options)
+        except OSError as e:  # the store refused (permissions, a missing bucket, the network)
+            raise OutputError(f"cannot write shard {task.name} to {task.out}: {e.strerror or e}") from None
+    return result
+
+
+def _write_tar(reader: Reader, task: ShardTask, path: Path) -> ShardResult:
+    """Write the shard's tar to ``path`` (fsynced) and say what it holds."""
+    entries: list[StoredSample] = []
+    captions = 0
+    with open(path, "wb") as f:
+        tar = TarWriter(f, mtime=MTIME)
+        for spec, data in _stored_images(reader, task.samples):
+            digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
+            if task.resize is not None:
+                data, fmt, width, height = resize(data, task.resize)
+                digest = hashlib.sha256(data).hexdigest()
+            members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
+            for name in sorted(members):
+                tar.add(name, members[name])
+            entries.append(StoredSample(spec.key, digest, width, height, EXTENSIONS[fmt]))
+            captions += len(spec.captions)
+        shard_sha, size = tar.close()
+        os.fsync(f.fileno())
+    return ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
 
 
 def _stored_images(reader: Reader, samples: tuple[SampleSpec, ...]) -> Iterator[tuple[SampleSpec, bytes]]:

@@ -25,6 +25,7 @@ from ..text import byte_size, plural
 from ..validate import VALIDATE_MODES
 from .options import ByteSize, config_default, json_option, options, progress_bar
 from .source import check_inputs_option, source_options, source_spec
+from .storage_options import storage_options_option
 
 SAMPLE_OUT = Path("shards") / "sample"
 #: Largest ``--sample-images`` (``pipeline.sample`` imports ``datasets`` only to build it).
@@ -139,13 +140,15 @@ _CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 @click.argument("source", required=False)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder. Default: shards/sample for the sample, shards/NAME for a source.",
+    type=click.Path(file_okay=False),
+    help="Output folder, or an fsspec URL (s3://bucket/prefix, gs://..., file://...). "
+    "Default: shards/sample for the sample, shards/NAME for a source.",
 )
+@storage_options_option
 @source_options
 @options(*_CONFIG_OPTIONS, _SAMPLE_OPTION, *_NEAR_OPTIONS)
 @json_option
-def build(source: str | None, out: Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
+def build(source: str | None, out: str | Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.
 
     SOURCE is a dataset in its published format: a Hugging Face dataset folder, parquet
@@ -172,7 +175,7 @@ def build(source: str | None, out: Path | None, fmt: str, sample_images: int, as
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
     config = BuildConfig(out=out, format=fmt, **settings)
-    _check_exclude_near(config.exclude_near, out)
+    _check_exclude_near(config.exclude_near, config.out)
     result = _run(spec, config, source if chosen else None)
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
@@ -184,7 +187,7 @@ def _run(spec: SourceSpec, config: BuildConfig, chosen_for: str | None) -> Build
     """Run the build; on failure remove the folders it created. ``chosen_for``: the SOURCE
     when ``--format`` was chosen, so a source that format cannot read gets a hint."""
     out = config.out
-    created = [d for d in (out, *out.parents) if not d.exists()]
+    created = [] if isinstance(out, str) else [d for d in (out, *out.parents) if not d.exists()]
     try:
         return run_build(spec, config, progress=progress_bar)
     except (SourceError, UsageError) as e:
@@ -198,14 +201,14 @@ def _run(spec: SourceSpec, config: BuildConfig, chosen_for: str | None) -> Build
         raise
 
 
-def _check_exclude_near(builds: tuple[Path, ...], out: Path) -> None:
+def _check_exclude_near(builds: tuple[Path, ...], out: Path | str) -> None:
     """Before the long probe: every --exclude-near build has hashes and is not this build."""
     if not builds:
         return
     from ..hashes import load_hashes
 
     for other in builds:
-        if other.resolve() == out.resolve():  # --overwrite would delete the index it reads
+        if not isinstance(out, str) and other.resolve() == out.resolve():  # --overwrite would delete the index it reads
             raise UsageError(f"--exclude-near {other} is this build's own --out; name an evaluation build")
         load_hashes(other)
 
