@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from synth import caption_text, flickr_token_file, write_images
+from synth import caption_text, comparable, flickr_token_file, write_images
 
 from pipeline import storage
 from pipeline.errors import OutputError
@@ -57,7 +57,9 @@ def build_args(root: Path, out: str, *extra: str) -> list[str]:
 
 
 def local_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file of a build folder, the manifest without its run's ``stats`` (:func:`synth.comparable`)."""
+    files = (p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file())
+    return {name: comparable(name, (folder / name).read_bytes()) for name in files}
 
 
 def manifest_of(prefix: str) -> Manifest:
@@ -66,7 +68,7 @@ def manifest_of(prefix: str) -> Manifest:
 
 
 def store_objects(prefix: str) -> dict[str, bytes]:
-    return {key: storage.read_bytes(storage.join(prefix, key)) for key in storage.list_prefix(prefix)}
+    return {key: comparable(key, storage.read_bytes(storage.join(prefix, key))) for key in storage.list_prefix(prefix)}
 
 
 def test_a_build_to_s3_holds_exactly_the_bytes_of_a_local_build(small: Path, s3_bucket: str, tmp_path: Path) -> None:

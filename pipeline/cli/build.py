@@ -25,7 +25,6 @@ from ..text import byte_size, plural
 from ..validate import VALIDATE_MODES
 from .options import ByteSize, config_default, json_option, options, progress_bar
 from .source import check_inputs_option, source_options, source_spec
-from .storage_options import storage_options_option
 
 SAMPLE_OUT = Path("shards") / "sample"
 #: Largest ``--sample-images`` (``pipeline.sample`` imports ``datasets`` only to build it).
@@ -144,7 +143,6 @@ _CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
     help="Output folder, or an fsspec URL (s3://bucket/prefix, gs://..., file://...). "
     "Default: shards/sample for the sample, shards/NAME for a source.",
 )
-@storage_options_option
 @source_options
 @options(*_CONFIG_OPTIONS, _SAMPLE_OPTION, *_NEAR_OPTIONS)
 @json_option
@@ -161,7 +159,7 @@ def build(source: str | None, out: str | Path | None, fmt: str, sample_images: i
     the same input and options it does nothing.
     """
     settings = {k: v for k, v in opts.items() if k in _CONFIG_FIELDS}
-    reading = {k: v for k, v in opts.items() if k not in _CONFIG_FIELDS}
+    reading = {k: v for k, v in opts.items() if k not in _CONFIG_FIELDS or k == "storage_options"}
     if source is None:
         from ..sample import sample_dataset
 

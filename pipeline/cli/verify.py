@@ -21,7 +21,6 @@ from ..verify_inputs import InputsReport, verify_inputs
 from .locations import BuildLocation
 from .options import json_option
 from .source import check_inputs_option, source_options, source_spec
-from .storage_options import storage_options_option
 
 #: Problems printed per shard or file; ``--json`` has every one.
 LINES_PER_PLACE = 10
@@ -39,7 +38,6 @@ LINES_PER_PLACE = 10
 )
 @source_options
 @check_inputs_option
-@storage_options_option
 @json_option
 def verify(
     build_dir: Path | str,
@@ -65,7 +63,7 @@ def verify(
     if source is not None:
         if not isinstance(build_dir, Path):
             raise UsageError(f"--inputs compares a local build with its source; {build_dir} is a URL")
-        _verify_inputs(verify_inputs(build_dir, source_spec(source, **reading), fmt, check_inputs), as_json)
+        _verify_inputs(verify_inputs(build_dir, source_spec(source, storage_options=storage_options, **reading), fmt, check_inputs), as_json)
         return
     report = run_verify(build_dir, decode=decode, workers=workers, storage_options=storage_options)
     if as_json:
