@@ -63,7 +63,8 @@ def verify(
     if source is not None:
         if not isinstance(build_dir, Path):
             raise UsageError(f"--inputs compares a local build with its source; {build_dir} is a URL")
-        _verify_inputs(verify_inputs(build_dir, source_spec(source, storage_options=storage_options, **reading), fmt, check_inputs), as_json)
+        spec = source_spec(source, storage_options=storage_options, **reading)
+        _verify_inputs(verify_inputs(build_dir, spec, fmt, check_inputs), as_json)
         return
     report = run_verify(build_dir, decode=decode, workers=workers, storage_options=storage_options)
     if as_json:
