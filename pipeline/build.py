@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +37,7 @@ from . import FORMAT_VERSION, plan_store
 from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
-from .executors import Executor, make_executor
+from .executors import Executor, ExecutorChoice
 from .extra_captions import add_captions, read_sources
 from .finalize import REJECTS, manifest_dict, write_index, write_manifest, write_rejects, write_sizes
 from .identity import default_version, input_check, make_identity
@@ -57,9 +59,12 @@ from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
-from .write import TMP_MARK, ShardResult, write_shard
+from .write import TMP_MARK, ShardResult, ShardTask, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: ``OUT/.capshard/`` file with the manifest's name and version (``--name``, ``--dataset-version``).
+NAMES = "names.json"
 
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
@@ -82,14 +87,113 @@ class BuildResult:
     reused_shards: int = 0
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What the *plan* phase left in ``out``: ``status`` is ``planned``, ``kept`` (the saved plan of
+    the same input, resumed) or ``up_to_date`` (a finished build of it: ``plan`` is None)."""
+
+    out: Path
+    status: str
+    plan: plan_store.Plan | None
+    manifest: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Slice ``task`` of ``tasks``: shard ``k`` of the plan (by sorted name) belongs to slice ``k % tasks``."""
+
+    task: int
+    tasks: int
+
+    def __post_init__(self) -> None:
+        if self.tasks < 1 or not 0 <= self.task < self.tasks:
+            raise UsageError(f"--task must be between 0 and --tasks - 1 ({self.tasks - 1}), not {self.task}")
+
+    def of(self, items: list[T]) -> list[T]:
+        """This slice's share of ``items`` (sorted by the caller)."""
+        return items[self.task :: self.tasks]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_slice` did: shards written now, shards already written; ``finished``:
+    the build was already finalized."""
+
+    part: Slice
+    written: int
+    reused: int
+    finished: bool = False
+
+
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
-    """Build shards from ``spec`` into ``config.out``; see the module docstring."""
+    """Build shards from ``spec`` into ``config.out``; see the module docstring.
+
+    The three phases of the split commands (:func:`plan_build`, :func:`write_slice` of the one
+    slice 0 of 1, :func:`finalize_build`) in sequence, under one exclusive lock."""
     check_location(config.out, spec.images, spec.path)
-    with contextlib.ExitStack() as lock:
-        return _build(spec, config, progress, lock)
+    with contextlib.ExitStack() as stack:
+        planned, executor = _plan_phase(spec, config, progress, stack, "build")
+        if planned.plan is None:
+            return BuildResult(planned.out, "up_to_date", planned.manifest or {})
+        assert executor is not None  # made whenever there is a plan
+        reused = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress).reused
+        manifest = _finalize_phase(planned.out, planned.plan)
+    return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, reused)
 
 
-def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: contextlib.ExitStack) -> BuildResult:
+def plan_build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> Planned:
+    """``capshard plan``: read, probe, resolve and save the plan under ``OUT/.capshard/``; write no shard."""
+    check_location(config.out, spec.images, spec.path)
+    with contextlib.ExitStack() as stack:
+        planned, _ = _plan_phase(spec, config, progress, stack, "plan")
+    return planned
+
+
+def write_slice(
+    out: Path, part: Slice, executor: ExecutorChoice, progress: Progress = _no_progress
+) -> Written:
+    """``capshard write``: write the shards of slice ``part`` of the plan in ``out`` that are not written yet.
+
+    Holds ``out``'s lock *shared*: the slices run in parallel, a plan or an ``--overwrite`` cannot.
+    Over a finished build (plan gone, manifest there) it does nothing."""
+    if not out.is_dir():
+        raise OutputError(f"{out} holds no plan: run capshard plan first")
+    with hold(out, f"write --task {part.task} --tasks {part.tasks}", shared=True):
+        if plan_store.status(out) != "complete":
+            if survey(out).manifest is not None:
+                return Written(part, 0, 0, finished=True)
+            raise OutputError(f"{out} holds no complete plan: run capshard plan first")
+        plan = plan_store.load(out)
+        todo = [t for t in part.of(plan.tasks(out)) if plan_store.finished(out, t.name) is None]
+        if not todo:  # a slice already written: start no workers
+            return Written(part, 0, len(part.of(plan.shards())))
+        reader = get_reader(plan.source_format)(_shipped_spec(plan.source_spec()))
+        with contextlib.closing(executor.make(reader)) as ex:
+            return _write_phase(out, plan, part, ex, progress)
+
+
+def finalize_build(out: Path) -> BuildResult:
+    """``capshard finalize``: check every planned shard, then write index, rejects and, last, the manifest.
+
+    A shard missing, or not matching its done record, is a :class:`BuildError` naming it."""
+    if not out.is_dir():
+        raise OutputError(f"{out} holds no plan: run capshard plan first")
+    with hold(out, "finalize"):
+        if plan_store.status(out) != "complete":
+            manifest = survey(out).manifest
+            if manifest is not None:
+                return BuildResult(out, "up_to_date", manifest.to_dict())
+            raise OutputError(f"{out} holds no complete plan: run capshard plan first")
+        _remove_temporary(out, None)  # left by a write killed mid-shard; nobody writes now
+        return BuildResult(out, "built", _finalize_phase(out, plan_store.load(out)))
+
+
+def _plan_phase(
+    spec: SourceSpec, config: BuildConfig, progress: Progress, stack: contextlib.ExitStack, command: str
+) -> tuple[Planned, Executor | None]:
+    """*plan*: lock ``out`` (on ``stack``), check what it holds, then plan (or keep the saved plan).
+
+    Also the executor it probed with, left open on ``stack`` for the write phase."""
     fmt = detect(spec) if config.format == "auto" else config.format
     if spec.captions_from and fmt != "wds":
         raise UsageError(f"--captions-from joins on WebDataset keys or URLs: it needs --format wds, not {fmt}")
@@ -110,15 +214,14 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
         options=config.output_options(),
     )
     out = config.out
-    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config.overwrite, lock)
+    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config, stack, command)
     if existing is not None:
-        return BuildResult(out, "up_to_date", existing)
+        return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out) == "complete"
-    with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
-        plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed)
-        results, reused = _write_shards(out, plan, executor, progress)
-    manifest = _finish(out, plan, results, _name(spec, config), config.version or default_version(plan.identity))
-    return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
+    choice = ExecutorChoice(config.executor, config.workers, config.ray_address)
+    executor = stack.enter_context(contextlib.closing(choice.make(_worker_reader(reader, fmt, spec))))
+    plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed)
+    return Planned(out, "kept" if resumed else "planned", plan), executor
 
 
 def _planned(
@@ -139,6 +242,7 @@ def _planned(
         saved = plan_store.load(out)
         listing = with_hashes(listing, _known_hashes(saved.listing, root), root)
         log.info("resuming the unfinished build in %s", out)
+        _save_names(out, spec, config)
         return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
     if plan_store.status(out) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
@@ -155,6 +259,7 @@ def _planned(
         source=plan_store.source_record(spec),
     )
     with _output_errors(out):
+        _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
         plan_store.save(out, plan)
     return plan
 
@@ -163,10 +268,49 @@ def _name(spec: SourceSpec, config: BuildConfig) -> str:
     return config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
 
 
+def _save_names(out: Path, spec: SourceSpec, config: BuildConfig) -> None:
+    """The manifest's name and ``--dataset-version`` (None: a hash of the input), for the finalize phase.
+
+    Not part of the build's identity: a re-run with another ``--name`` finishes under the new name."""
+    plan_store.state_dir(out).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_store.state_dir(out) / NAMES, {"name": _name(spec, config), "version": config.version})
+
+
+def _load_names(out: Path, plan: plan_store.Plan) -> tuple[str, str]:
+    """The name and version :func:`_save_names` kept; the defaults when the plan has none."""
+    try:
+        with open(plan_store.state_dir(out) / NAMES, encoding="utf-8") as f:
+            names = json.load(f)
+    except FileNotFoundError:
+        source = plan.source
+        names = {"name": source.get("name") or (Path(source["path"]).stem if source.get("path") else "dataset")}
+    return str(names["name"]), names.get("version") or default_version(plan.identity)
+
+
+def _finalize_phase(out: Path, plan: plan_store.Plan) -> dict[str, Any]:
+    """*finalize*: every planned shard must be in ``out`` matching its done record; then :func:`_finish`."""
+    results: dict[str, ShardResult] = {}
+    missing = []
+    for name in plan.shards():
+        done = plan_store.finished(out, name)
+        if done is None:
+            missing.append(name)
+        else:
+            results[name] = done
+    if missing:
+        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise BuildError(
+            f"{len(missing)} of {len(results) + len(missing)} planned shards are not in {out} or do not match "
+            f"their done record: {listed}; run capshard write for their slices (a node-local --out on a "
+            "cluster leaves shards on the nodes)"
+        )
+    return _finish(out, plan, results, *_load_names(out, plan))
+
+
 def _finish(
     out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str
 ) -> dict[str, Any]:
-    """*finalize*: index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
+    """Index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
     with _output_errors(out):
         write_index(out, plan.images, results)
         write_rejects(out, plan.rejects)
@@ -190,13 +334,17 @@ def _finish(
     return manifest
 
 
-def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack) -> dict[str, Any] | None:
-    """Lock ``out``, then check what it holds: same finished build → its manifest; else make room or refuse.
+def _prepare_out(
+    out: Path, differs: InputCheck, config: BuildConfig, lock: contextlib.ExitStack, command: str
+) -> dict[str, Any] | None:
+    """Lock ``out`` (exclusive, for ``command``), then check what it holds: same finished build → its
+    manifest; else make room or refuse.
 
     ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
+    overwrite = config.overwrite
     with _output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(hold(out, "build"))
+        lock.enter_context(hold(out, command))
     folder = survey(out)
     manifest = folder.manifest
     state_file = plan_store.state_dir(out) / plan_store.IDENTITY
@@ -226,8 +374,7 @@ def _prepare_out(out: Path, differs: InputCheck, overwrite: bool, lock: contextl
     else:
         clean(folder)  # what a run killed while planning, or stopped by the reject budget, left
     with _output_errors(out):
-        for stale in out.glob(f".*{TMP_MARK}*"):
-            stale.unlink()
+        _remove_temporary(out, None)
         record(out, BUILD_FILES)
     return None
 
@@ -315,13 +462,21 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
         )
 
 
+def _write_phase(
+    out: Path, plan: plan_store.Plan, part: Slice, executor: Executor, progress: Progress
+) -> Written:
+    """*write*: the shards of slice ``part`` not already written (and unchanged)."""
+    results, reused = _write_shards(out, part.of(plan.tasks(_shipped_out(out))), executor, progress)
+    return Written(part, len(results) - reused, reused)
+
+
 def _write_shards(
-    out: Path, plan: plan_store.Plan, executor: Executor, progress: Progress
+    out: Path, tasks: list[ShardTask], executor: Executor, progress: Progress
 ) -> tuple[dict[str, ShardResult], int]:
-    """Write every planned shard that is not already written (and unchanged); the results by name."""
+    """Write every task's shard that is not already written (and unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
     todo = []
-    for task in plan.tasks(out):
+    for task in tasks:
         done = plan_store.finished(out, task.name)
         if done is not None:
             results[task.name] = done
@@ -337,10 +492,45 @@ def _write_shards(
             for result in each:
                 results[result.name] = result
                 advance(result.images)
-    finally:
-        for stale in [*out.glob(f".*{TMP_MARK}*"), *plan_store.done_dir(out).glob(f".*{TMP_MARK}*")]:
-            stale.unlink(missing_ok=True)
+    except BaseException:
+        # Only this slice's: other slices may be writing theirs into the same folder now.
+        _remove_temporary(out, [t.name for t in todo])
+        raise
     return results, reused
+
+
+def _remove_temporary(out: Path, shards: list[str] | None) -> None:
+    """Remove the temporary files (shard and done record) of ``shards`` (None: of every shard) a killed writer left."""
+    done = plan_store.done_dir(out)
+    if shards is None:
+        stale = [*out.glob(f".*{TMP_MARK}*"), *done.glob(f".*{TMP_MARK}*")]
+    else:
+        names = [glob.escape(n) for n in shards]
+        stale = [p for n in names for p in (*out.glob(f".{n}{TMP_MARK}*"), *done.glob(f".{n}.json{TMP_MARK}*"))]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _shipped_out(out: Path) -> Path:
+    """``out`` as tasks carry it: absolute, since a Ray worker does not run in this process's folder."""
+    return out if "://" in str(out) else out.absolute()
+
+
+def _shipped_spec(spec: SourceSpec) -> SourceSpec:
+    """``spec`` with its local paths absolute, for readers sent to workers that may run in another folder."""
+    path = spec.path
+    if path is not None and "://" not in path and os.path.exists(path):
+        path = os.path.abspath(path)
+    images = spec.images
+    if images is not None and "://" not in str(images):
+        images = Path(os.path.abspath(images))
+    return dataclasses.replace(spec, path=path, images=images)
+
+
+def _worker_reader(reader: Reader, fmt: str, spec: SourceSpec) -> Reader:
+    """The reader the executor's workers get: ``reader`` itself unless a path of ``spec`` is relative."""
+    shipped = _shipped_spec(spec)
+    return reader if shipped == spec else get_reader(fmt)(shipped)
 
 
 def _check_accounting(manifest: dict[str, Any]) -> None:
