@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -267,19 +268,21 @@ class RayExecutor:
         self.context_ref = ray.put(context)  # stored once in the object store
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
-        remote = self.ray.remote(_run_on_ray).options(
-            max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED), scheduling_strategy="SPREAD"
-        )
+        remote = self.ray.remote(_run_on_ray)
+        slots = self._slots()
         pending: dict[Any, T] = {}
         todo = iter(tasks)
-        limit = 2 * max(self.workers, int(self.ray.cluster_resources().get("CPU", 1)))
+        limit = 2 * max(self.workers, len(slots))
+        dealt = itertools.cycle(slots or ["SPREAD"])
         try:
             while True:
                 while len(pending) < limit:
                     task = next(todo, _IDLE)
                     if task is _IDLE:
                         break
-                    pending[remote.remote(fn, self.context_ref, task)] = task
+                    where = remote.options(max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED),
+                                           scheduling_strategy=next(dealt))
+                    pending[where.remote(fn, self.context_ref, task)] = task
                 if not pending:
                     break
                 done, _ = self.ray.wait(list(pending), num_returns=1)
@@ -288,6 +291,16 @@ class RayExecutor:
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
+
+    def _slots(self) -> list[Any]:
+        """Tasks are dealt to the live nodes in turn, each node as often as it has CPUs (soft
+        affinity: a node gone runs its tasks elsewhere). Ray's own spreading would leave a node
+        idle while its workers start; so every node works from the first task."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cpus = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in self.ray.nodes() if n["Alive"]}
+        turns = [node for i in range(max(cpus.values(), default=0)) for node in sorted(cpus) if cpus[node] > i]
+        return [NodeAffinitySchedulingStrategy(node, soft=True) for node in turns]
 
     def _result(self, ref: Any, task: Any) -> Any:
         """The task's value; its capshard error raised as it is; any other failure named by the task."""
