@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import FORMAT_VERSION, plan_store
+from .build_folder import output_errors, prepare_out, remove_temporary
 from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
@@ -45,7 +45,6 @@ from .inputs import (
     INPUTS,
     absolute_path,
     image_root,
-    read_listing,
     referenced_paths,
     scan,
     summary,
@@ -53,13 +52,13 @@ from .inputs import (
     write_listing,
 )
 from .lock import hold
-from .outputs import BUILD_FILES, check_location, clean, record, refuse_foreign, survey
+from .outputs import check_location, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
-from .write import TMP_MARK, ShardResult, ShardTask, write_json_atomic, write_shard
+from .write import ShardResult, ShardTask, write_json_atomic, write_shard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,8 +67,6 @@ NAMES = "names.json"
 
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
-#: ``differs(old_identity, old_listing)``: what differs from an earlier build (see ``identity.input_check``).
-InputCheck = Callable[[dict[str, Any], "pa.Table | None"], list[str]]
 
 
 @contextlib.contextmanager
@@ -184,7 +181,7 @@ def finalize_build(out: Path) -> BuildResult:
             if manifest is not None:
                 return BuildResult(out, "up_to_date", manifest.to_dict())
             raise OutputError(f"{out} holds no complete plan: run capshard plan first")
-        _remove_temporary(out, None)  # left by a write killed mid-shard; nobody writes now
+        remove_temporary(out, None)  # left by a write killed mid-shard; nobody writes now
         return BuildResult(out, "built", _finalize_phase(out, plan_store.load(out)))
 
 
@@ -214,7 +211,7 @@ def _plan_phase(
         options=config.output_options(),
     )
     out = config.out
-    existing = _prepare_out(out, input_check(identity, listing, config.check_inputs, root), config, stack, command)
+    existing = prepare_out(out, input_check(identity, listing, config.check_inputs, root), config, stack, command)
     if existing is not None:
         return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out) == "complete"
@@ -258,7 +255,7 @@ def _planned(
         resize=config.resize,
         source=plan_store.source_record(spec),
     )
-    with _output_errors(out):
+    with output_errors(out):
         _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
         plan_store.save(out, plan)
     return plan
@@ -311,7 +308,7 @@ def _finish(
     out: Path, plan: plan_store.Plan, results: dict[str, ShardResult], name: str, version: str
 ) -> dict[str, Any]:
     """Index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
-    with _output_errors(out):
+    with output_errors(out):
         write_index(out, plan.images, results)
         write_rejects(out, plan.rejects)
         write_listing(out / INPUTS, plan.listing)
@@ -328,66 +325,10 @@ def _finish(
         n_rows=plan.n_rows,
     )
     _check_accounting(manifest)
-    with _output_errors(out):
+    with output_errors(out):
         write_manifest(out, manifest)
     shutil.rmtree(plan_store.state_dir(out), ignore_errors=True)
     return manifest
-
-
-def _prepare_out(
-    out: Path, differs: InputCheck, config: BuildConfig, lock: contextlib.ExitStack, command: str
-) -> dict[str, Any] | None:
-    """Lock ``out`` (exclusive, for ``command``), then check what it holds: same finished build → its
-    manifest; else make room or refuse.
-
-    ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
-    overwrite = config.overwrite
-    with _output_errors(out):
-        out.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(hold(out, command))
-    folder = survey(out)
-    manifest = folder.manifest
-    state_file = plan_store.state_dir(out) / plan_store.IDENTITY
-    if manifest is not None:
-        diffs = [] if overwrite else differs(manifest.identity.to_dict(), read_listing(out / INPUTS))
-        if not overwrite and not diffs:
-            return manifest.to_dict()
-        refuse_foreign(folder)
-        if not overwrite:
-            raise OutputError(
-                f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
-                "choose another --out or pass --overwrite to replace it"
-            )
-        clean(folder)
-    elif state_file.is_file():
-        refuse_foreign(folder)
-        if not overwrite:
-            with open(state_file, encoding="utf-8") as f:
-                diffs = differs(json.load(f), read_listing(plan_store.state_dir(out) / INPUTS))
-            if diffs:
-                raise OutputError(
-                    f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
-                    "pass --overwrite to start over from the current input, or restore that input to finish it"
-                )
-        else:
-            clean(folder)
-    else:
-        clean(folder)  # what a run killed while planning, or stopped by the reject budget, left
-    with _output_errors(out):
-        _remove_temporary(out, None)
-        record(out, BUILD_FILES)
-    return None
-
-
-@contextlib.contextmanager
-def _output_errors(out: Path) -> Iterator[None]:
-    """Turn an OS error while writing into ``out`` (full disk, read-only folder) into one OutputError."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno is None:
-            raise
-        raise OutputError(f"cannot write to {out}: {e.strerror}") from None
 
 
 def _read(reader: Reader) -> pa.Table:
@@ -450,7 +391,7 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
     """Stop before writing when more rows are rejected than ``--max-reject-fraction`` allows."""
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
-        with _output_errors(config.out):
+        with output_errors(config.out):
             write_rejects(config.out, rejects)
         top = pc.value_counts(rejects["reason"]).to_pylist()
         top.sort(key=lambda v: -v["counts"])
@@ -494,21 +435,9 @@ def _write_shards(
                 advance(result.images)
     except BaseException:
         # Only this slice's: other slices may be writing theirs into the same folder now.
-        _remove_temporary(out, [t.name for t in todo])
+        remove_temporary(out, [t.name for t in todo])
         raise
     return results, reused
-
-
-def _remove_temporary(out: Path, shards: list[str] | None) -> None:
-    """Remove the temporary files (shard and done record) of ``shards`` (None: of every shard) a killed writer left."""
-    done = plan_store.done_dir(out)
-    if shards is None:
-        stale = [*out.glob(f".*{TMP_MARK}*"), *done.glob(f".*{TMP_MARK}*")]
-    else:
-        names = [glob.escape(n) for n in shards]
-        stale = [p for n in names for p in (*out.glob(f".{n}{TMP_MARK}*"), *done.glob(f".{n}.json{TMP_MARK}*"))]
-    for path in stale:
-        path.unlink(missing_ok=True)
 
 
 def _shipped_out(out: Path) -> Path:
