@@ -10,8 +10,15 @@ byte-identical to an uninterrupted run. Running it over a finished build of the 
 input and options is a no-op; of anything else, an error that says what differs, unless
 ``overwrite``.
 
+Three phases, also run apart by the cluster-job commands: :func:`plan_build` (``capshard
+plan``), :func:`write_slice` (``capshard write --task I --tasks N``: shard ``k`` in name order
+is slice ``k % N``'s) and :func:`finalize_build` (``capshard finalize``: every planned shard
+must be at ``OUT`` with the size and sha256 of its done record). :func:`build` runs them in
+sequence, the one slice 0 of 1, so the bytes are the same either way.
+
 One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
-read until the manifest is written. Only files the build recorded as its own are ever
+read until the manifest is written; by ``plan``/``finalize`` exclusively, by the ``write``
+slices shared. Only files the build recorded as its own are ever
 replaced or removed (:mod:`.outputs`).
 """
 
