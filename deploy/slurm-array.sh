@@ -1,7 +1,7 @@
 #!/bin/bash
 # capshard on Slurm: plan once, write the shards as a job array of N tasks, then finalize.
-# Output goes to S3, so the nodes share nothing but the bucket. DRAFT for the commands
-# `capshard plan`, `capshard write` and `capshard finalize`.
+# Output goes to S3, so the nodes share nothing but the bucket (S3 output: see README "Object
+# storage"; a shared file system path works the same).
 #
 #   deploy/slurm-array.sh            # on the login node: submits the three steps, chained
 #
@@ -11,7 +11,9 @@
 #   AWS_SECRET_ACCESS_KEY=...
 #   AWS_ENDPOINT_URL=https://s3.example.com      # optional: any S3-compatible store
 # A failed array task can be resubmitted alone; a slice already written is a fast no-op, and
-# finalize exits 1 naming the missing shards if a slice has not run.
+# finalize exits 1 naming the missing shards if a slice has not run. The slice is the array
+# task's place in the array (`--cleanenv` hides SLURM_* from capshard's own defaults, which
+# count from SLURM_ARRAY_TASK_MIN the same way), so `--array 1-8` works as well as `0-7`.
 set -euo pipefail
 
 IMAGE=${CAPSHARD_IMAGE:-docker://registry.example.com/capshard:latest}
@@ -41,7 +43,7 @@ plan)
     capshard plan "$SOURCE" --images "$IMAGES" --out "$OUT" --max-images-per-shard 10000
     ;;
 write)
-    capshard write "$OUT" --task "$SLURM_ARRAY_TASK_ID" --tasks "$SLURM_ARRAY_TASK_COUNT"
+    capshard write "$OUT" --task "$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))" --tasks "$SLURM_ARRAY_TASK_COUNT"
     ;;
 finalize)
     capshard finalize "$OUT"

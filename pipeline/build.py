@@ -10,34 +10,42 @@ byte-identical to an uninterrupted run. Running it over a finished build of the 
 input and options is a no-op; of anything else, an error that says what differs, unless
 ``overwrite``.
 
+Three phases, also run apart by the cluster-job commands: :func:`plan_build` (``capshard
+plan``), :func:`write_slice` (``capshard write --task I --tasks N``: shard ``k`` in name order
+is slice ``k % N``'s) and :func:`finalize_build` (``capshard finalize``: every planned shard
+must be at ``OUT`` with the size and sha256 of its done record). :func:`build` runs them in
+sequence, the one slice 0 of 1, so the bytes are the same either way.
+
 One build at a time: the folder's lock (:mod:`.lock`) is held from before ``OUT`` is
-read until the manifest is written. ``OUT`` may be an fsspec URL (``config.out`` is then a
-``str``): everything goes through :mod:`.storage`, and the lock becomes a claim
-(:func:`.lock.claim`), which is no mutual exclusion. Only files the build recorded as its own are ever
-replaced or removed (:mod:`.outputs`).
+read until the manifest is written; by ``plan``/``finalize`` exclusively, by the ``write``
+slices shared. ``OUT`` may be an fsspec URL (``config.out`` is then a ``str``): everything
+goes through :mod:`.storage`, and the lock becomes a claim (:func:`.lock.claim`), which is
+no mutual exclusion; ``write`` slices take none (they write distinct keys). Only files the
+build recorded as its own are ever replaced or removed (:mod:`.outputs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import FORMAT_VERSION, plan_store
+from .build_folder import claimant, output_errors, prepare_out, remove_temporary, take_out
 from .config import BuildConfig
 from .decontam import apply_near, near_options
 from .errors import BuildError, OutputError, UsageError
-from .executors import Executor, make_executor
+from .executors import Executor, ExecutorChoice
 from .extra_captions import add_captions, read_sources
 from .finalize import (
     REJECTS,
@@ -49,26 +57,27 @@ from .finalize import (
     write_rejects,
     write_sizes,
 )
-from .format import DONE, STATE
+from .format import STATE
 from .identity import default_version, input_check, make_identity
 from .inputs import absolute_path, image_root, referenced_paths, scan, summary, with_hashes
-from .lock import claim, hold
-from .outputs import BUILD_FILES, check_location, clean, record, refuse_foreign, survey
+from .lock import hold
+from .outputs import check_location, survey
 from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .schema import CAPTION_ROWS
 from .stats import BuildStats
-from .storage import Location, Options, is_url, join
-from .write import TMP_MARK, ShardResult, write_shard
+from .storage import Location, Options, is_url, join, put_whole, read_bytes
+from .write import ShardResult, ShardTask, write_shard
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: ``OUT/.capshard/`` file with the manifest's name and version (``--name``, ``--dataset-version``).
+NAMES = "names.json"
 
 #: A progress reporter: ``progress(label, total)`` gives a context whose value takes increments.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
-#: ``differs(old_identity, old_listing)``: what differs from an earlier build (see ``identity.input_check``).
-InputCheck = Callable[[dict[str, Any], "pa.Table | None"], list[str]]
 
 
 @contextlib.contextmanager
@@ -80,20 +89,151 @@ def _no_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
 class BuildResult:
     """What ``build`` did: ``status`` is ``built``, ``resumed`` or ``up_to_date``."""
 
-    out: Path | str
+    out: Location
     status: str
     manifest: dict[str, Any]
     reused_shards: int = 0
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What the *plan* phase left in ``out``: ``status`` is ``planned``, ``kept`` (the saved plan of
+    the same input, resumed) or ``up_to_date`` (a finished build of it: ``plan`` is None)."""
+
+    out: Location
+    status: str
+    plan: plan_store.Plan | None
+    manifest: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Slice ``task`` of ``tasks``: shard ``k`` of the plan (by sorted name) belongs to slice ``k % tasks``."""
+
+    task: int
+    tasks: int
+
+    def __post_init__(self) -> None:
+        if self.tasks < 1 or not 0 <= self.task < self.tasks:
+            raise UsageError(f"--task must be between 0 and --tasks - 1 ({self.tasks - 1}), not {self.task}")
+
+    def of(self, items: list[T]) -> list[T]:
+        """This slice's share of ``items`` (sorted by the caller)."""
+        return items[self.task :: self.tasks]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_slice` did: shards written now, shards already written; ``finished``:
+    the build was already finalized."""
+
+    part: Slice
+    written: int
+    reused: int
+    finished: bool = False
+
+
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
-    """Build shards from ``spec`` into ``config.out``; see the module docstring."""
+    """Build shards from ``spec`` into ``config.out``; see the module docstring.
+
+    The three phases of the split commands (:func:`plan_build`, :func:`write_slice` of the one
+    slice 0 of 1, :func:`finalize_build`) in sequence, under one exclusive lock; the manifest's
+    ``stats`` time this run's probe and write."""
     check_location(config.out, spec.images, spec.path, config.storage_options)
-    with contextlib.ExitStack() as lock:
-        return _build(spec, config, progress, lock)
+    stats, opts = BuildStats(config.workers), config.storage_options
+    with contextlib.ExitStack() as stack:
+        planned, executor = _plan_phase(spec, config, progress, stack, "build", stats)
+        if planned.plan is None:
+            return BuildResult(planned.out, "up_to_date", planned.manifest or {})
+        assert executor is not None  # made whenever there is a plan
+        reused = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats).reused
+        manifest = _finalize_phase(planned.out, planned.plan, opts, stats, _REWRITE_HINT)
+    return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, reused)
 
 
-def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: contextlib.ExitStack) -> BuildResult:
+def plan_build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> Planned:
+    """``capshard plan``: read, probe, resolve and save the plan under ``OUT/.capshard/``; write no shard."""
+    check_location(config.out, spec.images, spec.path, config.storage_options)
+    with contextlib.ExitStack() as stack:
+        planned, _ = _plan_phase(spec, config, progress, stack, "plan", BuildStats(config.workers))
+    return planned
+
+
+def write_slice(
+    out: Location, part: Slice, executor: ExecutorChoice, progress: Progress = _no_progress, options: Options = None
+) -> Written:
+    """``capshard write``: write the shards of slice ``part`` of the plan in ``out`` that are not written yet.
+
+    Holds a local ``out``'s lock *shared*: the slices run in parallel, a plan or an ``--overwrite``
+    cannot. On an object store it takes nothing (the slices write distinct keys; see the module
+    docstring). Over a finished build (plan gone, manifest there) it does nothing. ``options``: the
+    ``--storage-options`` of ``out`` and of the source's URLs."""
+    with _shared(out, f"write --task {part.task} --tasks {part.tasks}"):
+        if plan_store.status(out, options) != "complete":
+            if survey(out, options).manifest is not None:
+                return Written(part, 0, 0, finished=True)
+            raise OutputError(f"{out} holds no complete plan: run capshard plan first")
+        plan = plan_store.load(out, options)
+        tasks = part.of(plan.tasks(_shipped_out(out), options))
+        todo = [t for t in tasks if plan_store.finished(out, t.name, options) is None]
+        if not todo:  # a slice already written: start no workers
+            return Written(part, 0, len(tasks))
+        spec = dataclasses.replace(_shipped_spec(plan.source_spec()), storage_options=dict(options or {}))
+        reader = get_reader(plan.source_format)(spec)
+        with contextlib.closing(executor.make(reader)) as ex:
+            return _write_phase(out, plan, part, ex, progress, options, BuildStats(executor.workers))
+
+
+def finalize_build(out: Location, options: Options = None) -> BuildResult:
+    """``capshard finalize``: check every planned shard, then write index, rejects and, last, the manifest.
+
+    A shard missing, or not matching its done record, is an :class:`OutputError` naming it. The
+    manifest has no ``stats``: the probe and the writes ran in other processes."""
+    with contextlib.ExitStack() as stack:
+        if is_url(out):
+            saved = plan_store.saved_identity(out, options)
+            with output_errors(out):
+                take_out(out, "finalize", stack, claimant(saved or {}), overwrite=False, options=options)
+        else:
+            _require_folder(out)
+            stack.enter_context(hold(Path(out), "finalize"))
+        if plan_store.status(out, options) != "complete":
+            manifest = survey(out, options).manifest
+            if manifest is not None:
+                return BuildResult(out, "up_to_date", manifest.to_dict())
+            raise OutputError(f"{out} holds no complete plan: run capshard plan first")
+        remove_temporary(out, None)  # left by a write killed mid-shard; nobody writes now
+        plan = plan_store.load(out, options)
+        return BuildResult(out, "built", _finalize_phase(out, plan, options, None, _SLICES_HINT))
+
+
+def _require_folder(out: Location) -> None:
+    if not Path(out).is_dir():
+        raise OutputError(f"{out} holds no plan: run capshard plan first")
+
+
+@contextlib.contextmanager
+def _shared(out: Location, command: str) -> Iterator[None]:
+    """A local ``out``'s lock held shared for ``command``; nothing on an object store."""
+    if is_url(out):
+        yield
+        return
+    _require_folder(out)
+    with hold(Path(out), command, shared=True):
+        yield
+
+
+def _plan_phase(
+    spec: SourceSpec,
+    config: BuildConfig,
+    progress: Progress,
+    stack: contextlib.ExitStack,
+    command: str,
+    stats: BuildStats,
+) -> tuple[Planned, Executor | None]:
+    """*plan*: lock ``out`` (on ``stack``), check what it holds, then plan (or keep the saved plan).
+
+    Also the executor it probed with, left open on ``stack`` for the write phase."""
     fmt = detect(spec) if config.format == "auto" else config.format
     if spec.captions_from and fmt != "wds":
         raise UsageError(f"--captions-from joins on WebDataset keys or URLs: it needs --format wds, not {fmt}")
@@ -115,18 +255,15 @@ def _build(spec: SourceSpec, config: BuildConfig, progress: Progress, lock: cont
     )
     out, opts = config.out, config.storage_options
     differs = input_check(identity, listing, config.check_inputs, root, spec.storage_options)
-    with _output_errors(out):
-        existing = _prepare_out(out, differs, config.overwrite, lock, _claimant(identity), opts)
+    with output_errors(out):
+        existing = prepare_out(out, differs, config, stack, command, identity)
     if existing is not None:
-        return BuildResult(out, "up_to_date", existing)
+        return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out, opts) == "complete"
-    stats = BuildStats(config.workers)
-    with contextlib.closing(make_executor(config.executor, config.workers, context=reader)) as executor:
-        plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
-        results, reused = _write_shards(out, plan, executor, progress, stats, opts)
-    version = config.version or default_version(plan.identity)
-    manifest = _finish(out, plan, results, _name(spec, config), version, stats, opts)
-    return BuildResult(out, "resumed" if resumed else "built", manifest, reused)
+    choice = ExecutorChoice(config.executor, config.workers, config.ray_address)
+    executor = stack.enter_context(contextlib.closing(choice.make(_worker_reader(reader, fmt, spec))))
+    plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
+    return Planned(out, "kept" if resumed else "planned", plan), executor
 
 
 def _planned(
@@ -143,13 +280,15 @@ def _planned(
 ) -> plan_store.Plan:
     """The plan: the saved one when resuming, else planned now and saved. Its identity is ``identity``
     with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe)."""
-    out, root = config.out, image_root(spec.images, spec.path)
+    out, root, opts = config.out, image_root(spec.images, spec.path), config.storage_options
     if resumed:
-        saved = plan_store.load(out, config.storage_options)
+        saved = plan_store.load(out, opts)
         listing = with_hashes(listing, _known_hashes(saved.listing, root), root)
         log.info("resuming the unfinished build in %s", out)
+        with output_errors(out):
+            _save_names(out, spec, config)
         return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
-    if plan_store.status(out, config.storage_options) == "stale":
+    if plan_store.status(out, opts) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
     resolution, known = _plan(rows, reader, config, executor, progress, stats)
     listing = with_hashes(listing, known, root)
@@ -163,13 +302,48 @@ def _planned(
         resize=config.resize,
         source=plan_store.source_record(spec),
     )
-    with _output_errors(out):
-        plan_store.save(out, plan, config.storage_options)
+    with output_errors(out):
+        _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
+        plan_store.save(out, plan, opts)
     return plan
 
 
 def _name(spec: SourceSpec, config: BuildConfig) -> str:
     return config.name or spec.name or (Path(spec.path).stem if spec.path else "dataset")
+
+
+def _save_names(out: Location, spec: SourceSpec, config: BuildConfig) -> None:
+    """The manifest's name and ``--dataset-version`` (None: a hash of the input), for the finalize phase.
+
+    Not part of the build's identity: a re-run with another ``--name`` finishes under the new name."""
+    names = {"name": _name(spec, config), "version": config.version}
+    put_whole(join(out, STATE, NAMES), plan_store.json_bytes(names), config.storage_options)
+
+
+def _load_names(out: Location, plan: plan_store.Plan, options: Options) -> tuple[str, str]:
+    """The name and version :func:`_save_names` kept; the defaults when the plan has none."""
+    try:
+        names = json.loads(read_bytes(join(out, STATE, NAMES), options))
+    except FileNotFoundError:
+        source = plan.source
+        names = {"name": source.get("name") or (Path(source["path"]).stem if source.get("path") else "dataset")}
+    return str(names["name"]), names.get("version") or default_version(plan.identity)
+
+
+#: What to do about missing shards, after ``build`` and after ``finalize``.
+_REWRITE_HINT = "Is --out a location every worker writes to (not a node-local path)? Re-run to write them again"
+_SLICES_HINT = "Run capshard write for their slices (a node-local --out on a cluster leaves shards on the nodes)"
+
+
+def _finalize_phase(
+    out: Location, plan: plan_store.Plan, opts: Options, stats: BuildStats | None, hint: str
+) -> dict[str, Any]:
+    """*finalize*: every planned shard must be in ``out`` with the size and sha256 of its done record
+    (checked here, on the driver: :func:`.finalize.check_shards`); then :func:`_finish`."""
+    records = {name: plan_store.done_record(out, name, opts) for name in plan.shards()}
+    results = {name: done for name, done in records.items() if done is not None}
+    check_shards(out, plan.shards(), results, opts, hint)
+    return _finish(out, plan, results, *_load_names(out, plan, opts), opts, stats)
 
 
 def _finish(
@@ -178,12 +352,11 @@ def _finish(
     results: dict[str, ShardResult],
     name: str,
     version: str,
-    stats: BuildStats,
     opts: Options,
+    stats: BuildStats | None,
 ) -> dict[str, Any]:
-    """*finalize*: index, rejects, inputs listing, sizes; every shard checked; last, the manifest; then the state
-    goes."""
-    with _output_errors(out):
+    """Index, rejects, inputs listing, sizes and, last, the manifest; then the state goes."""
+    with output_errors(out):
         write_index(out, plan.images, results, opts)
         write_rejects(out, plan.rejects, opts)
         write_listing_to(out, plan.listing, opts)
@@ -198,84 +371,13 @@ def _finish(
         rejects=plan.rejects,
         report=plan.report,
         n_rows=plan.n_rows,
-        stats=stats.to_dict(),
+        stats=None if stats is None else stats.to_dict(),
     )
     _check_accounting(manifest)
-    check_shards(out, plan.shards(), results, opts)
-    with _output_errors(out):
+    with output_errors(out):
         write_manifest(out, manifest, opts)
     plan_store.remove_state(out, opts)
     return manifest
-
-
-def _prepare_out(
-    out: Location, differs: InputCheck, overwrite: bool, lock: contextlib.ExitStack, build_id: str, opts: Options
-) -> dict[str, Any] | None:
-    """Lock (or, on an object store, claim: :func:`.lock.claim`) ``out``, then check what it holds:
-    same finished build → its manifest; else make room or refuse.
-
-    ``differs(old_identity, old_listing)`` lists what differs from the build in ``out``."""
-    _take_out(out, overwrite, lock, build_id, opts)
-    folder = survey(out, opts)
-    manifest = folder.manifest
-    if manifest is not None:
-        old_listing = None if overwrite else plan_store.saved_listing(out, opts, folder="")
-        diffs = [] if overwrite else differs(manifest.identity.to_dict(), old_listing)
-        if not overwrite and not diffs:
-            return manifest.to_dict()
-        refuse_foreign(folder)
-        if not overwrite:
-            raise OutputError(
-                f"{out} holds a finished build of different input or options ({'; '.join(diffs)}); "
-                "choose another --out or pass --overwrite to replace it"
-            )
-        clean(folder, opts)
-    elif (saved := plan_store.saved_identity(out, opts)) is not None:
-        refuse_foreign(folder)
-        if not overwrite:
-            diffs = differs(saved, plan_store.saved_listing(out, opts))
-            if diffs:
-                raise OutputError(
-                    f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
-                    "pass --overwrite to start over from the current input, or restore that input to finish it"
-                )
-        else:
-            clean(folder, opts)
-    else:
-        clean(folder, opts)  # what a run killed while planning, or stopped by the reject budget, left
-    with _output_errors(out):
-        if not is_url(out):
-            for stale in Path(out).glob(f".*{TMP_MARK}*"):
-                stale.unlink()
-        record(out, BUILD_FILES, opts)
-    return None
-
-
-def _take_out(out: Location, overwrite: bool, lock: contextlib.ExitStack, build_id: str, opts: Options) -> None:
-    """Hold the lock of a local ``out`` (created), or claim an object-store ``out``, for the rest of the build."""
-    with _output_errors(out):
-        if is_url(out):
-            lock.enter_context(claim(str(out), "build", build_id, overwrite=overwrite, options=opts))
-        else:
-            Path(out).mkdir(parents=True, exist_ok=True)
-            lock.enter_context(hold(Path(out), "build"))
-
-
-def _claimant(identity: dict[str, Any]) -> str:
-    """What a claim on an object store records as the build: a digest of its identity."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def _output_errors(out: Location) -> Iterator[None]:
-    """Turn an OS error while writing into ``out`` (full disk, read-only folder; on a store: a missing
-    bucket, denied access) into one OutputError."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno is None and not is_url(out):
-            raise
-        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
 def _read(reader: Reader) -> pa.Table:
@@ -339,7 +441,7 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
     """Stop before writing when more rows are rejected than ``--max-reject-fraction`` allows."""
     n_rows, rejects = resolution.n_rows, resolution.rejects
     if n_rows and rejects.num_rows / n_rows > config.max_reject_fraction:
-        with _output_errors(config.out):
+        with output_errors(config.out):
             write_rejects(config.out, rejects, config.storage_options)
         top = pc.value_counts(rejects["reason"]).to_pylist()
         top.sort(key=lambda v: -v["counts"])
@@ -351,13 +453,28 @@ def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
         )
 
 
+def _write_phase(
+    out: Location,
+    plan: plan_store.Plan,
+    part: Slice,
+    executor: Executor,
+    progress: Progress,
+    opts: Options,
+    stats: BuildStats,
+) -> Written:
+    """*write*: the shards of slice ``part`` not already written (and unchanged)."""
+    tasks = part.of(plan.tasks(_shipped_out(out), opts))
+    results, reused = _write_shards(out, tasks, executor, progress, opts, stats)
+    return Written(part, len(results) - reused, reused)
+
+
 def _write_shards(
-    out: Location, plan: plan_store.Plan, executor: Executor, progress: Progress, stats: BuildStats, opts: Options
+    out: Location, tasks: list[ShardTask], executor: Executor, progress: Progress, opts: Options, stats: BuildStats
 ) -> tuple[dict[str, ShardResult], int]:
-    """Write every planned shard that is not already written (and unchanged); the results by name."""
+    """Write every task's shard that is not already written (and unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
     todo = []
-    for task in plan.tasks(out, opts):
+    for task in tasks:
         done = plan_store.finished(out, task.name, opts)
         if done is not None:
             results[task.name] = done
@@ -376,12 +493,33 @@ def _write_shards(
                 advance(result.images)
                 write_stats.images += result.images
                 write_stats.bytes += result.bytes
-    finally:
-        if not is_url(out):  # an object store has no temporaries: a shard is uploaded whole or not at all
-            done_dir = Path(out, STATE, DONE)
-            for stale in [*Path(out).glob(f".*{TMP_MARK}*"), *done_dir.glob(f".*{TMP_MARK}*")]:
-                stale.unlink(missing_ok=True)
+    except BaseException:
+        # Only this slice's: other slices may be writing theirs into the same folder now.
+        remove_temporary(out, [t.name for t in todo])
+        raise
     return results, reused
+
+
+def _shipped_out(out: Location) -> Location:
+    """``out`` as tasks carry it: absolute, since a Ray worker does not run in this process's folder."""
+    return out if is_url(out) else Path(out).absolute()
+
+
+def _shipped_spec(spec: SourceSpec) -> SourceSpec:
+    """``spec`` with its local paths absolute, for readers sent to workers that may run in another folder."""
+    path = spec.path
+    if path is not None and not is_url(path) and os.path.exists(path):
+        path = os.path.abspath(path)
+    images = spec.images
+    if images is not None and not is_url(images):
+        images = Path(os.path.abspath(images))
+    return dataclasses.replace(spec, path=path, images=images)
+
+
+def _worker_reader(reader: Reader, fmt: str, spec: SourceSpec) -> Reader:
+    """The reader the executor's workers get: ``reader`` itself unless a path of ``spec`` is relative."""
+    shipped = _shipped_spec(spec)
+    return reader if shipped == spec else get_reader(fmt)(shipped)
 
 
 def _check_accounting(manifest: dict[str, Any]) -> None:

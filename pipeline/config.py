@@ -51,6 +51,8 @@ class BuildConfig:
     validate: str = "structure"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     executor: str = "process"
+    #: ``--ray-address`` (the CLI defaults it from ``RAY_ADDRESS``); None: Ray's own choice.
+    ray_address: str | None = None
     overwrite: bool = False
     check_inputs: str = "stat"
     name: str | None = None

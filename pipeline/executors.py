@@ -5,27 +5,38 @@ tasks and yields the results as they complete. The *context* (the build's reader
 may hold a whole in-memory dataset) is sent to each worker once, when it starts, not
 with every task. ``serial`` runs in-process (``--workers 1``), ``process`` uses a
 spawn-started process pool on this machine, ``ray`` runs the same tasks on a Ray
-cluster (``pip install 'capshard[ray]'``; ``RAY_ADDRESS`` selects the cluster as Ray
-documents). Results are keyed by the task, so the order of completion never changes
-what is written.
+cluster (``pip install 'capshard[ray]'``; the CLI passes ``--ray-address``, default
+``RAY_ADDRESS``), spreading tasks over its nodes and retrying a task whose worker or node
+died, or that hit an I/O error. Results are keyed by the task, so the order of completion
+never changes what is written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol, TypeVar
 
-from .errors import BuildError, UsageError
+from .errors import BuildError, CapshardError, OutputError, UsageError
+
+log = logging.getLogger(__name__)
+#: How often Ray runs a task again after its worker or node died, or it raised one of RAY_RETRIED.
+RAY_RETRIES = 3
+#: Task errors worth a retry on another attempt (a node's disk or network), not a bad input.
+RAY_RETRIED = (OSError, OutputError)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -209,8 +220,11 @@ class _RemoteTraceback(Exception):
         return "\n" + str(self.args[0])
 
 
-def _run_on_ray(fn: TaskFn[T, R], context: Any, task: T) -> R:
-    return fn(context, task)
+def _run_on_ray(fn: TaskFn[T, R], context: Any, task: T) -> tuple[str, R]:
+    """The task's result, and the id of the Ray node that ran it (for the log, never for the output)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), fn(context, task)
 
 
 def _init_worker(parent: int) -> None:
@@ -231,56 +245,109 @@ def _init_worker(parent: int) -> None:
 
 
 class RayExecutor:
-    """The same tasks as Ray remote functions on the cluster ``ray.init()`` connects to."""
+    """The same tasks as Ray remote functions on the cluster at ``address`` (None: Ray's own default,
+    ``RAY_ADDRESS`` or a new local one), spread over its nodes.
 
-    def __init__(self, workers: int, context: Any = None) -> None:
+    A task whose worker or node dies, or that raises an I/O error, is run again up to
+    :data:`RAY_RETRIES` times; one that keeps failing fails the map with an error naming it.
+    ``nodes`` counts the tasks each node ran."""
+
+    def __init__(self, workers: int, context: Any = None, address: str | None = None) -> None:
         try:
             import ray
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'capshard[ray]'") from None
         self.ray: Any = ray
         self.workers = workers
+        self.nodes: Counter[str] = Counter()
         if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+            except ConnectionError as e:
+                raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
         self.context_ref = ray.put(context)  # stored once in the object store
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         remote = self.ray.remote(_run_on_ray)
-        pending: list[Any] = []
+        slots = self._slots()
+        pending: dict[Any, T] = {}
         todo = iter(tasks)
-        limit = 2 * max(self.workers, int(self.ray.cluster_resources().get("CPU", 1)))
+        limit = 2 * max(self.workers, len(slots))
+        dealt = itertools.cycle(slots or ["SPREAD"])
         try:
             while True:
                 while len(pending) < limit:
-                    task = next(todo, None)
-                    if task is None:
+                    task = next(todo, _IDLE)
+                    if task is _IDLE:
                         break
-                    pending.append(remote.remote(fn, self.context_ref, task))
+                    where = remote.options(max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED),
+                                           scheduling_strategy=next(dealt))
+                    pending[where.remote(fn, self.context_ref, task)] = task
                 if not pending:
                     break
-                done, pending = self.ray.wait(pending, num_returns=1)
+                done, _ = self.ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    yield self.ray.get(ref)
+                    yield self._result(ref, pending.pop(ref))
         finally:
             for ref in pending:
                 self.ray.cancel(ref, force=True)
 
+    def _slots(self) -> list[Any]:
+        """Tasks are dealt to the live nodes in turn, each node as often as it has CPUs (soft
+        affinity: a node gone runs its tasks elsewhere). Ray's own spreading would leave a node
+        idle while its workers start; so every node works from the first task."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cpus = {n["NodeID"]: int(n.get("Resources", {}).get("CPU", 0)) for n in self.ray.nodes() if n["Alive"]}
+        turns = [node for i in range(max(cpus.values(), default=0)) for node in sorted(cpus) if cpus[node] > i]
+        return [NodeAffinitySchedulingStrategy(node, soft=True) for node in turns]
+
+    def _result(self, ref: Any, task: Any) -> Any:
+        """The task's value; its capshard error raised as it is; any other failure named by the task."""
+        try:
+            node, value = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, CapshardError):
+                raise e.cause from None
+            raise BuildError(f"{_describe(task)} failed on Ray: {type(e.cause).__name__}: {e.cause}") from e
+        except self.ray.exceptions.RayError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BuildError(f"{_describe(task)} failed on Ray after {RAY_RETRIES} retries: {first}") from None
+        self.nodes[node] += 1
+        log.debug("%s ran on Ray node %s", _describe(task), node)
+        return value
+
     def close(self) -> None:
-        pass  # the Ray cluster outlives the build
+        if self.nodes:
+            log.info("Ray ran %d tasks on %d nodes", sum(self.nodes.values()), len(self.nodes))
+        # the Ray cluster outlives the build
 
 
-def _local(workers: int, context: Any) -> Executor:
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """``--executor``, ``--workers`` and ``--ray-address``, to make an executor once its context is known."""
+
+    name: str = "process"
+    workers: int = 1
+    ray_address: str | None = None
+
+    def make(self, context: Any = None) -> Executor:
+        return make_executor(self.name, self.workers, context, address=self.ray_address)
+
+
+def _local(workers: int, context: Any, address: str | None = None) -> Executor:
     return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context)
 
 
-#: ``--executor`` name -> factory taking (workers, context).
-EXECUTORS: dict[str, Callable[[int, Any], Executor]] = {"process": _local, "ray": RayExecutor}
+#: ``--executor`` name -> factory taking (workers, context, address); only Ray uses the address.
+EXECUTORS: dict[str, Callable[[int, Any, str | None], Executor]] = {"process": _local, "ray": RayExecutor}
 
 
-def make_executor(name: str, workers: int, context: Any = None) -> Executor:
-    """The executor for ``--executor NAME`` and ``--workers N``; tasks get ``context`` first."""
+def make_executor(name: str, workers: int, context: Any = None, *, address: str | None = None) -> Executor:
+    """The executor for ``--executor NAME`` and ``--workers N`` (``--ray-address``: ``address``);
+    tasks get ``context`` first."""
     try:
         factory = EXECUTORS[name]
     except KeyError:
         raise UsageError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}") from None
-    return factory(workers, context)
+    return factory(workers, context, address)

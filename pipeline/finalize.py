@@ -66,7 +66,13 @@ def write_listing_to(out: Location, listing: pa.Table, options: Options = None) 
     _put_parquet(storage.join(out, INPUTS), listing, options)
 
 
-def check_shards(out: Location, planned: list[str], results: dict[str, ShardResult], options: Options = None) -> None:
+def check_shards(
+    out: Location,
+    planned: list[str],
+    results: dict[str, ShardResult],
+    options: Options = None,
+    hint: str = "Re-run to write them again",
+) -> None:
     """Before the manifest: every planned shard is in ``out`` with the size and sha256 of its
     ``done`` record, else one :class:`OutputError` naming the missing or different shards (a
     shard written to a node-local disk of another machine is missing here)."""
@@ -85,8 +91,7 @@ def check_shards(out: Location, planned: list[str], results: dict[str, ShardResu
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise OutputError(
             f"{len(bad)} of {len(planned)} planned shards are missing from {out} or differ from their done "
-            f"record ({shown}); no manifest written. Is --out a location every worker writes to "
-            "(not a node-local path)? Re-run to write them again"
+            f"record ({shown}); no manifest written. {hint}"
         )
 
 

@@ -4,9 +4,9 @@
 reads anything in ``OUT`` until its last file is written, so the identity a manifest
 records is that of the one process that wrote every shard it lists; ``capshard hash``
 holds it too while it rewrites the manifest. **Shared** mode is ready (and tested) for
-the slices of a split build that share one plan but never a shard (the planned
-``write --task I --tasks N``, not a command yet): any number of shared holders exclude
-every exclusive one, and an exclusive holder excludes everyone.
+the slices of a split build that share one plan but never a shard: any number of shared holders exclude
+every exclusive one, and an exclusive holder excludes everyone. ``capshard write --task I
+--tasks N`` holds it shared; ``plan``, ``finalize`` and ``build`` exclusive.
 
 The lock is ``flock(2)``: the kernel releases it when its holder dies, however it dies
 (``kill -9`` included), so a lock file whose lock can be taken belongs to nobody alive.
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: A holder record longer than this is not read (the file is ours; this bounds a damaged one).
 MAX_RECORD = 4096
+#: How long a shared taker tries again while the lock is held exclusively (see :func:`hold`).
+SHARED_RETRY_SECONDS = 2.0
 
 
 class LockHeld(OutputError):
@@ -86,8 +88,10 @@ def lock_path(folder: Path) -> Path:
 def hold(folder: Path, command: str, *, shared: bool = False) -> Iterator[Holder]:
     """Hold ``folder``'s lock for the ``with`` block; ``folder`` must exist.
 
-    Raises :class:`LockHeld`, naming the holder, at once when the lock is taken in a
-    conflicting mode; never waits.
+    Raises :class:`LockHeld`, naming the holder, when the lock is taken in a conflicting
+    mode: at once, except that a shared taker tries again for up to
+    :data:`SHARED_RETRY_SECONDS`, since another shared taker holds the lock exclusively for
+    the moment it takes to write its record (N slices started together would fail otherwise).
     """
     path = lock_path(folder)
     me = Holder(socket.gethostname(), os.getpid(), _now(), command, "shared" if shared else "exclusive")
@@ -100,6 +104,7 @@ def hold(folder: Path, command: str, *, shared: bool = False) -> Iterator[Holder
 
 def _acquire(path: Path, me: Holder) -> int:
     shared = me.mode == "shared"
+    deadline = time.monotonic() + SHARED_RETRY_SECONDS
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -107,6 +112,10 @@ def _acquire(path: Path, me: Holder) -> int:
             # record stale and rewrite it.
             alone = _try_flock(fd, fcntl.LOCK_EX)
             if not alone and not (shared and _try_flock(fd, fcntl.LOCK_SH)):
+                if shared and time.monotonic() < deadline:
+                    os.close(fd)  # perhaps another shared taker, writing its record: try again
+                    time.sleep(0.05)
+                    continue
                 raise _held(path, fd)
             if not _is_current(fd, path):
                 os.close(fd)  # its last holder removed it after we opened it: open the new one

@@ -92,15 +92,25 @@ class Plan:
     def source_spec(self) -> SourceSpec:
         """The source to read images from; an in-memory dataset source cannot be reopened from a plan."""
         data = dict(self.source)
-        data["images"] = None if data.get("images") is None else Path(data["images"])
-        data["split_files"] = tuple((split, Path(f)) for split, f in data.get("split_files", ()))
+        data["images"] = None if data.get("images") is None else _location(data["images"])
+        data["split_files"] = tuple((split, _location(f)) for split, f in data.get("split_files", ()))
         data["captions"] = tuple(CaptionSource(**c) for c in data.get("captions", ()))
         return SourceSpec(**data)
 
 
+def _location(text: str) -> Path | str:
+    """A recorded path as the readers take it: a URL stays text."""
+    return text if storage.is_url(text) else Path(text)
+
+
+_NOT_RECORDED = frozenset({"dataset", "storage_options"})
+
+
 def source_record(spec: SourceSpec) -> dict[str, Any]:
-    """The JSON form of ``spec`` a plan keeps (its in-memory ``dataset`` left out)."""
-    data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "dataset"}
+    """The JSON form of ``spec`` a plan keeps (its in-memory ``dataset`` and ``storage_options`` left out)."""
+    # Not its in-memory dataset, nor its storage options (credentials may be in them: the
+    # commands that reopen a plan take --storage-options again).
+    data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name not in _NOT_RECORDED}
     data = {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
     data["split_files"] = [[split, str(f)] for split, f in spec.split_files]
     data["captions"] = [dataclasses.asdict(c) for c in spec.captions]
@@ -226,15 +236,25 @@ def saved_listing(out: Location, options: Options = None, *, folder: str = STATE
         raise IntegrityError(f"{where} cannot be read: {e}") from None
 
 
-def finished(out: Location, name: str, options: Options = None) -> ShardResult | None:
-    """The done record of shard ``name`` when the shard in ``out`` still matches it, else None."""
-    path, shard = done_path(out, name), storage.join(out, name)
-    if not (storage.exists(path, options) and storage.exists(shard, options)):
-        return None
+def done_record(out: Location, name: str, options: Options = None) -> ShardResult | None:
+    """The done record of shard ``name`` in ``out`` (None: absent or unreadable); the shard is not looked at."""
+    path = done_path(out, name)
     try:
-        result = ShardResult.from_json(json.loads(storage.read_bytes(path, options)))
+        return ShardResult.from_json(json.loads(storage.read_bytes(path, options)))
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError, KeyError, TypeError) as e:
         log.warning("ignoring the unreadable done record %s (%s); writing %s again", path, e, name)
+        return None
+
+
+def finished(out: Location, name: str, options: Options = None) -> ShardResult | None:
+    """The done record of shard ``name`` when the shard in ``out`` still matches it, else None."""
+    shard = storage.join(out, name)
+    if not storage.exists(shard, options):
+        return None
+    result = done_record(out, name, options)
+    if result is None:
         return None
     if storage.size(shard, options) != result.bytes or storage.sha256(shard, options)[0] != result.sha256:
         return None

@@ -38,7 +38,8 @@ def test_the_slurm_script_parses_and_runs_the_three_commands_chained() -> None:
     commands = re.findall(r"^\s+(capshard (?:plan|write|finalize) .*)$", text, re.MULTILINE)
     assert commands == [
         'capshard plan "$SOURCE" --images "$IMAGES" --out "$OUT" --max-images-per-shard 10000',
-        'capshard write "$OUT" --task "$SLURM_ARRAY_TASK_ID" --tasks "$SLURM_ARRAY_TASK_COUNT"',
+        'capshard write "$OUT" --task "$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))" '
+        '--tasks "$SLURM_ARRAY_TASK_COUNT"',
         'capshard finalize "$OUT"',
     ]
     assert 'OUT=${CAPSHARD_OUT:-s3://' in text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,15 +64,16 @@ def test_tasks_run_on_both_nodes(ray_cluster: RayCluster, tmp_path: Path) -> Non
     assert proc.stdout.split() == ["2", "2"]  # two live nodes; the two tasks ran one on each
 
 
-def _build(tmp_path: Path, out: str, env: dict[str, str], *extra: str) -> None:
-    # Absolute paths: Ray workers do not run in the driver's folder (relative ones are a known gap).
+def _build(tmp_path: Path, out: str, env: dict[str, str], *extra: str) -> str:
+    """Build with paths relative to ``tmp_path``: the Ray workers run elsewhere, so the build must
+    ship them absolute. Its stderr."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "build", str(tmp_path / "captions.token"), "--images",
-         str(tmp_path / "img"), "--out", str(tmp_path / out),
-         "--workers", "2", "--max-images-per-shard", "3", *extra],
+        [sys.executable, "-m", "pipeline", *extra[:1], "build", "captions.token", "--images", "img", "--out", out,
+         "--workers", "2", "--max-images-per-shard", "3", *extra[1:]],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**env, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -85,8 +87,11 @@ def test_a_build_on_the_two_node_cluster_is_byte_identical_to_the_process_pool(
     names = [f"{i}.jpg" for i in range(24)]
     write_images(tmp_path / "img", names)
     flickr_token_file(tmp_path / "captions.token", names, 5)
-    _build(tmp_path, "pool", dict(os.environ))
-    _build(tmp_path, "ray", ray_cluster.env(), "--executor", "ray")
+    _build(tmp_path, "pool", dict(os.environ), "-v")
+    log = _build(tmp_path, "ray", ray_cluster.env(), "-vv", "--executor", "ray")
+    # The driver logs where each task ran (the shards do not say): shard tasks ran on both nodes.
+    where = dict(re.findall(r"(train-\d{6}\.tar) ran on Ray node ([0-9a-f]+)", log))
+    assert len(where) == 8 and len(set(where.values())) == 2, log[-3000:]
     pool, ray = _files(tmp_path / "pool"), _files(tmp_path / "ray")
     assert sorted(pool) == sorted(ray)
     assert len([n for n in pool if n.endswith(".tar")]) == 8 and "index.parquet" in pool
@@ -96,3 +101,45 @@ def test_a_build_on_the_two_node_cluster_is_byte_identical_to_the_process_pool(
     assert manifests[0] == manifests[1]
     for name in pool:
         assert pool[name] == ray[name], name
+
+
+# Ray runs a task again when its worker dies; a task that dies every time fails the map naming it.
+RETRIES = textwrap.dedent(
+    """
+    import os, sys
+    from dataclasses import dataclass
+    from pipeline.errors import BuildError
+    from pipeline.executors import make_executor
+
+    MARKS = sys.argv[1]  # sent with the function: a Ray worker has its own sys.argv
+
+    @dataclass(frozen=True)
+    class Task:
+        name: str
+
+    def die_first(context, task):
+        mark = os.path.join(MARKS, task.name)
+        if task.name.startswith("always") or not os.path.exists(mark):
+            open(mark, "w").close()
+            os._exit(1)  # the worker process dies: a node lost, out of memory
+        return task.name
+
+    executor = make_executor("ray", 2, None, address=os.environ["RAY_ADDRESS"])
+    print(sorted(executor.map_unordered(die_first, [Task("a.tar"), Task("b.tar")])))
+    try:
+        list(executor.map_unordered(die_first, [Task("always-000003.tar")]))
+    except BuildError as e:
+        print("error:", e)
+    """
+)
+
+
+def test_a_task_whose_worker_dies_is_retried_and_one_that_always_dies_fails_naming_it(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    proc = subprocess.run([sys.executable, "-c", RETRIES, str(tmp_path)], capture_output=True, text=True,
+                          env={**ray_cluster.env(), "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("['", "error:"))]  # not Ray's own
+    assert lines[0] == "['a.tar', 'b.tar']"
+    assert lines[1].startswith("error: always-000003.tar failed on Ray after 3 retries: ")

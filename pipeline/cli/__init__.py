@@ -22,6 +22,9 @@ from ..errors import CapshardError
 #: command name -> "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
     "build": "pipeline.cli.build:build",
+    "plan": "pipeline.cli.plan:plan",
+    "write": "pipeline.cli.write:write",
+    "finalize": "pipeline.cli.finalize:finalize",
     "inspect": "pipeline.cli.inspect:inspect",
     "verify": "pipeline.cli.verify:verify",
     "diagnose": "pipeline.cli.diagnose:diagnose",
@@ -33,6 +36,9 @@ COMMANDS: dict[str, str] = {
 
 SHORT_HELP: dict[str, str] = {
     "build": "Build WebDataset shards from a dataset (no SOURCE: the embedded sample).",
+    "plan": "Cluster jobs, step 1: read, probe and resolve a source; save the plan in OUT.",
+    "write": "Cluster jobs, step 2: write slice I of N of a planned build (Indexed Job, Slurm array).",
+    "finalize": "Cluster jobs, step 3: check every shard; write index, rejects and manifest.",
     "inspect": "Summarise a build: counts, groups, resolution, rejects.",
     "verify": "Prove a build intact: checksums, samples, and every row accounted for.",
     "diagnose": "Read a build through the loader and check the batches carry positives (loader extra).",

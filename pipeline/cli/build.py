@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -26,6 +27,7 @@ from ..validate import VALIDATE_MODES
 from .options import ByteSize, config_default, json_option, options, progress_bar
 from .source import check_inputs_option, source_options, source_spec
 
+R = TypeVar("R")
 SAMPLE_OUT = Path("shards") / "sample"
 #: Largest ``--sample-images`` (``pipeline.sample`` imports ``datasets`` only to build it).
 SAMPLE_MAX_IMAGES = MAX_IMAGES
@@ -37,7 +39,7 @@ def _default(name: str) -> Any:
 
 #: Options whose parameter names are ``BuildConfig`` fields: passed through as they are, with
 #: their defaults read from ``BuildConfig``.
-_CONFIG_OPTIONS = (
+CONFIG_OPTIONS = (
     click.option(
         "--id",
         "id",
@@ -93,6 +95,12 @@ _CONFIG_OPTIONS = (
         default=_default("executor"),
         help="Where shard tasks run: a local process pool, or a Ray cluster.",
     ),
+    click.option(
+        "--ray-address",
+        envvar="RAY_ADDRESS",
+        show_envvar=True,
+        help="The Ray cluster of --executor ray (host:port or ray://...). Default: RAY_ADDRESS, else a local Ray.",
+    ),
     click.option("--overwrite", is_flag=True, help="Replace a different build found in --out."),
     check_inputs_option,
     click.option("--name", help="Dataset name for the manifest. Default: the source's name."),
@@ -101,7 +109,7 @@ _CONFIG_OPTIONS = (
     ),
 )
 
-_NEAR_OPTIONS = (
+NEAR_OPTIONS = (
     click.option("--phash", is_flag=True, help="Store each image's 64-bit pHash in index.parquet (column phash)."),
     click.option(
         "--exclude-near",
@@ -132,7 +140,7 @@ _SAMPLE_OPTION = click.option(
     help="Images in the embedded sample (only without SOURCE).",
 )
 
-_CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
+CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 
 
 @click.command(context_settings={"show_default": True})
@@ -144,7 +152,7 @@ _CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
     "Default: shards/sample for the sample, shards/NAME for a source.",
 )
 @source_options
-@options(*_CONFIG_OPTIONS, _SAMPLE_OPTION, *_NEAR_OPTIONS)
+@options(*CONFIG_OPTIONS, _SAMPLE_OPTION, *NEAR_OPTIONS)
 @json_option
 def build(source: str | None, out: str | Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.
@@ -158,8 +166,7 @@ def build(source: str | None, out: str | Path | None, fmt: str, sample_images: i
     Re-running the same command resumes an interrupted build; over a finished build of
     the same input and options it does nothing.
     """
-    settings = {k: v for k, v in opts.items() if k in _CONFIG_FIELDS}
-    reading = {k: v for k, v in opts.items() if k not in _CONFIG_FIELDS or k == "storage_options"}
+    settings, reading = split_options(opts)
     if source is None:
         from ..sample import sample_dataset
 
@@ -173,21 +180,31 @@ def build(source: str | None, out: str | Path | None, fmt: str, sample_images: i
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
     config = BuildConfig(out=out, format=fmt, **settings)
-    _check_exclude_near(config.exclude_near, config.out)
-    result = _run(spec, config, source if chosen else None)
+    check_exclude_near(config.exclude_near, config.out)
+    result = run_cleaning_up(run_build, spec, config, source if chosen else None)
     if as_json:
         click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
     else:
         click.echo(summary_line(result))
 
 
-def _run(spec: SourceSpec, config: BuildConfig, chosen_for: str | None) -> BuildResult:
-    """Run the build; on failure remove the folders it created. ``chosen_for``: the SOURCE
-    when ``--format`` was chosen, so a source that format cannot read gets a hint."""
+def split_options(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A command's options as ``BuildConfig`` fields and the source's reading options;
+    ``--storage-options`` goes to both (the source and ``--out`` read through the same backend options)."""
+    settings = {k: v for k, v in opts.items() if k in CONFIG_FIELDS}
+    reading = {k: v for k, v in opts.items() if k not in CONFIG_FIELDS or k == "storage_options"}
+    return settings, reading
+
+
+def run_cleaning_up(
+    run: Callable[..., R], spec: SourceSpec, config: BuildConfig, chosen_for: str | None
+) -> R:
+    """``run(spec, config, progress=...)`` (build or plan); on failure remove the folders it created.
+    ``chosen_for``: the SOURCE when ``--format`` was chosen, so a source that format cannot read gets a hint."""
     out = config.out
     created = [] if isinstance(out, str) else [d for d in (out, *out.parents) if not d.exists()]
     try:
-        return run_build(spec, config, progress=progress_bar)
+        return run(spec, config, progress=progress_bar)
     except (SourceError, UsageError) as e:
         remove_created_if_unused(created)
         hint = format_mismatch(spec, config.format) if chosen_for is not None else None
@@ -199,7 +216,7 @@ def _run(spec: SourceSpec, config: BuildConfig, chosen_for: str | None) -> Build
         raise
 
 
-def _check_exclude_near(builds: tuple[Path, ...], out: Path | str) -> None:
+def check_exclude_near(builds: tuple[Path, ...], out: Path | str) -> None:
     """Before the long probe: every --exclude-near build has hashes and is not this build."""
     if not builds:
         return

@@ -26,3 +26,16 @@ class BuildLocation(click.ParamType):
             checked: Path = click.Path(exists=True, file_okay=False, path_type=Path).convert(value, param, ctx)
             return checked
         return str(value)
+
+
+class OutLocation(click.ParamType):
+    """The ``OUT`` of a planned build: a folder (a :class:`~pathlib.Path`, whether or not it
+    exists: the command says what it lacks) or a URL (text)."""
+
+    name = "out"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, Path) or not is_url(str(value)):
+            checked: Path = click.Path(file_okay=False, path_type=Path).convert(value, param, ctx)
+            return checked
+        return str(value)
