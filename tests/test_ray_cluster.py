@@ -17,7 +17,10 @@ from pathlib import Path
 
 import pytest
 from raycluster import RayCluster
+from s3server import S3Server
 from synth import comparable, flickr_token_file, write_images
+
+from pipeline.format import LOCK
 
 pytest.importorskip("ray", reason="Ray is optional: pip install 'capshard[ray]'")
 
@@ -143,3 +146,56 @@ def test_a_task_whose_worker_dies_is_retried_and_one_that_always_dies_fails_nami
     lines = [line for line in proc.stdout.splitlines() if line.startswith(("['", "error:"))]  # not Ray's own
     assert lines[0] == "['a.tar', 'b.tar']"
     assert lines[1].startswith("error: always-000003.tar failed on Ray after 3 retries: ")
+
+
+def test_pool_ray_across_two_nodes_and_indexed_slices_give_the_same_keys_locally_and_in_the_bucket(
+    ray_cluster: RayCluster, s3_bucket: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Issue 10's done-when: the three paths, locally and in the moto bucket, byte for byte.
+
+    The Ray workers were started without the bucket's AWS_* variables: ``--storage-options``
+    is how the endpoint and credentials reach them, as on a real cluster."""
+    names = [f"{i}.jpg" for i in range(15)]
+    write_images(tmp_path / "img", names)
+    flickr_token_file(tmp_path / "captions.token", names, 3)
+    creds = s3_server.env()
+    store = json.dumps({"endpoint_url": creds["AWS_ENDPOINT_URL"], "key": creds["AWS_ACCESS_KEY_ID"],
+                        "secret": creds["AWS_SECRET_ACCESS_KEY"]})
+    _build(tmp_path, "pool", dict(os.environ))
+    local = _files(tmp_path / "pool")
+    want = {name: data for name, data in local.items() if name != LOCK}  # a store has no lock file
+    assert len([n for n in want if n.endswith(".tar")]) == 5 and "manifest.json" in want
+
+    prefix = f"{s3_bucket}/ray"
+    log = _build(tmp_path, prefix, ray_cluster.env(), "-vv", "--executor", "ray", "--storage-options", store)
+    where = dict(re.findall(r"(train-\d{6}\.tar) ran on Ray node ([0-9a-f]+)", log))
+    assert len(where) == 5 and len(set(where.values())) == 2, log[-3000:]
+    assert _store_files(prefix) == want
+
+    _build(tmp_path, f"{s3_bucket}/pool", dict(os.environ))
+    assert _store_files(f"{s3_bucket}/pool") == want
+
+    for out, check in ((str(tmp_path / "sliced"), lambda: _files(tmp_path / "sliced")),
+                       (f"{s3_bucket}/sliced", lambda: _store_files(f"{s3_bucket}/sliced"))):
+        _capshard(tmp_path, "plan", "captions.token", "--images", "img", "--out", out, "--max-images-per-shard", "3")
+        for task in (2, 0, 1, 1):  # any order; slice 1 twice
+            _capshard(tmp_path, "write", out, "--task", str(task), "--tasks", "3", "--workers", "1")
+        _capshard(tmp_path, "finalize", out)
+        got = check()
+        got.pop(LOCK, None)
+        assert got == want, out
+
+
+def _capshard(cwd: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _store_files(prefix: str) -> dict[str, bytes]:
+    """Every key under ``prefix`` as :func:`_files` gives a folder's (``.capshard/`` must be gone)."""
+    from pipeline import storage
+
+    keys = storage.list_prefix(prefix)
+    return {key: comparable(key, storage.read_bytes(storage.join(prefix, key))) for key in keys}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def write(
         click.echo(_line(out, done))
 
 
-def slurm_index(task_id: int, env: os._Environ[str] | dict[str, str]) -> int:
+def slurm_index(task_id: int, env: Mapping[str, str]) -> int:
     """A Slurm array task id as a slice number: ids run from SLURM_ARRAY_TASK_MIN in SLURM_ARRAY_TASK_STEP."""
     first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
     step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
