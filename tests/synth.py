@@ -21,8 +21,13 @@ def comparable(name: str, data: bytes) -> bytes:
     ``stats`` (seconds and rates of that run, docs/FORMAT.md), every other file as it is."""
     if not name.endswith("manifest.json"):
         return data
-    manifest = json.loads(data)
-    manifest.pop("stats", None)
+    try:
+        manifest = json.loads(data)
+    except ValueError:  # not a capshard manifest (a user's file under that name): as it is
+        return data
+    if not isinstance(manifest, dict) or "stats" not in manifest:
+        return data
+    manifest.pop("stats")
     return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode()
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from synth import flickr_token_file, write_images
+from synth import comparable, flickr_token_file, write_images
 
 from pipeline.build import build
 from pipeline.config import BuildConfig
@@ -54,8 +54,9 @@ def config(out: Path, **options: object) -> BuildConfig:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every entry of ``folder``, hidden ones included; a directory is marked, not read."""
-    return {p.name: (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(folder.iterdir())}
+    """Every entry of ``folder``, hidden ones included; a directory is marked, not read; a manifest
+    without its run's ``stats`` (:func:`synth.comparable`)."""
+    return {p.name: (comparable(p.name, p.read_bytes()) if p.is_file() else b"<dir>") for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.parametrize("name", sorted(USER_FILES))
