@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from . import storage
 from .format import MAX_JSON_DEPTH
+from .format.read import nests_deeper
 from .media import EXTENSIONS, BadImage, probe
 from .resolve import sanitize_key
 from .tarwalk import Member, TarPolicy, TarWalk, split_name
@@ -30,8 +31,6 @@ MAX_TEXT_BYTES = 16 << 20
 
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _EXTS = ("jpg", "png", "webp", "json", "txt")
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
-_BRACKETS = re.compile(rb"[\[\]{}]")
 _IMAGE_EXTS = {ext: fmt for fmt, ext in EXTENSIONS.items()}
 #: capshard writes plain USTAR: an extended header is refused before its data is read.
 _POLICY = TarPolicy(plain_ustar=True)
@@ -288,11 +287,8 @@ def load_json_capped(data: bytes, what: str, cap: int = MAX_TEXT_BYTES) -> Any:
     """Parse JSON that may be hostile: size and nesting are checked before parsing."""
     if len(data) > cap:
         raise ValueError(f"{what} has {len(data)} bytes, over the cap of {cap}")
-    depth = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if bracket.group() in (b"[", b"{") else -1
-        if depth > MAX_JSON_DEPTH:
-            raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    if nests_deeper(data, MAX_JSON_DEPTH):
+        raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from .. import storage
 from ..errors import UsageError
 from .manifest import Manifest, ManifestError
 from .names import MANIFEST, MAX_JSON_DEPTH, MAX_MANIFEST_BYTES
@@ -20,15 +21,23 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
 
+def nests_deeper(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests brackets deeper than ``limit`` (strings skipped), found
+    before parsing, so that hostile input never reaches the recursive parser."""
+    depth = 0
+    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
+        depth += 1 if bracket.group() in (b"[", b"{") else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def loads_capped(data: bytes, file: str, cap: int = MAX_MANIFEST_BYTES) -> Any:
     """Parse JSON that may be hostile: size and nesting are checked before parsing."""
     if len(data) > cap:
         raise ManifestError(file, f"is over the cap of {cap} bytes")
-    depth = 0
-    for bracket in _BRACKETS.finditer(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if bracket.group() in (b"[", b"{") else -1
-        if depth > MAX_JSON_DEPTH:
-            raise ManifestError(file, f"nests deeper than {MAX_JSON_DEPTH} levels")
+    if nests_deeper(data, MAX_JSON_DEPTH):
+        raise ManifestError(file, f"nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -41,9 +50,8 @@ def parse_manifest(data: bytes, file: str = MANIFEST, *, check_names: bool = Tru
 
 
 def is_remote(url: str) -> bool:
-    """True for ``scheme://`` URLs other than ``file://`` (a one-letter scheme is a drive)."""
-    scheme = urlparse(url).scheme
-    return len(scheme) > 1 and scheme != "file"
+    """True for ``scheme://`` URLs other than ``file://`` (:func:`pipeline.storage.local_path` decides)."""
+    return storage.local_path(url) is None
 
 
 def manifest_url(root: str | os.PathLike[str]) -> str:

@@ -39,7 +39,7 @@ import braceexpand
 
 from .. import storage
 from ..errors import UsageError
-from ..format import MANIFEST, Manifest, ShardEntry, manifest_url, read_manifest
+from ..format import MANIFEST, Manifest, ShardEntry, is_remote, manifest_url, read_manifest
 from ..tarwalk import TarWalk
 from .decode import member_key
 from .integrity import BadShardError, OnBadShard, ShardCheck, judge, scan
@@ -83,13 +83,11 @@ class ShardSet:
         return h.hexdigest()[:16]
 
 
-def is_remote(url: str) -> bool:
-    """True for URLs other than ``file://`` (:func:`pipeline.storage.local_path` decides)."""
-    return storage.local_path(url) is None
-
-
-def _local_path(url: str) -> str:
-    return url[len("file://") :] if url.lower().startswith("file://") else url
+def _local(url: str) -> Path:
+    """The path of a local ``url`` (a plain path or ``file://``)."""
+    path = storage.local_path(url)
+    assert path is not None, url
+    return path
 
 
 def _shard_entries(doc: Manifest, split: str, url: str) -> tuple[ShardEntry, ...]:
@@ -104,7 +102,7 @@ def _info(url: str, entry: ShardEntry) -> ShardInfo:
 
 
 def _join(root: str, name: str) -> str:
-    return storage.join(root, name) if is_remote(root) else str(Path(_local_path(root)) / name)
+    return storage.join(root, name) if is_remote(root) else str(_local(root) / name)
 
 
 def _looks_like_shards(text: str) -> bool:
@@ -124,7 +122,7 @@ def resolve_source(
             return _from_build(text[: -len(MANIFEST)].rstrip("/") or ".", split, options)
         if is_remote(text) and not _looks_like_shards(text):
             return _from_build(text, split, options)
-        if not is_remote(text) and Path(_local_path(text)).is_dir():
+        if not is_remote(text) and _local(text).is_dir():
             return _from_build(text, split, options)
         return _from_urls([text], split, options)
     urls = [os.fspath(s) for s in source]
@@ -153,7 +151,7 @@ def expand_urls(urls: Sequence[str], options: storage.Options = None) -> list[st
     for pattern in urls:
         for url in braceexpand.braceexpand(pattern):
             if not any(c in url for c in "*?["):
-                if not is_remote(url) and not Path(_local_path(url)).exists():
+                if not is_remote(url) and not _local(url).exists():
                     raise UsageError(f"no such shard or build directory: {url}")
                 out.append(url)
                 continue
@@ -161,7 +159,7 @@ def expand_urls(urls: Sequence[str], options: storage.Options = None) -> list[st
                 fs, pattern = storage.filesystem(url, options)
                 matches = sorted(fs.unstrip_protocol(p) for p in fs.glob(pattern))
             else:
-                matches = sorted(glob.glob(_local_path(url)))
+                matches = sorted(glob.glob(str(_local(url))))
             if not matches:
                 raise UsageError(f"no shard matches {url}")
             out.extend(matches)
@@ -171,23 +169,23 @@ def expand_urls(urls: Sequence[str], options: storage.Options = None) -> list[st
 def _from_urls(patterns: Sequence[str], split: str | None, options: storage.Options) -> ShardSet:
     urls = expand_urls(patterns, options)
     if split is not None:
-        urls = [u for u in urls if posixpath.basename(_local_path(u)).startswith(f"{split}-")]
+        urls = [u for u in urls if posixpath.basename(u).startswith(f"{split}-")]
         if not urls:
             raise UsageError(f"none of the given shards belongs to split {split!r} (names {split}-NNNNNN.tar)")
     known: dict[str, ShardEntry] = {}
-    parents = (storage.parent(u) if is_remote(u) else str(Path(_local_path(u)).parent) for u in urls)
+    parents = (storage.parent(u) if is_remote(u) else str(_local(u).parent) for u in urls)
     for parent in dict.fromkeys(parents):
         doc = read_manifest(parent, options=options)
         for e in doc.shards if doc is not None else ():
             known[_join(parent, e.name)] = e
     shards = []
     for u in urls:
-        entry = known.get(u if is_remote(u) else str(Path(_local_path(u))))
+        entry = known.get(u if is_remote(u) else str(_local(u)))
         if entry is not None:
             shards.append(_info(u, entry))
         else:
             log.info("%s: no manifest describes it; counting its samples from the tar headers", u)
-            shards.append(ShardInfo(u, posixpath.basename(_local_path(u)), count_samples(u, options)))
+            shards.append(ShardInfo(u, posixpath.basename(u), count_samples(u, options)))
     return ShardSet(tuple(shards), split, None, None)
 
 
@@ -217,7 +215,7 @@ def check_local_sizes(shards: ShardSet, on_bad_shard: OnBadShard) -> None:
     for s in shards.shards:
         if is_remote(s.url):
             continue
-        path = Path(_local_path(s.url))
+        path = _local(s.url)
         try:
             _check_size(s, path.stat().st_size if path.is_file() else None)
         except BadShardError as e:
@@ -267,7 +265,7 @@ class ShardOpener:
                 size = getattr(f, "size", None)
                 size = -1 if not isinstance(size, int) else size
             else:
-                path = _local_path(shard.url)
+                path = str(_local(shard.url))
                 f = open(path, "rb")  # noqa: SIM115 - returned open to the caller
                 st = os.fstat(f.fileno())
                 stamp, size = (path, st.st_size, st.st_mtime_ns), st.st_size

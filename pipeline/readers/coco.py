@@ -13,13 +13,10 @@ The file does not say which split it is. The split is inferred from the file nam
 ``captions_train2017.json`` → "train", ``captions_val2014.json`` → "val", a name with
 "test" → "test"; any other name → "train".
 
-The JSON helpers here (``load_json``, ``checked_caption``, ``images_root``) are shared
-with the Karpathy reader.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -27,7 +24,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import SourceError, UsageError
-from .base import Reader, SourceSpec
+from .base import Reader
+from .fields import checked_caption, checked_name, id_field, images_root, json_field, json_list, load_json
 from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)
@@ -35,82 +33,12 @@ logger = logging.getLogger(__name__)
 #: How much of the head and of the tail of a file ``sniff`` looks at.
 SNIFF_BYTES = 64 * 1024
 _SPLIT_IN_NAME = re.compile(r"(train|val|test)")
-_UTF8_BOM = b"\xef\xbb\xbf"
-
-
-def load_json(path: SourcePath) -> Any:
-    """Parse a JSON file; a syntax error raises ``SourceError`` with its line.
-
-    Bytes that are not UTF-8 do not fail the parse: they come back as lone surrogates
-    (``surrogateescape``), so a reader can reject the one caption that holds them
-    (``checked_caption``) instead of the whole file.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    text = data.removeprefix(_UTF8_BOM).decode("utf-8", "surrogateescape")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SourceError(path, e.lineno, f"not valid JSON: {e.msg} (column {e.colno})") from None
-
-
-def checked_caption(text: str) -> str | None:
-    """``text`` when it is valid Unicode (encodable as UTF-8), else ``None``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return text
-
-
-def checked_name(value: object, path: SourcePath, where: str, key: str) -> str:
-    """A string field that names something (a file, a split): must be a valid string."""
-    if not isinstance(value, str) or checked_caption(value) is None:
-        raise SourceError(path, where, f"{key!r} must be a UTF-8 string, found {value!r}")
-    return value
-
-
-def images_root(spec: SourceSpec, fmt: str) -> str:
-    """The absolute image folder (or URL prefix) of ``spec``; formats that name image files need it."""
-    if spec.images is None:
-        raise UsageError(f"the {fmt} format names image files: pass --images DIR, the folder that holds them")
-    folder = spec.location(spec.images)
-    if not folder.is_dir():
-        raise UsageError(f"--images {spec.images}: not a folder")
-    return str(folder.absolute())
 
 
 def split_from_file_name(name: str) -> str:
     """The split a COCO file name says (``captions_val2014.json`` → "val"); "train" if none."""
     found = _SPLIT_IN_NAME.search(name.lower())
     return found.group(1) if found else "train"
-
-
-def json_field(entry: Any, key: str, path: SourcePath, where: str) -> Any:
-    """``entry[key]``; a missing key or an entry that is not an object names ``where``."""
-    if not isinstance(entry, dict):
-        raise SourceError(path, where, f"expected an object, found {type(entry).__name__}")
-    if key not in entry:
-        raise SourceError(path, where, f"missing key {key!r}")
-    return entry[key]
-
-
-def id_field(entry: Any, key: str, path: SourcePath, where: str) -> int | str:
-    """An id field: an integer or a UTF-8 string (JSON ``true`` is not an id)."""
-    value = json_field(entry, key, path, where)
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or checked_caption(str(value)) is None:
-        raise SourceError(path, where, f"{key!r} must be an integer or a string, found {value!r}")
-    return value
-
-
-def json_list(doc: Any, key: str, path: SourcePath) -> list[Any]:
-    """The top-level list ``doc[key]``."""
-    value = json_field(doc, key, path, "top level")
-    if not isinstance(value, list):
-        raise SourceError(path, key, f"{key!r} must be a list, found {type(value).__name__}")
-    return value
 
 
 class CocoReader(Reader):

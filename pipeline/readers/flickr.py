@@ -41,7 +41,7 @@ from ..errors import SourceError, UsageError
 from ..schema import CAPTION_ROWS, batches_from_rows
 from . import flickr_columns as columns
 from .base import Reader
-from .coco import checked_caption, images_root
+from .fields import checked_caption, images_root
 from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import SourceError, UsageError
 from .base import Reader
-from .coco import checked_caption, checked_name, id_field, images_root, json_field, json_list, load_json
+from .fields import checked_caption, checked_name, id_field, images_root, json_field, json_list, load_json
 from .urlpath import SourcePath
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from .arrow import (
     resolve_path,
 )
 from .base import ImageUnavailable, Reader, SourceSpec
-from .coco import checked_caption
+from .fields import checked_caption
 from .urlpath import SourcePath
 
 log = logging.getLogger(__name__)
