@@ -28,7 +28,7 @@ def comparable(name: str, data: bytes) -> bytes:
     if not isinstance(manifest, dict) or "stats" not in manifest:
         return data
     manifest.pop("stats")
-    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False).encode()
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()  # as written
 
 
 def manifest_bytes(folder: Path) -> bytes:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .. import storage
 from ..errors import UsageError
 from .manifest import Manifest, ManifestError
 from .names import MANIFEST, MAX_JSON_DEPTH, MAX_MANIFEST_BYTES
@@ -50,8 +49,12 @@ def parse_manifest(data: bytes, file: str = MANIFEST, *, check_names: bool = Tru
 
 
 def is_remote(url: str) -> bool:
-    """True for ``scheme://`` URLs other than ``file://`` (:func:`pipeline.storage.local_path` decides)."""
-    return storage.local_path(url) is None
+    """True for ``scheme://`` URLs other than ``file://`` (a one-letter scheme is a drive).
+
+    The format stays light (no :mod:`pipeline.storage`); for every URL the builds and loaders
+    take, this agrees with ``storage.local_path(url) is None``."""
+    scheme = urlparse(url).scheme
+    return len(scheme) > 1 and scheme != "file"
 
 
 def manifest_url(root: str | os.PathLike[str]) -> str:
