@@ -98,7 +98,7 @@ def resolve(
     n_rows = rows.num_rows
     spec = config.id_spec
     pos = cols.probe_positions(rows, probed, ref_key)
-    caption = cols.trimmed(rows["caption"])
+    caption = rows["caption"]  # as published: stripped where used (cols.trimmed_length, cols.trim)
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
     needs_name = spec.missing_reason is not None
     rejected = _flagged(rows, probed, pos, caption, names if needs_name else None, config.max_caption_chars)
@@ -143,7 +143,7 @@ def _flagged(
     max_caption_chars: int,
 ) -> np.ndarray:
     """Which rows get a reason: cheap boolean columns (the reasons themselves only for those rows)."""
-    length = pc.utf8_length(caption)
+    length = cols.trimmed_length(caption)
     flagged = [
         pc.is_valid(rows["reject"]),
         pc.is_null(rows["split"]),
@@ -160,7 +160,7 @@ def _keyed(images: pa.Table) -> pa.Table:
     """The images with their group number and WebDataset key."""
     keys = cols.sanitized_keys(images["image_id"].combine_chunks())
     assert pc.count_distinct(keys).as_py() == len(keys), "sanitised keys must be unique"
-    images = images.append_column("group", pa.array(range(images.num_rows), pa.int64()))
+    images = images.append_column("group", pa.array(np.arange(images.num_rows, dtype=np.int64)))
     return images.append_column("key", keys)
 
 
@@ -189,7 +189,7 @@ def _row_rejects(
                 c: cols.take(rows[c], at)
                 for c in ("row_id", "location", "reject", "split", "image_path", "image_index")
             },
-            "caption": cols.take(caption, at),
+            "caption": cols.take(caption, at, cols.trim),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
             "image_detail": cols.take(probed["image_detail"], pos[at]),
         }
@@ -440,21 +440,26 @@ def _aggregate(
     """
     present = np.unique(identity)
     by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
-    rank_of = np.zeros(len(image_ids), np.int64)
+    del present
+    # First, while the least is held: its group-by is the largest transient of this stage.
+    sources = _source_lists(rows, valid, identity, names, name, by_id)
+    rank_of = np.zeros(len(image_ids), np.int32 if len(image_ids) < 2**31 else np.int64)
     rank_of[by_id] = np.arange(len(by_id))
     rank = rank_of[identity]
+    del rank_of
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
     order, rank, n = valid[local], rank[local], len(by_id)
+    del local
     starts = np.searchsorted(rank, np.arange(n))
     # As group_by's "first": the first non-null value of each column, in source order.
     in_probe = pos[order]
     return pa.table(
         {
             "image_id": cols.take(image_ids, by_id),
-            "captions": cols.list_column(cols.take(caption, order), rank, n),
+            "captions": cols.list_column(cols.take(caption, order, cols.trim), rank, n),
             "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
             "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
-            **_source_lists(rows, valid, identity, image_ids, names, name, by_id),
+            **sources,
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
             **{
                 c: cols.first_valid(probed[c], in_probe, rank, starts)
@@ -466,30 +471,20 @@ def _aggregate(
 
 
 def _source_lists(
-    rows: pa.Table,
-    valid: np.ndarray,
-    identity: np.ndarray,
-    image_ids: pa.Array,
-    names: pa.Array,
-    name: np.ndarray,
-    by_id: np.ndarray,
+    rows: pa.Table, valid: np.ndarray, identity: np.ndarray, names: pa.Array, name: np.ndarray, by_id: np.ndarray
 ) -> dict[str, pa.Array]:
-    """Per image (in ``by_id`` order), its distinct source ids and URLs.
+    """Per image (in ``by_id`` order, codes as ``identity``), its distinct source ids and URLs.
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
     its hash table), and the ids are written into every sample's JSON: so this is the same
     call on the same strings in the same row order as before, on just the three columns.
+    The groups are keyed by identity code rather than by image id: one id per identity, so
+    the same groups, met in the same row order.
     """
-    table = pa.table(
-        {
-            "image_id": cols.take(image_ids, identity),
-            "name": cols.take(names, name),
-            "url": cols.take(rows["url"], valid),
-        }
-    )
-    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
+    table = pa.table({"image": identity, "name": cols.take(names, name), "url": cols.take(rows["url"], valid)})
+    grouped = table.group_by("image", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
     del table
-    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
+    at = pc.index_in(pa.array(by_id), value_set=grouped["image"].combine_chunks())
     return {
         "source_ids": grouped["name_distinct"].combine_chunks().take(at),
         "source_urls": grouped["url_distinct"].combine_chunks().take(at),

@@ -11,6 +11,7 @@ ids, clashing image ids, leaked images, rejected rows).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -36,33 +37,42 @@ def as_numpy(values: ArrayLike) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
-def take(values: ArrayLike, indices: np.ndarray) -> pa.Array:
-    """``values`` at ``indices`` as one array; an index of -1 gives null."""
+def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
+    """``values`` at ``indices`` as one array; an index of -1 gives null.
+
+    ``each``: an element-wise function applied to the taken values (piece by piece, so that
+    the values are not held twice, before and after it).
+    """
     negative = indices < 0
     if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
-        return _take_by_chunk(values, indices)
+        return _take_by_chunk(values, indices, each)
     out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
-    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return each(out) if each is not None else out
 
 
-def _take_by_chunk(values: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
+def _take_by_chunk(
+    values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> pa.Array:
     """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
     it (a copy of the whole column, to take a few rows of it)."""
     starts = np.cumsum([0] + [len(c) for c in values.chunks])
     chunk = np.searchsorted(starts, indices, side="right") - 1
     by_chunk = np.argsort(chunk, kind="stable")
     bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
-    pieces = [
-        values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
-        for c in range(values.num_chunks)
-        if bounds[c + 1] > bounds[c]
-    ]
+    pieces = []
+    for c in range(values.num_chunks):
+        if bounds[c + 1] > bounds[c]:
+            piece = values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
+            pieces.append(each(piece) if each is not None else piece)
+    del by_chunk
     gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
     del pieces
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
         return gathered  # already in the order asked
-    inverse = np.empty_like(by_chunk)
-    inverse[by_chunk] = np.arange(len(by_chunk))
+    inverse = np.empty(len(indices), np.int64)
+    inverse[np.argsort(chunk, kind="stable")] = np.arange(len(indices))
+    del chunk
     return gathered.take(pa.array(inverse))
 
 
@@ -81,13 +91,15 @@ def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarra
     return as_numpy(pc.fill_null(pc.index_in(keys, value_set=value_set, skip_nulls=True), -1))
 
 
-def trimmed(captions: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Captions stripped of surrounding whitespace; chunks with nothing to strip are reused, not copied."""
-    chunks = []
-    for chunk in captions.chunks:
-        stripped = pc.utf8_trim_whitespace(chunk)
-        chunks.append(chunk if stripped.equals(chunk) else stripped)
-    return pa.chunked_array(chunks, pa.string())
+def trimmed_length(captions: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Length of each caption stripped of surrounding whitespace, a chunk at a time (the stripped
+    text is not kept: :func:`take` strips just the captions it takes, with ``each=trim``)."""
+    return pa.chunked_array([pc.utf8_length(trim(chunk)) for chunk in captions.chunks], pa.int32())
+
+
+def trim(captions: pa.Array) -> pa.Array:
+    """Captions stripped of surrounding whitespace."""
+    return pc.utf8_trim_whitespace(captions)
 
 
 def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
