@@ -105,6 +105,7 @@ def resolve(
     rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, np.flatnonzero(rejected), config)
     valid = np.flatnonzero(~rejected)
     del rejected
+    cols.release()
 
     shas, sha_of_probe = cols.codes(probed["sha256"])
     assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
@@ -128,10 +129,17 @@ def resolve(
 
     keep, leak_rejects = _handle_leaks(rows, valid, identity, naming.ids, config)
     rejects.extend(leak_rejects)
-    valid, identity, name = valid[keep], identity[keep], name[keep]
+    if not keep.all():
+        valid, identity, name = valid[keep], identity[keep], name[keep]
+    del keep
+    cols.release()
     images = _aggregate(rows, probed, pos, caption, valid, identity, naming.ids, name_values, name)
+    del pos, valid, identity, name
+    cols.release()
     _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
-    return Resolution(images=_keyed(images), rejects=_reject_table(rejects), report=report, n_rows=n_rows)
+    images = _keyed(images)
+    cols.release()
+    return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
 
 
 def _flagged(
@@ -442,7 +450,7 @@ def _aggregate(
     by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
     del present
     # First, while the least is held: its group-by is the largest transient of this stage.
-    sources = _source_lists(rows, valid, identity, names, name, by_id)
+    sources = _source_lists(rows, valid, identity, image_ids, names, name, by_id)
     rank_of = np.zeros(len(image_ids), np.int32 if len(image_ids) < 2**31 else np.int64)
     rank_of[by_id] = np.arange(len(by_id))
     rank = rank_of[identity]
@@ -471,20 +479,32 @@ def _aggregate(
 
 
 def _source_lists(
-    rows: pa.Table, valid: np.ndarray, identity: np.ndarray, names: pa.Array, name: np.ndarray, by_id: np.ndarray
+    rows: pa.Table,
+    valid: np.ndarray,
+    identity: np.ndarray,
+    image_ids: pa.Array,
+    names: pa.Array,
+    name: np.ndarray,
+    by_id: np.ndarray,
 ) -> dict[str, pa.Array]:
-    """Per image (in ``by_id`` order, codes as ``identity``), its distinct source ids and URLs.
+    """Per image (in ``by_id`` order), its distinct source ids and URLs.
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
-    its hash table), and the ids are written into every sample's JSON: so this is the same
-    call on the same strings in the same row order as before, on just the three columns.
-    The groups are keyed by identity code rather than by image id: one id per identity, so
-    the same groups, met in the same row order.
+    its hash table: grouping by identity code instead of image id changes it), and the ids are
+    written into every sample's JSON: so this is the same call on the same strings in the
+    same row order as before, on just the three columns.
     """
-    table = pa.table({"image": identity, "name": cols.take(names, name), "url": cols.take(rows["url"], valid)})
-    grouped = table.group_by("image", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
+    table = pa.table(
+        {
+            "image_id": cols.take(image_ids, identity),
+            "name": cols.take(names, name),
+            "url": cols.take(rows["url"], valid),
+        }
+    )
+    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
     del table
-    at = pc.index_in(pa.array(by_id), value_set=grouped["image"].combine_chunks())
+    cols.release()
+    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
     return {
         "source_ids": grouped["name_distinct"].combine_chunks().take(at),
         "source_urls": grouped["url_distinct"].combine_chunks().take(at),

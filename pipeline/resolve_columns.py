@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
+#: Ids hashed in Python per batch (not a Python string per image id at once).
+DIGEST_BATCH = 65536
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
 _KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
 
@@ -46,6 +48,8 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
     negative = indices < 0
     if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
         return _take_by_chunk(values, indices, each)
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
+        values = values.chunk(0)  # Arrow's take on a chunked column copies it into one first
     out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
     return each(out) if each is not None else out
@@ -66,14 +70,59 @@ def _take_by_chunk(
             piece = values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
             pieces.append(each(piece) if each is not None else piece)
     del by_chunk
-    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
-    del pieces
+    gathered = concat(pieces, values.type)
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
         return gathered  # already in the order asked
     inverse = np.empty(len(indices), np.int64)
     inverse[np.argsort(chunk, kind="stable")] = np.arange(len(indices))
     del chunk
     return gathered.take(pa.array(inverse))
+
+
+def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
+    """The pieces as one array; ``pieces`` is emptied. Strings are copied piece by piece into
+    buffers of the final size, each piece let go once copied (``pa.concat_arrays`` holds all the
+    pieces and the result at once: twice the column)."""
+    if type_ != pa.string() or sum(p.nbytes for p in pieces) >= 2**31 - 1:
+        out = pa.concat_arrays(pieces) if pieces else pa.array([], type_)
+        pieces.clear()
+        return out
+    n = sum(len(p) for p in pieces)
+    null_count = sum(p.null_count for p in pieces)
+    offsets = np.zeros(n + 1, np.int32)
+    data = np.empty(sum(_string_bytes(p) for p in pieces), np.uint8)
+    valid = np.ones(n if null_count else 0, bool)
+    row = 0
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        if len(piece) == 0:
+            continue
+        off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+        start = offsets[row]
+        data[start : start + off[-1] - off[0]] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
+        offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
+        if null_count and piece.null_count:
+            valid[row : row + len(piece)] = as_numpy(piece.is_valid())
+        row += len(piece)
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
+    return pa.Array.from_buffers(
+        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=null_count
+    )
+
+
+def _string_bytes(piece: pa.Array) -> int:
+    off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+    return int(off[-1] - off[0]) if len(piece) else 0
+
+
+def release() -> None:
+    """Hand the pages Arrow's allocator kept after frees back to the system, between stages.
+
+    mimalloc (Arrow's default pool) keeps freed pages for reuse: at 10M rows, over 800 MiB at the
+    end of *resolve*, which the next stage's transients would stack on.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarray:
@@ -128,11 +177,16 @@ def sanitized_keys(image_ids: pa.Array) -> pa.Array:
     ids = take(image_ids, changed)
     key = pc.utf8_trim(pc.replace_substring_regex(ids, KEY_BAD, "_"), "_")
     key = pc.if_else(pc.equal(key, ""), pa.scalar("img"), key)
-    digests = pa.array(
-        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
-    )
+    digests = pa.concat_arrays([_digests(ids.slice(at, DIGEST_BATCH)) for at in range(0, len(ids), DIGEST_BATCH)])
     key = pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), digests, "_")
     return pc.replace_with_mask(image_ids, pc.invert(kept), key)
+
+
+def _digests(ids: pa.Array) -> pa.Array:
+    """The first 10 hex digits of each id's SHA-256."""
+    return pa.array(
+        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
+    )
 
 
 def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts: np.ndarray) -> pa.Array:
@@ -143,10 +197,11 @@ def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts:
     """
     at = index[starts]
     out = take(values, at)
-    if out.null_count == 0:
-        return out
-    missing = np.flatnonzero(as_numpy(pc.is_null(out)))
-    rows = np.flatnonzero(np.isin(group, missing))
+    if out.null_count == 0 or values.null_count == len(values):
+        return out  # nothing to search: no group lacks a value, or no row has one
+    missing = as_numpy(pc.is_null(out))
+    rows = np.flatnonzero(missing[group])
+    del missing
     rows = rows[as_numpy(pc.is_valid(take(values, index[rows])))]
     found, first = np.unique(group[rows], return_index=True)
     at = at.copy()
