@@ -97,6 +97,7 @@ def resolve(
     """
     n_rows = rows.num_rows
     spec = config.id_spec
+    cols.release()  # what reading and probing left in Arrow's pool, before this stage's transients
     pos = cols.probe_positions(rows, probed, ref_key)
     caption = rows["caption"]  # as published: stripped where used (cols.trimmed_length, cols.trim)
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
@@ -166,8 +167,10 @@ def _flagged(
 
 def _keyed(images: pa.Table) -> pa.Table:
     """The images with their group number and WebDataset key."""
-    keys = cols.sanitized_keys(images["image_id"].combine_chunks())
-    assert pc.count_distinct(keys).as_py() == len(keys), "sanitised keys must be unique"
+    image_ids = images["image_id"]
+    keys = cols.sanitized_keys(image_ids.chunk(0) if image_ids.num_chunks == 1 else image_ids.combine_chunks())
+    del image_ids
+    assert cols.all_distinct(keys), "sanitised keys must be unique"
     images = images.append_column("group", pa.array(np.arange(images.num_rows, dtype=np.int64)))
     return images.append_column("key", keys)
 
@@ -491,18 +494,16 @@ def _source_lists(
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
     its hash table: grouping by identity code instead of image id changes it), and the ids are
-    written into every sample's JSON: so this is the same call on the same strings in the
-    same row order as before, on just the three columns.
+    written into every sample's JSON: so this is the same group-by on the same strings in the
+    same row order and batches as before, on just the three columns, made a batch at a time.
     """
-    table = pa.table(
-        {
-            "image_id": cols.take(image_ids, identity),
-            "name": cols.take(names, name),
-            "url": cols.take(rows["url"], valid),
-        }
-    )
-    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
-    del table
+    schema = pa.schema([("image_id", pa.string()), ("name", pa.string()), ("url", pa.string())])
+
+    def columns(start: int, stop: int) -> list[pa.Array]:
+        at = slice(start, stop)
+        return [cols.take(image_ids, identity[at]), cols.take(names, name[at]), cols.take(rows["url"], valid[at])]
+
+    grouped = cols.group_distinct("image_id", schema, columns, len(valid))
     cols.release()
     at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
     return {
