@@ -93,8 +93,11 @@ def _phash(data: bytes) -> int:
 
 def distinct_refs(rows: pa.Table) -> pa.Table:
     """The distinct (image_path, image_index) pairs of rows that have an image reference."""
-    has_ref = pc.or_(pc.is_valid(rows["image_path"]), pc.is_valid(rows["image_index"]))
-    refs = rows.filter(has_ref).select(["image_path", "image_index"])
+    refs = rows.select(["image_path", "image_index"])  # before the filter: it copies every column it keeps
+    has_ref = pc.or_(pc.is_valid(refs["image_path"]), pc.is_valid(refs["image_index"]))
+    if not pc.all(has_ref).as_py():
+        refs = refs.filter(has_ref)
+    del has_ref
     return refs.group_by(["image_path", "image_index"], use_threads=False).aggregate([])
 
 

@@ -97,14 +97,16 @@ def resolve(
     """
     n_rows = rows.num_rows
     spec = config.id_spec
+    cols.release()  # what reading and probing left in Arrow's pool, before this stage's transients
     pos = cols.probe_positions(rows, probed, ref_key)
-    caption = cols.trimmed(rows["caption"])
+    caption = rows["caption"]  # as published: stripped where used (cols.trimmed_length, cols.trim)
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
     needs_name = spec.missing_reason is not None
     rejected = _flagged(rows, probed, pos, caption, names if needs_name else None, config.max_caption_chars)
     rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, np.flatnonzero(rejected), config)
     valid = np.flatnonzero(~rejected)
     del rejected
+    cols.release()
 
     shas, sha_of_probe = cols.codes(probed["sha256"])
     assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
@@ -128,10 +130,17 @@ def resolve(
 
     keep, leak_rejects = _handle_leaks(rows, valid, identity, naming.ids, config)
     rejects.extend(leak_rejects)
-    valid, identity, name = valid[keep], identity[keep], name[keep]
+    if not keep.all():
+        valid, identity, name = valid[keep], identity[keep], name[keep]
+    del keep
+    cols.release()
     images = _aggregate(rows, probed, pos, caption, valid, identity, naming.ids, name_values, name)
+    del pos, valid, identity, name
+    cols.release()
     _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
-    return Resolution(images=_keyed(images), rejects=_reject_table(rejects), report=report, n_rows=n_rows)
+    images = _keyed(images)
+    cols.release()
+    return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
 
 
 def _flagged(
@@ -143,7 +152,7 @@ def _flagged(
     max_caption_chars: int,
 ) -> np.ndarray:
     """Which rows get a reason: cheap boolean columns (the reasons themselves only for those rows)."""
-    length = pc.utf8_length(caption)
+    length = cols.trimmed_length(caption)
     flagged = [
         pc.is_valid(rows["reject"]),
         pc.is_null(rows["split"]),
@@ -158,9 +167,11 @@ def _flagged(
 
 def _keyed(images: pa.Table) -> pa.Table:
     """The images with their group number and WebDataset key."""
-    keys = cols.sanitized_keys(images["image_id"].combine_chunks())
-    assert pc.count_distinct(keys).as_py() == len(keys), "sanitised keys must be unique"
-    images = images.append_column("group", pa.array(range(images.num_rows), pa.int64()))
+    image_ids = images["image_id"]
+    keys = cols.sanitized_keys(image_ids.chunk(0) if image_ids.num_chunks == 1 else image_ids.combine_chunks())
+    del image_ids
+    assert cols.all_distinct(keys), "sanitised keys must be unique"
+    images = images.append_column("group", pa.array(np.arange(images.num_rows, dtype=np.int64)))
     return images.append_column("key", keys)
 
 
@@ -189,7 +200,7 @@ def _row_rejects(
                 c: cols.take(rows[c], at)
                 for c in ("row_id", "location", "reject", "split", "image_path", "image_index")
             },
-            "caption": cols.take(caption, at),
+            "caption": cols.take(caption, at, cols.trim),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
             "image_detail": cols.take(probed["image_detail"], pos[at]),
         }
@@ -440,21 +451,26 @@ def _aggregate(
     """
     present = np.unique(identity)
     by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
-    rank_of = np.zeros(len(image_ids), np.int64)
+    del present
+    # First, while the least is held: its group-by is the largest transient of this stage.
+    sources = _source_lists(rows, valid, identity, image_ids, names, name, by_id)
+    rank_of = np.zeros(len(image_ids), np.int32 if len(image_ids) < 2**31 else np.int64)
     rank_of[by_id] = np.arange(len(by_id))
     rank = rank_of[identity]
+    del rank_of
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
     order, rank, n = valid[local], rank[local], len(by_id)
+    del local
     starts = np.searchsorted(rank, np.arange(n))
     # As group_by's "first": the first non-null value of each column, in source order.
     in_probe = pos[order]
     return pa.table(
         {
             "image_id": cols.take(image_ids, by_id),
-            "captions": cols.list_column(cols.take(caption, order), rank, n),
+            "captions": cols.list_column(cols.take(caption, order, cols.trim), rank, n),
             "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
             "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
-            **_source_lists(rows, valid, identity, image_ids, names, name, by_id),
+            **sources,
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
             **{
                 c: cols.first_valid(probed[c], in_probe, rank, starts)
@@ -477,18 +493,18 @@ def _source_lists(
     """Per image (in ``by_id`` order), its distinct source ids and URLs.
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
-    its hash table), and the ids are written into every sample's JSON: so this is the same
-    call on the same strings in the same row order as before, on just the three columns.
+    its hash table: grouping by identity code instead of image id changes it), and the ids are
+    written into every sample's JSON: so this is the same group-by on the same strings in the
+    same row order and batches as before, on just the three columns, made a batch at a time.
     """
-    table = pa.table(
-        {
-            "image_id": cols.take(image_ids, identity),
-            "name": cols.take(names, name),
-            "url": cols.take(rows["url"], valid),
-        }
-    )
-    grouped = table.group_by("image_id", use_threads=False).aggregate([("name", "distinct"), ("url", "distinct")])
-    del table
+    schema = pa.schema([("image_id", pa.string()), ("name", pa.string()), ("url", pa.string())])
+
+    def columns(start: int, stop: int) -> list[pa.Array]:
+        at = slice(start, stop)
+        return [cols.take(image_ids, identity[at]), cols.take(names, name[at]), cols.take(rows["url"], valid[at])]
+
+    grouped = cols.group_distinct("image_id", schema, columns, len(valid))
+    cols.release()
     at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
     return {
         "source_ids": grouped["name_distinct"].combine_chunks().take(at),

@@ -11,14 +11,20 @@ ids, clashing image ids, leaked images, rejected rows).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
+#: Rows per batch that Acero's table source cuts a table into (``TableSourceNodeOptions``' default).
+GROUP_BATCH = 1 << 20
+#: Ids hashed in Python per batch (not a Python string per image id at once).
+DIGEST_BATCH = 65536
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
 _KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
 
@@ -36,34 +42,112 @@ def as_numpy(values: ArrayLike) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
-def take(values: ArrayLike, indices: np.ndarray) -> pa.Array:
-    """``values`` at ``indices`` as one array; an index of -1 gives null."""
+def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
+    """``values`` at ``indices`` as one array; an index of -1 gives null.
+
+    ``each``: an element-wise function applied to the taken values (piece by piece, so that
+    the values are not held twice, before and after it).
+    """
     negative = indices < 0
     if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
-        return _take_by_chunk(values, indices)
+        return _take_by_chunk(values, indices, each)
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
+        values = values.chunk(0)  # Arrow's take on a chunked column copies it into one first
     out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
-    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return each(out) if each is not None else out
 
 
-def _take_by_chunk(values: pa.ChunkedArray, indices: np.ndarray) -> pa.Array:
+def _take_by_chunk(
+    values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> pa.Array:
     """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
     it (a copy of the whole column, to take a few rows of it)."""
     starts = np.cumsum([0] + [len(c) for c in values.chunks])
     chunk = np.searchsorted(starts, indices, side="right") - 1
     by_chunk = np.argsort(chunk, kind="stable")
     bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
-    pieces = [
-        values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
-        for c in range(values.num_chunks)
-        if bounds[c + 1] > bounds[c]
-    ]
-    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
-    del pieces
+    pieces = []
+    for c in range(values.num_chunks):
+        if bounds[c + 1] > bounds[c]:
+            piece = values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
+            pieces.append(each(piece) if each is not None else piece)
+    del by_chunk
+    gathered = concat(pieces, values.type)
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
         return gathered  # already in the order asked
-    inverse = np.empty_like(by_chunk)
-    inverse[by_chunk] = np.arange(len(by_chunk))
+    inverse = np.empty(len(indices), np.int64)
+    inverse[np.argsort(chunk, kind="stable")] = np.arange(len(indices))
+    del chunk
     return gathered.take(pa.array(inverse))
+
+
+def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
+    """The pieces as one array; ``pieces`` is emptied. Strings are copied piece by piece into
+    buffers of the final size, each piece let go once copied (``pa.concat_arrays`` holds all the
+    pieces and the result at once: twice the column)."""
+    if type_ != pa.string() or sum(p.nbytes for p in pieces) >= 2**31 - 1:
+        out = pa.concat_arrays(pieces) if pieces else pa.array([], type_)
+        pieces.clear()
+        return out
+    n = sum(len(p) for p in pieces)
+    null_count = sum(p.null_count for p in pieces)
+    offsets = np.zeros(n + 1, np.int32)
+    data = np.empty(sum(_string_bytes(p) for p in pieces), np.uint8)
+    valid = np.ones(n if null_count else 0, bool)
+    row = 0
+    pieces.reverse()
+    while pieces:
+        piece = pieces.pop()
+        if len(piece) == 0:
+            continue
+        off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+        start = offsets[row]
+        data[start : start + off[-1] - off[0]] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
+        offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
+        if null_count and piece.null_count:
+            valid[row : row + len(piece)] = as_numpy(piece.is_valid())
+        row += len(piece)
+    release()  # the pieces, now copied
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
+    return pa.Array.from_buffers(
+        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=null_count
+    )
+
+
+def _string_bytes(piece: pa.Array) -> int:
+    off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+    return int(off[-1] - off[0]) if len(piece) else 0
+
+
+def group_distinct(key: str, schema: pa.Schema, columns: Callable[[int, int], list[pa.Array]], n: int) -> pa.Table:
+    """``table.group_by(key, use_threads=False).aggregate([(c, "distinct"), …])`` for every other column,
+    where ``columns(start, stop)`` makes rows ``start:stop`` of the ``n``-row table: the table is never
+    held whole. Its batches are those the table source would cut, so the output is the same, down to
+    the order ``hash_distinct`` lists values in (it follows the hash tables' input batch by batch)."""
+
+    def batches() -> Any:
+        for at in range(0, n, GROUP_BATCH):
+            yield pa.record_batch(columns(at, min(at + GROUP_BATCH, n)), schema=schema)
+
+    source = acero.RecordBatchReaderSourceNodeOptions(pa.RecordBatchReader.from_batches(schema, batches()))
+    aggregates = [([c], "hash_distinct", None, f"{c}_distinct") for c in schema.names if c != key]
+    plan = acero.Declaration.from_sequence(
+        [
+            acero.Declaration("record_batch_reader_source", source),
+            acero.Declaration("aggregate", acero.AggregateNodeOptions(aggregates, keys=[key])),
+        ]
+    )
+    return plan.to_table(use_threads=False)
+
+
+def release() -> None:
+    """Hand the pages Arrow's allocator kept after frees back to the system, between stages.
+
+    mimalloc (Arrow's default pool) keeps freed pages for reuse: at 10M rows, over 800 MiB at the
+    end of *resolve*, which the next stage's transients would stack on.
+    """
+    pa.default_memory_pool().release_unused()
 
 
 def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarray:
@@ -81,13 +165,15 @@ def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarra
     return as_numpy(pc.fill_null(pc.index_in(keys, value_set=value_set, skip_nulls=True), -1))
 
 
-def trimmed(captions: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Captions stripped of surrounding whitespace; chunks with nothing to strip are reused, not copied."""
-    chunks = []
-    for chunk in captions.chunks:
-        stripped = pc.utf8_trim_whitespace(chunk)
-        chunks.append(chunk if stripped.equals(chunk) else stripped)
-    return pa.chunked_array(chunks, pa.string())
+def trimmed_length(captions: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Length of each caption stripped of surrounding whitespace, a chunk at a time (the stripped
+    text is not kept: :func:`take` strips just the captions it takes, with ``each=trim``)."""
+    return pa.chunked_array([pc.utf8_length(trim(chunk)) for chunk in captions.chunks], pa.int32())
+
+
+def trim(captions: pa.Array) -> pa.Array:
+    """Captions stripped of surrounding whitespace."""
+    return pc.utf8_trim_whitespace(captions)
 
 
 def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,19 +194,43 @@ def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
 
 
 def sanitized_keys(image_ids: pa.Array) -> pa.Array:
-    """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python."""
+    """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python.
+
+    The ids to change are handled ``DIGEST_BATCH`` at a time (their intermediate columns too).
+    """
     kept = pc.match_substring_regex(image_ids, _KEY_KEPT)
     changed = np.flatnonzero(~as_numpy(kept))
     if len(changed) == 0:
         return image_ids
-    ids = take(image_ids, changed)
+    pieces = [
+        _sanitized(take(image_ids, changed[at : at + DIGEST_BATCH])) for at in range(0, len(changed), DIGEST_BATCH)
+    ]
+    key = concat(pieces, pa.string())
+    if len(changed) == len(image_ids) and kept.null_count == 0:
+        return key  # every id changed: the mask would replace them all
+    return pc.replace_with_mask(image_ids, pc.invert(kept), key)
+
+
+def all_distinct(values: pa.Array) -> bool:
+    """Whether every value is non-null and distinct: by sorting (``count_distinct``'s hash table
+    took 500 MiB for 2M keys, sorting 100 MiB)."""
+    if values.null_count:
+        return False
+    ordered = values.take(pc.sort_indices(values))
+    return not pc.any(pc.equal(ordered.slice(0, max(len(ordered) - 1, 0)), ordered.slice(1))).as_py()
+
+
+def _sanitized(ids: pa.Array) -> pa.Array:
     key = pc.utf8_trim(pc.replace_substring_regex(ids, KEY_BAD, "_"), "_")
     key = pc.if_else(pc.equal(key, ""), pa.scalar("img"), key)
-    digests = pa.array(
+    return pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), _digests(ids), "_")
+
+
+def _digests(ids: pa.Array) -> pa.Array:
+    """The first 10 hex digits of each id's SHA-256."""
+    return pa.array(
         [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
     )
-    key = pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), digests, "_")
-    return pc.replace_with_mask(image_ids, pc.invert(kept), key)
 
 
 def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts: np.ndarray) -> pa.Array:
@@ -131,10 +241,11 @@ def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts:
     """
     at = index[starts]
     out = take(values, at)
-    if out.null_count == 0:
-        return out
-    missing = np.flatnonzero(as_numpy(pc.is_null(out)))
-    rows = np.flatnonzero(np.isin(group, missing))
+    if out.null_count == 0 or values.null_count == len(values):
+        return out  # nothing to search: no group lacks a value, or no row has one
+    missing = as_numpy(pc.is_null(out))
+    rows = np.flatnonzero(missing[group])
+    del missing
     rows = rows[as_numpy(pc.is_valid(take(values, index[rows])))]
     found, first = np.unique(group[rows], return_index=True)
     at = at.copy()
