@@ -40,7 +40,7 @@ def unavailable(url: str, error: OSError) -> ImageUnavailable:
 
 def read_url_image(url: str, options: Mapping[str, Any] | None) -> bytes:
     """The bytes of one image object; raises ``ImageUnavailable``."""
-    from .. import storage  # storage imports the write stage, which imports the readers
+    from .. import storage
 
     try:
         return storage.read_bytes(url, options)
