@@ -165,7 +165,8 @@ def record(out: Location, names: Iterable[str], options: Options = None) -> None
 
     On an object store (no append) the ledger is rewritten whole with the new names added."""
     known = _ledger(out, options)
-    new = [n for n in dict.fromkeys(names) if n not in set(known)]
+    seen = set(known)
+    new = [n for n in dict.fromkeys(names) if n not in seen]
     if not new:
         return
     lines = "".join(json.dumps(n) + "\n" for n in new)
