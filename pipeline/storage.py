@@ -175,20 +175,10 @@ def _upload(fs: Any, protocol: str, data: bytes | Path, key: str) -> None:
 
 def _copy_file_atomic(source: Path, path: Path) -> None:
     """Copy a local file to ``path`` with :mod:`.write`'s discipline: temporary name, fsync, rename."""
-    from .write import TMP_MARK, fsync_dir
+    from .write import write_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with open(source, "rb") as src:
+        write_atomic(path, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
 
 
 def read_parquet(location: Location, options: Options = None, columns: list[str] | None = None) -> Any:

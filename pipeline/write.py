@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import storage
 from .errors import IntegrityError, OutputError
@@ -257,11 +257,17 @@ def fsync_dir(path: Path) -> None:
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temporary name, fsync and rename."""
+    write_atomic(path, lambda f: f.write(payload))
+
+
+def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+    """Write to ``path`` what ``fill`` writes into the file it is given, via a temporary name,
+    fsync and rename: ``path`` holds the old content or the whole new one, whenever the process dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

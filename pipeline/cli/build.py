@@ -175,17 +175,24 @@ def build(source: str | None, out: str | Path | None, fmt: str, sample_images: i
     else:
         spec = source_spec(source, **reading)
         out = out or Path("shards") / Path(source.rstrip("/")).stem
+    config, chosen = checked_config(spec, fmt, out, settings)
+    result = run_cleaning_up(run_build, spec, config, source if chosen else None)
+    if as_json:
+        click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
+    else:
+        click.echo(summary_line(result))
+
+
+def checked_config(spec: SourceSpec, fmt: str, out: Path | str, settings: dict[str, Any]) -> tuple[BuildConfig, bool]:
+    """The ``BuildConfig`` of a build or plan command (``--format auto`` detected and said), its
+    ``--exclude-near`` builds checked; and whether ``--format`` was chosen."""
     chosen = fmt != "auto"
     if not chosen:
         fmt = detect(spec)
         click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
     config = BuildConfig(out=out, format=fmt, **settings)
     check_exclude_near(config.exclude_near, config.out)
-    result = run_cleaning_up(run_build, spec, config, source if chosen else None)
-    if as_json:
-        click.echo(json.dumps({"status": result.status, "out": str(result.out), "manifest": result.manifest}))
-    else:
-        click.echo(summary_line(result))
+    return config, chosen
 
 
 def split_options(opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,10 +12,8 @@ from typing import Any
 import click
 
 from ..build import Planned, plan_build
-from ..config import BuildConfig
-from ..readers import detect
 from ..text import plural
-from .build import CONFIG_OPTIONS, NEAR_OPTIONS, check_exclude_near, run_cleaning_up, split_options
+from .build import CONFIG_OPTIONS, NEAR_OPTIONS, checked_config, run_cleaning_up, split_options
 from .options import json_option, options
 from .source import source_options, source_spec
 
@@ -38,12 +36,7 @@ def plan(source: str, out: str, fmt: str, as_json: bool, **opts: Any) -> None:
     """
     settings, reading = split_options(opts)
     spec = source_spec(source, **reading)
-    chosen = fmt != "auto"
-    if not chosen:
-        fmt = detect(spec)
-        click.echo(f"format: {fmt} (detected; pass --format to choose)", err=True)
-    config = BuildConfig(out=out, format=fmt, **settings)
-    check_exclude_near(config.exclude_near, config.out)
+    config, chosen = checked_config(spec, fmt, out, settings)
     planned = run_cleaning_up(plan_build, spec, config, source if chosen else None)
     if as_json:
         click.echo(json.dumps(_summary(planned)))
