@@ -131,6 +131,8 @@ class Written:
     written: int
     reused: int
     finished: bool = False
+    #: Every shard of the slice as this run wrote it or found it unchanged (its bytes hashed now).
+    results: dict[str, ShardResult] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> BuildResult:
@@ -146,9 +148,9 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         if planned.plan is None:
             return BuildResult(planned.out, "up_to_date", planned.manifest or {})
         assert executor is not None  # made whenever there is a plan
-        reused = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats).reused
-        manifest = _finalize_phase(planned.out, planned.plan, opts, stats, _REWRITE_HINT)
-    return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, reused)
+        written = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats)
+        manifest = _finalize_phase(planned.out, planned.plan, opts, stats, _REWRITE_HINT, written.results)
+    return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, written.reused)
 
 
 def plan_build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> Planned:
@@ -180,7 +182,7 @@ def write_slice(
             return Written(part, 0, len(tasks))
         spec = dataclasses.replace(_shipped_spec(plan.source_spec()), storage_options=dict(options or {}))
         reader = get_reader(plan.source_format)(spec)
-        with contextlib.closing(executor.make(reader)) as ex:
+        with contextlib.closing(executor.make(reader, _worker_modules(reader))) as ex:
             return _write_phase(out, plan, part, ex, progress, options, BuildStats(executor.workers))
 
 
@@ -242,6 +244,11 @@ def _plan_phase(
     reader = get_reader(fmt)(spec)
     if config.format == "auto":
         log.info("format auto: reading %s as %s", spec.path or "the in-memory dataset", fmt)
+    # Started now, so a process pool's workers start Python and import while the rows are read;
+    # they get the reader (which read() may change) with their first task.
+    choice = ExecutorChoice(config.executor, config.workers, config.ray_address)
+    executor = stack.enter_context(contextlib.closing(choice.make(preload=_worker_modules(reader))))
+    executor.start()
     rows = _read(reader)
     root = image_root(spec.images, spec.path)
     listing = scan(referenced_paths(rows), root, options=spec.storage_options)
@@ -260,8 +267,7 @@ def _plan_phase(
     if existing is not None:
         return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out, opts) == "complete"
-    choice = ExecutorChoice(config.executor, config.workers, config.ray_address)
-    executor = stack.enter_context(contextlib.closing(choice.make(_worker_reader(reader, fmt, spec))))
+    executor.context = _worker_reader(reader, fmt, spec)
     plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
     return Planned(out, "kept" if resumed else "planned", plan), executor
 
@@ -336,13 +342,19 @@ _SLICES_HINT = "Run capshard write for their slices (a node-local --out on a clu
 
 
 def _finalize_phase(
-    out: Location, plan: plan_store.Plan, opts: Options, stats: BuildStats | None, hint: str
+    out: Location,
+    plan: plan_store.Plan,
+    opts: Options,
+    stats: BuildStats | None,
+    hint: str,
+    hashed: dict[str, ShardResult] | None = None,
 ) -> dict[str, Any]:
     """*finalize*: every planned shard must be in ``out`` with the size and sha256 of its done record
-    (checked here, on the driver: :func:`.finalize.check_shards`); then :func:`_finish`."""
+    (checked here, on the driver: :func:`.finalize.check_shards`; ``hashed``: the shards this run
+    wrote or re-hashed, not read again); then :func:`_finish`."""
     records = {name: plan_store.done_record(out, name, opts) for name in plan.shards()}
     results = {name: done for name, done in records.items() if done is not None}
-    check_shards(out, plan.shards(), results, opts, hint)
+    check_shards(out, plan.shards(), results, opts, hint, hashed)
     return _finish(out, plan, results, *_load_names(out, plan, opts), opts, stats)
 
 
@@ -465,7 +477,7 @@ def _write_phase(
     """*write*: the shards of slice ``part`` not already written (and unchanged)."""
     tasks = part.of(plan.tasks(_shipped_out(out), opts))
     results, reused = _write_shards(out, tasks, executor, progress, opts, stats)
-    return Written(part, len(results) - reused, reused)
+    return Written(part, len(results) - reused, reused, results=results)
 
 
 def _write_shards(
@@ -514,6 +526,11 @@ def _shipped_spec(spec: SourceSpec) -> SourceSpec:
     if images is not None and not is_url(images):
         images = Path(os.path.abspath(images))
     return dataclasses.replace(spec, path=path, images=images)
+
+
+def _worker_modules(reader: Reader) -> tuple[str, ...]:
+    """What a build's pool workers import as they start: the task functions' modules and the reader's."""
+    return ("pipeline.probe", "pipeline.write", type(reader).__module__)
 
 
 def _worker_reader(reader: Reader, fmt: str, spec: SourceSpec) -> Reader:

@@ -2,9 +2,13 @@
 
 An executor maps a picklable top-level function ``fn(context, task)`` over picklable
 tasks and yields the results as they complete. The *context* (the build's reader, which
-may hold a whole in-memory dataset) is sent to each worker once, when it starts, not
-with every task. ``serial`` runs in-process (``--workers 1``), ``process`` uses a
-spawn-started process pool on this machine, ``ray`` runs the same tasks on a Ray
+may hold a whole in-memory dataset) is sent to each worker once, before its first task,
+not with every task; it may be set after the executor is made (``executor.context = …``),
+so that ``start()`` can start the workers early: a process pool's workers then start
+Python and import their modules (``preload``) while the caller still reads its input.
+
+``serial`` runs in-process (``--workers 1``), ``process`` uses a spawn-started process
+pool on this machine, ``ray`` runs the same tasks on a Ray
 cluster (``pip install 'capshard[ray]'``; the CLI passes ``--ray-address``, default
 ``RAY_ADDRESS``), spreading tasks over its nodes and retrying a task whose worker or node
 died, or that hit an I/O error. Results are keyed by the task, so the order of completion
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import itertools
 import logging
 import multiprocessing
@@ -46,7 +51,12 @@ TaskFn = Callable[[Any, T], R]
 
 class Executor(Protocol):
     """Maps ``fn(context, task)`` over ``tasks``, yielding results in completion order;
-    ``close`` frees its workers."""
+    ``start`` starts its workers ahead of the first map (where it has any to start); ``close``
+    frees them. ``context`` may change until the first map."""
+
+    context: Any
+
+    def start(self) -> None: ...
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]: ...
 
@@ -58,6 +68,9 @@ class SerialExecutor:
 
     def __init__(self, context: Any = None) -> None:
         self.context = context
+
+    def start(self) -> None:
+        pass
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         for task in tasks:
@@ -75,31 +88,46 @@ class ProcessExecutor:
     """``workers`` spawn-started processes, kept for every map until ``close``.
 
     Each worker has its own pipe and gets one task at a time, so the task list is never
-    pickled whole and a worker that dies is known by the task it held. Only public
+    pickled whole and a worker that dies is known by the task it held. The context goes
+    down the pipe before the first task; a worker imports the modules named in ``preload``
+    as soon as it starts (:meth:`start`), before it waits for the context. Only public
     ``multiprocessing`` API: ``Process``, ``Pipe``, ``connection.wait`` on pipes and process
     sentinels, ``Process.kill``.
     """
 
-    def __init__(self, workers: int, context: Any = None) -> None:
+    def __init__(self, workers: int, context: Any = None, preload: tuple[str, ...] = ()) -> None:
         self.workers = workers
         self.context = context
+        self.preload = preload
         self._procs: list[_Worker] = []
+        self._context_sent = False
 
-    def _start(self) -> list[_Worker]:
-        if not self._procs:
-            # spawn, not fork: the parent holds Arrow and datasets thread pools.
-            ctx = multiprocessing.get_context("spawn")
-            for _ in range(self.workers):
-                ours, theirs = ctx.Pipe()
-                process = ctx.Process(target=_worker_main, args=(os.getpid(), self.context, theirs))
-                process.start()
-                theirs.close()
-                self._procs.append(_Worker(process, ours))
+    def start(self) -> None:
+        """Start the worker processes now (idempotent); they get the context with the first map."""
+        if self._procs:
+            return
+        # spawn, not fork: the parent holds Arrow and datasets thread pools.
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(self.workers):
+            ours, theirs = ctx.Pipe()
+            process = ctx.Process(target=_worker_main, args=(os.getpid(), self.preload, theirs))
+            process.start()
+            theirs.close()
+            self._procs.append(_Worker(process, ours))
+
+    def _ready(self) -> list[_Worker]:
+        """The started workers, each sent the context once."""
+        self.start()
+        if not self._context_sent:
+            for worker in self._procs:
+                _send(worker, ("context", self.context), "its context")
+            self._context_sent = True
         return self._procs
 
     def close(self) -> None:
         """Let every worker finish and exit."""
         procs, self._procs = self._procs, []
+        self._context_sent = False
         for worker in procs:
             with contextlib.suppress(OSError):  # already gone
                 worker.conn.send(None)
@@ -115,6 +143,7 @@ class ProcessExecutor:
         to write.
         """
         procs, self._procs = self._procs, []
+        self._context_sent = False
         for worker in procs:
             worker.process.kill()
         for worker in procs:
@@ -123,8 +152,8 @@ class ProcessExecutor:
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         todo = iter(tasks)
-        procs = self._start()
         try:
+            procs = self._ready()
             while True:
                 for worker in procs:
                     if worker.task is _IDLE:
@@ -132,7 +161,7 @@ class ProcessExecutor:
                         if task is _IDLE:
                             break
                         worker.task = task
-                        _send(worker, fn, task)
+                        _send(worker, ("task", fn, task), _describe(task))
                 busy = [w for w in procs if w.task is not _IDLE]
                 if not busy:
                     break
@@ -157,14 +186,14 @@ class _Worker:
         self.task: Any = _IDLE
 
 
-def _send(worker: _Worker, fn: Callable[..., Any], task: Any) -> None:
+def _send(worker: _Worker, message: tuple[Any, ...], what: str) -> None:
+    """Send ``message`` (``("context", context)`` or ``("task", fn, task)``) to ``worker``;
+    ``what`` names it should the worker be dead."""
     try:
-        worker.conn.send((fn, task))
+        worker.conn.send(message)
     except OSError:  # the worker died while idle; its pipe is closed
         worker.process.join()
-        raise WorkerDied(
-            f"a worker process died (exit code {worker.process.exitcode}) before it got {_describe(task)}"
-        ) from None
+        raise WorkerDied(f"a worker process died (exit code {worker.process.exitcode}) before it got {what}") from None
 
 
 def _collect(worker: _Worker) -> Any:
@@ -191,9 +220,13 @@ def _describe(task: Any) -> str:
     return type(task).__name__
 
 
-def _worker_main(parent: int, context: Any, conn: Connection) -> None:
-    """A worker: set up once, then run ``(fn, task)`` messages until ``None`` or a closed pipe."""
+def _worker_main(parent: int, preload: tuple[str, ...], conn: Connection) -> None:
+    """A worker: set up once, import ``preload``, then take a ``("context", context)`` message and
+    run ``("task", fn, task)`` messages until ``None`` or a closed pipe."""
     _init_worker(parent)
+    for module in preload:
+        importlib.import_module(module)
+    context: Any = None
     while True:
         try:
             message = conn.recv()
@@ -201,7 +234,10 @@ def _worker_main(parent: int, context: Any, conn: Connection) -> None:
             return
         if message is None:
             return
-        fn, task = message
+        if message[0] == "context":
+            context = message[1]
+            continue
+        _, fn, task = message
         try:
             reply: tuple[bool, Any] = (True, fn(context, task))
         except Exception as exc:  # sent to the parent, which raises it
@@ -265,10 +301,21 @@ class RayExecutor:
                 ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
             except ConnectionError as e:
                 raise UsageError(f"cannot reach the Ray cluster at {address}: {e}") from None
-        self.context_ref = ray.put(context)  # stored once in the object store
+        self.context = context
+        self._context_ref: tuple[Any, Any] | None = None
+
+    def start(self) -> None:
+        pass  # the cluster's workers are Ray's
+
+    def _context(self) -> Any:
+        """The context's reference in the object store, put there once (again if it was replaced)."""
+        if self._context_ref is None or self._context_ref[0] is not self.context:
+            self._context_ref = (self.context, self.ray.put(self.context))
+        return self._context_ref[1]
 
     def map_unordered(self, fn: TaskFn[T, R], tasks: Iterable[T]) -> Generator[R, None, None]:
         remote = self.ray.remote(_run_on_ray)
+        context_ref = self._context()
         slots = self._slots()
         pending: dict[Any, T] = {}
         todo = iter(tasks)
@@ -282,7 +329,7 @@ class RayExecutor:
                         break
                     where = remote.options(max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED),
                                            scheduling_strategy=next(dealt))
-                    pending[where.remote(fn, self.context_ref, task)] = task
+                    pending[where.remote(fn, context_ref, task)] = task
                 if not pending:
                     break
                 done, _ = self.ray.wait(list(pending), num_returns=1)
@@ -331,23 +378,30 @@ class ExecutorChoice:
     workers: int = 1
     ray_address: str | None = None
 
-    def make(self, context: Any = None) -> Executor:
-        return make_executor(self.name, self.workers, context, address=self.ray_address)
+    def make(self, context: Any = None, preload: tuple[str, ...] = ()) -> Executor:
+        return make_executor(self.name, self.workers, context, address=self.ray_address, preload=preload)
 
 
-def _local(workers: int, context: Any, address: str | None = None) -> Executor:
-    return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context)
+def _local(workers: int, context: Any, address: str | None, preload: tuple[str, ...]) -> Executor:
+    return SerialExecutor(context) if workers <= 1 else ProcessExecutor(workers, context, preload)
 
 
-#: ``--executor`` name -> factory taking (workers, context, address); only Ray uses the address.
-EXECUTORS: dict[str, Callable[[int, Any, str | None], Executor]] = {"process": _local, "ray": RayExecutor}
+def _ray(workers: int, context: Any, address: str | None, preload: tuple[str, ...]) -> Executor:
+    return RayExecutor(workers, context, address)
 
 
-def make_executor(name: str, workers: int, context: Any = None, *, address: str | None = None) -> Executor:
+#: ``--executor`` name -> factory taking (workers, context, address, preload); only Ray uses the
+#: address, only the process pool the modules its workers import as they start.
+EXECUTORS: dict[str, Callable[[int, Any, str | None, tuple[str, ...]], Executor]] = {"process": _local, "ray": _ray}
+
+
+def make_executor(
+    name: str, workers: int, context: Any = None, *, address: str | None = None, preload: tuple[str, ...] = ()
+) -> Executor:
     """The executor for ``--executor NAME`` and ``--workers N`` (``--ray-address``: ``address``);
-    tasks get ``context`` first."""
+    tasks get ``context`` first; a process pool's workers import ``preload`` when they start."""
     try:
         factory = EXECUTORS[name]
     except KeyError:
         raise UsageError(f"unknown executor {name!r}; valid: {', '.join(EXECUTORS)}") from None
-    return factory(workers, context, address)
+    return factory(workers, context, address, preload)

@@ -72,17 +72,25 @@ def check_shards(
     results: dict[str, ShardResult],
     options: Options = None,
     hint: str = "Re-run to write them again",
+    hashed: Mapping[str, ShardResult] | None = None,
 ) -> None:
     """Before the manifest: every planned shard is in ``out`` with the size and sha256 of its
     ``done`` record, else one :class:`OutputError` naming the missing or different shards (a
-    shard written to a node-local disk of another machine is missing here)."""
+    shard written to a node-local disk of another machine is missing here).
+
+    ``hashed``: what this process learnt of shards whose bytes it hashed in this run (the
+    writers hash what they write; a reused shard was hashed against its record): such a
+    shard is not read again when its record says the same sha256; its size is still checked."""
     bad: list[str] = []
+    hashed = hashed or {}
     for name in planned:
         result = results.get(name)
         where = storage.join(out, name)
+        known = hashed.get(name)
         try:
             ok = result is not None and storage.size(where, options) == result.bytes
-            ok = ok and result is not None and storage.sha256(where, options)[0] == result.sha256
+            if ok and result is not None and (known is None or known.sha256 != result.sha256):
+                ok = storage.sha256(where, options)[0] == result.sha256
         except FileNotFoundError:
             ok = False
         if not ok:

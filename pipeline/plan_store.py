@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,8 @@ class Plan:
     def tasks(self, out: Location, options: Options = None) -> list[ShardTask]:
         """One write task per shard, sorted by name (``options``: the store's ``--storage-options``)."""
         samples: dict[str, list[SampleSpec]] = {}
-        for r in self.images.to_pylist():
-            samples.setdefault(r["shard"], []).append(_sample_spec(r))
+        for shard, spec in zip(self.images["shard"].to_pylist(), _sample_specs(self.images), strict=True):
+            samples.setdefault(shard, []).append(spec)
         done = (Path(STATE) / DONE).as_posix()
         return [
             ShardTask(name, str(out), tuple(s), self.source_format, self.resize, f"{done}/{name}.json",
@@ -117,26 +118,24 @@ def source_record(spec: SourceSpec) -> dict[str, Any]:
     return data
 
 
-def _sample_spec(r: dict[str, Any]) -> SampleSpec:
-    return SampleSpec(
-        key=r["key"],
-        image_id=r["image_id"],
-        group=r["group"],
-        split=r["split"],
-        captions=tuple(r["captions"]),
-        caption_ids=tuple(r["caption_ids"]),
-        row_ids=tuple(r["row_ids"]),
-        source_ids=tuple(r["source_ids"]),
-        source_urls=tuple(r.get("source_urls") or ()),
-        sha256=r["sha256"],
-        format=r["format"],
-        width=r["width"],
-        height=r["height"],
-        image_path=r["image_path"],
-        image_index=r["image_index"],
-        file_name=r["file_name"],
-        caption_sources=tuple(r.get("caption_sources") or ()),
-    )
+#: SampleSpec fields that are tuples (list columns in the plan); the plan may lack the optional ones.
+_TUPLE_FIELDS = frozenset({"captions", "caption_ids", "row_ids", "source_ids", "source_urls", "caption_sources"})
+_OPTIONAL_FIELDS = frozenset({"source_urls", "caption_sources"})
+
+
+def _sample_specs(images: pa.Table) -> Iterator[SampleSpec]:
+    """One :class:`SampleSpec` per row of the plan's ``images``, in row order (read column by column:
+    a plan of millions of images turns into tasks without a dict per row)."""
+    columns: list[list[Any]] = []
+    for field in dataclasses.fields(SampleSpec):
+        if field.name in _OPTIONAL_FIELDS and field.name not in images.column_names:
+            columns.append([()] * images.num_rows)
+            continue
+        values = images[field.name].to_pylist()
+        if field.name in _TUPLE_FIELDS:
+            values = [tuple(v or ()) for v in values]
+        columns.append(values)
+    return (SampleSpec(*row) for row in zip(*columns, strict=True))
 
 
 def state_dir(out: Location) -> Path | str:

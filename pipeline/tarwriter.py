@@ -5,11 +5,16 @@ of mode 0444, uid/gid 0, no user or group names and a fixed mtime: a 512-byte he
 member, the payload padded to 512 bytes, two zero blocks at the end and zero padding to
 a 10240-byte record. It hashes the bytes as it writes them, so the shard's sha256 needs
 no second read of the file.
+
+Into a real file, the buffered pieces go out in one ``writev`` per :data:`FLUSH_AT` bytes,
+with no copy into one buffer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 from typing import BinaryIO
 
 BLOCK = 512
@@ -18,6 +23,8 @@ RECORD = 20 * BLOCK
 FLUSH_AT = 4 << 20
 _NAME_MAX = 100
 _SIZE_MAX = 8**11 - 1  # an 11-digit octal field; USTAR has no larger sizes
+#: Most buffers one ``writev`` takes.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -62,6 +69,9 @@ class TarWriter:
         self._buffered = 0
         self._size = 0
         self._hash = hashlib.sha256()
+        self._fd = _fileno(fileobj)
+        if self._fd is not None:
+            fileobj.flush()  # from here on the writer writes to the descriptor itself
 
     def add(self, name: str, payload: bytes) -> None:
         """Append one regular-file member."""
@@ -88,10 +98,43 @@ class TarWriter:
             self._flush()
 
     def _flush(self) -> None:
-        if self._parts:
-            chunk = b"".join(self._parts)
-            self._hash.update(chunk)
-            self._file.write(chunk)
-            self._parts.clear()
-            self._buffered = 0
+        if not self._parts:
+            return
+        for part in self._parts:
+            self._hash.update(part)
+        if self._fd is None:
+            self._file.write(b"".join(self._parts))
+        else:
+            _write_all(self._fd, self._parts)
+        self._parts.clear()
+        self._buffered = 0
+
+
+def _fileno(fileobj: BinaryIO) -> int | None:
+    """The descriptor of a regular file opened for writing, else None (an in-memory buffer, a pipe)."""
+    try:
+        fd = fileobj.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:  # not seekable: a pipe or a socket
+        return None
+    return fd
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part, in order, with as few ``writev`` calls as the OS allows."""
+    pending = [memoryview(p) for p in parts if p]
+    while pending:
+        batch = pending[:_IOV_MAX]
+        done = os.writev(fd, batch)
+        while done and pending:  # drop what was written, keep the rest of a part cut short
+            first = pending[0]
+            if done >= len(first):
+                done -= len(first)
+                pending.pop(0)
+            else:
+                pending[0] = first[done:]
+                done = 0
 

@@ -185,7 +185,7 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
     with tempfile.TemporaryDirectory(prefix="capshard-shard-") as folder:
         tmp = Path(folder, task.name)
         try:
-            result = _write_tar(reader, task, tmp)
+            result = _write_tar(reader, task, tmp, durable=False)  # uploaded whole, then gone
         except OSError as e:
             if e.errno is None:
                 raise
@@ -199,8 +199,8 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
     return result
 
 
-def _write_tar(reader: Reader, task: ShardTask, path: Path) -> ShardResult:
-    """Write the shard's tar to ``path`` (fsynced) and say what it holds."""
+def _write_tar(reader: Reader, task: ShardTask, path: Path, *, durable: bool = True) -> ShardResult:
+    """Write the shard's tar to ``path`` (fsynced when ``durable``) and say what it holds."""
     entries: list[StoredSample] = []
     captions = 0
     with open(path, "wb") as f:
@@ -216,7 +216,8 @@ def _write_tar(reader: Reader, task: ShardTask, path: Path) -> ShardResult:
             entries.append(StoredSample(spec.key, digest, width, height, EXTENSIONS[fmt]))
             captions += len(spec.captions)
         shard_sha, size = tar.close()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     return ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
 
 
