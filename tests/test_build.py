@@ -370,3 +370,30 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path: Path) -> None:
                        r"\(missing name"):
         build(SourceSpec(path=str(token), images=images), BuildConfig(out=tmp_path / "b", workers=1, overwrite=True))
     assert (tmp_path / "b" / "manifest.json").read_text() == '{"format": "capshard/1"}'
+
+
+def test_finalize_reads_back_no_shard_this_build_wrote_but_still_checks_each_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import finalize, storage
+    from pipeline.write import ShardResult
+
+    read_back: list[str] = []
+    real_sha256 = storage.sha256
+
+    def counted(path: str, options: object = None) -> tuple[str, int]:
+        read_back.append(str(path))
+        return real_sha256(path, options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "sha256", counted)
+    spec = SourceSpec(dataset=nlphuji_dataset(12))
+    result = build(spec, BuildConfig(out=tmp_path / "out", workers=1, max_images_per_shard=4))
+    shards = {s["name"]: s for split in result.manifest["splits"].values() for s in split["shards"]}
+    assert len(shards) == 3
+    assert read_back == []  # the writer hashed each shard as it wrote it: no second read
+
+    hashed = {n: ShardResult(n, s["images"], s["captions"], s["bytes"], s["sha256"], ()) for n, s in shards.items()}
+    first = sorted(shards)[0]
+    (result.out / first).unlink()
+    with pytest.raises(OutputError, match=rf"1 of 3 planned shards are missing .*\({first}\)"):
+        finalize.check_shards(result.out, sorted(shards), hashed, hashed=hashed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,30 @@ def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
     with pytest.raises(UsageError, match=r"pip install 'capshard\[ray\]'"):
         make_executor("ray", 2)
+
+
+def _context_and_pid(context: str, x: int) -> tuple[str, int, int]:
+    return context, x, os.getpid()
+
+
+def test_workers_started_early_get_the_context_set_later() -> None:
+    # build starts the pool before the rows are read, and gives it the reader afterwards.
+    executor = make_executor("process", 2, preload=("json", "pipeline.write"))
+    try:
+        executor.start()
+        pids = {p.pid for p in multiprocessing.active_children()}
+        executor.context = "the reader"
+        results = sorted(executor.map_unordered(_context_and_pid, range(6)))
+        assert [(c, x) for c, x, _ in results] == [("the reader", x) for x in range(6)]
+        assert {pid for _, _, pid in results} <= pids  # the workers started early ran the tasks
+    finally:
+        executor.close()
+    assert not multiprocessing.active_children()
+
+
+def test_a_pool_started_and_closed_without_a_map_exits() -> None:
+    # e.g. build finds the folder up to date after starting its workers
+    executor = make_executor("process", 2, preload=("pipeline.probe",))
+    executor.start()
+    executor.close()
+    assert not multiprocessing.active_children()
