@@ -103,8 +103,8 @@ def resolve(
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
     needs_name = spec.missing_reason is not None
     rejected = _flagged(rows, probed, pos, caption, names if needs_name else None, config.max_caption_chars)
-    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, np.flatnonzero(rejected), config)
-    valid = np.flatnonzero(~rejected)
+    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, cols.positions(rejected), config)
+    valid = cols.positions(~rejected)
     del rejected
     cols.release()
 
@@ -134,8 +134,15 @@ def resolve(
         valid, identity, name = valid[keep], identity[keep], name[keep]
     del keep
     cols.release()
-    images = _aggregate(rows, probed, pos, caption, valid, identity, naming.ids, name_values, name)
-    del pos, valid, identity, name
+    by_id = _images_by_id(identity, naming.ids)
+    # First, while the least is held: its group-by is the largest transient of this stage.
+    sources = _source_lists(rows, valid, identity, naming.ids, name_values, name, by_id)
+    del name
+    groups = _grouped(valid, identity, pos, by_id, len(naming.ids))
+    del pos, valid, identity  # the output columns are taken through ``groups`` alone
+    cols.release()
+    images = _aggregate(rows, probed, caption, naming.ids, groups, sources)
+    del groups, sources
     cols.release()
     _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
     images = _keyed(images)
@@ -434,46 +441,64 @@ def _handle_leaks(
     return keep_rows, rejects
 
 
-def _aggregate(
-    rows: pa.Table,
-    probed: pa.Table,
-    pos: np.ndarray,
-    caption: pa.ChunkedArray,
-    valid: np.ndarray,
-    identity: np.ndarray,
-    image_ids: pa.Array,
-    names: pa.Array,
-    name: np.ndarray,
-) -> pa.Table:
-    """One row per image, sorted by image id; captions and their ids in source (row id) order.
-
-    ``valid`` are row positions in source order; ``identity`` their codes into ``image_ids``.
-    """
+def _images_by_id(identity: np.ndarray, image_ids: pa.Array) -> np.ndarray:
+    """The identity codes that valid rows have, in image-id order: the output's row order."""
     present = np.unique(identity)
-    by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
-    del present
-    # First, while the least is held: its group-by is the largest transient of this stage.
-    sources = _source_lists(rows, valid, identity, image_ids, names, name, by_id)
-    rank_of = np.zeros(len(image_ids), np.int32 if len(image_ids) < 2**31 else np.int64)
+    return present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """The valid rows grouped by image: what the output columns are taken with.
+
+    ``order``: row positions, by image (in ``by_id`` order), in source order within each;
+    ``in_probe``: their rows in the probe table; ``rank``: their image's output row;
+    ``starts``: each image's first position in ``order``.
+    """
+
+    by_id: np.ndarray
+    order: np.ndarray
+    in_probe: np.ndarray
+    rank: np.ndarray
+    starts: np.ndarray
+
+
+def _grouped(valid: np.ndarray, identity: np.ndarray, pos: np.ndarray, by_id: np.ndarray, n_codes: int) -> _Groups:
+    """Group the ``valid`` rows (``identity``: their codes, of ``n_codes``) by image, output order."""
+    rank_of = np.zeros(n_codes, cols.index_type(n_codes))
     rank_of[by_id] = np.arange(len(by_id))
     rank = rank_of[identity]
     del rank_of
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
-    order, rank, n = valid[local], rank[local], len(by_id)
+    order, rank = valid[local], rank[local]
     del local
-    starts = np.searchsorted(rank, np.arange(n))
-    # As group_by's "first": the first non-null value of each column, in source order.
-    in_probe = pos[order]
+    return _Groups(by_id, order, pos[order], rank, np.searchsorted(rank, np.arange(len(by_id))))
+
+
+def _aggregate(
+    rows: pa.Table,
+    probed: pa.Table,
+    caption: pa.ChunkedArray,
+    image_ids: pa.Array,
+    groups: _Groups,
+    sources: dict[str, pa.Array],
+) -> pa.Table:
+    """One row per image, sorted by image id; captions and their ids in source (row id) order.
+
+    The output columns are taken one by one, in their final order: ``caption`` stripped, the
+    others as ``group_by``'s "first" (each image's first non-null value, in source order).
+    """
+    order, rank, starts, n = groups.order, groups.rank, groups.starts, len(groups.by_id)
     return pa.table(
         {
-            "image_id": cols.take(image_ids, by_id),
+            "image_id": cols.take(image_ids, groups.by_id),
             "captions": cols.list_column(cols.take(caption, order, cols.trim), rank, n),
             "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
             "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
             **sources,
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
             **{
-                c: cols.first_valid(probed[c], in_probe, rank, starts)
+                c: cols.first_valid(probed[c], groups.in_probe, rank, starts)
                 for c in ("sha256", "n_bytes", "format", "width", "height")
             },
             **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("image_path", "image_index", "file_name")},

@@ -1,8 +1,8 @@
 """Column kernels of stage *resolve*: per-row work as Arrow/NumPy operations, not Python loops.
 
 :mod:`.resolve` decides what the rules are; this module applies them to millions of rows
-without a Python object per row. Rows are addressed by position (``int64`` indices into
-the caption-row table) and strings by integer codes (:func:`codes`), so the wide caption
+without a Python object per row. Rows are addressed by position (``int32`` indices into
+the caption-row table, :func:`positions`) and strings by integer codes (:func:`codes`), so the wide caption
 table is never joined, sorted or copied whole: each output column is taken once, in its
 final order. Python runs only for the rare rows a rule singles out (merged or conflicting
 ids, clashing image ids, leaked images, rejected rows).
@@ -23,6 +23,8 @@ ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
 #: Rows per batch that Acero's table source cuts a table into (``TableSourceNodeOptions``' default).
 GROUP_BATCH = 1 << 20
+#: Indices gathered per block by :func:`take` from a chunked column.
+TAKE_BLOCK = 1 << 20
 #: Ids hashed in Python per batch (not a Python string per image id at once).
 DIGEST_BATCH = 65536
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
@@ -42,18 +44,30 @@ def as_numpy(values: ArrayLike) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
+def positions(mask: np.ndarray) -> np.ndarray:
+    """The positions where ``mask`` is true, as ``int32`` when they fit (half of NumPy's ``int64``:
+    position arrays are the largest NumPy transients of *resolve*, one entry per caption row)."""
+    return np.flatnonzero(mask).astype(index_type(len(mask)), copy=False)
+
+
+def index_type(n: int) -> type[np.signedinteger[Any]]:
+    """The narrowest of ``int32``/``int64`` that holds positions into ``n`` rows (and -1)."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
-    """``values`` at ``indices`` as one array; an index of -1 gives null.
+    """``values`` at ``indices`` (``int32`` or ``int64``) as one array; an index of -1 gives null.
 
     ``each``: an element-wise function applied to the taken values (piece by piece, so that
     the values are not held twice, before and after it).
     """
     negative = indices < 0
-    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
+    has_negative = bool(negative.any())
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not has_negative:
         return _take_by_chunk(values, indices, each)
     if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
         values = values.chunk(0)  # Arrow's take on a chunked column copies it into one first
-    out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
+    out = pc.take(values, pa.array(indices, mask=negative if has_negative else None))
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
     return each(out) if each is not None else out
 
@@ -61,63 +75,125 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
 def _take_by_chunk(
     values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
 ) -> pa.Array:
-    """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
-    it (a copy of the whole column, to take a few rows of it)."""
-    starts = np.cumsum([0] + [len(c) for c in values.chunks])
-    chunk = np.searchsorted(starts, indices, side="right") - 1
+    """``take`` chunk by chunk (Arrow's take on a chunked column first concatenates all of it: a
+    copy of the whole column, to take a few rows of it), ``TAKE_BLOCK`` indices at a time, each
+    block copied into the output's final buffers once gathered: besides the output, a take holds
+    one block, never all the pieces."""
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    n_bytes = _taken_bytes(values, indices) if values.type == pa.string() else 0
+    if values.type != pa.string() or n_bytes >= 2**31:  # (too long for one string array: Arrow's error)
+        blocks = [_take_block(values, bounds, indices[at : at + TAKE_BLOCK], each) for at in _blocks(len(indices))]
+        return pa.concat_arrays(blocks) if blocks else pa.array([], values.type)
+    out = StringColumn(len(indices), n_bytes)
+    for at in _blocks(len(indices)):
+        out.append(_take_block(values, bounds, indices[at : at + TAKE_BLOCK], each))
+    return out.finish()
+
+
+def _blocks(n: int) -> range:
+    return range(0, n, TAKE_BLOCK)
+
+
+def _take_block(
+    values: pa.ChunkedArray, bounds: np.ndarray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> pa.Array:
+    """``values`` at ``indices`` (one block of a take), gathered chunk by chunk, in the order asked."""
+    chunk = np.searchsorted(bounds, indices, side="right") - 1
     by_chunk = np.argsort(chunk, kind="stable")
-    bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
+    limits = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
     pieces = []
     for c in range(values.num_chunks):
-        if bounds[c + 1] > bounds[c]:
-            piece = values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
+        if limits[c + 1] > limits[c]:
+            local = indices[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]
+            piece = values.chunk(c).take(pa.array(local.astype(index_type(len(values.chunk(c))))))
             pieces.append(each(piece) if each is not None else piece)
-    del by_chunk
-    gathered = concat(pieces, values.type)
+    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
+    del pieces
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
         return gathered  # already in the order asked
-    inverse = np.empty(len(indices), np.int64)
-    inverse[np.argsort(chunk, kind="stable")] = np.arange(len(indices))
-    del chunk
+    inverse = np.empty(len(indices), index_type(len(indices)))
+    inverse[by_chunk] = np.arange(len(indices), dtype=inverse.dtype)
     return gathered.take(pa.array(inverse))
+
+
+def _taken_bytes(values: pa.ChunkedArray, indices: np.ndarray) -> int:
+    """The string bytes of ``values`` at ``indices``: what a take's output holds (before ``each``)."""
+    lengths = np.concatenate([np.diff(_offsets(c)) for c in values.chunks])
+    return sum(int(lengths[indices[at : at + TAKE_BLOCK]].sum(dtype=np.int64)) for at in _blocks(len(indices)))
+
+
+def _offsets(piece: pa.Array) -> np.ndarray:
+    """The ``len(piece) + 1`` string offsets of ``piece`` (a view of its buffer)."""
+    return np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
 
 
 def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
     """The pieces as one array; ``pieces`` is emptied. Strings are copied piece by piece into
     buffers of the final size, each piece let go once copied (``pa.concat_arrays`` holds all the
     pieces and the result at once: twice the column)."""
-    if type_ != pa.string() or sum(p.nbytes for p in pieces) >= 2**31 - 1:
+    if type_ != pa.string():
         out = pa.concat_arrays(pieces) if pieces else pa.array([], type_)
         pieces.clear()
         return out
-    n = sum(len(p) for p in pieces)
-    null_count = sum(p.null_count for p in pieces)
-    offsets = np.zeros(n + 1, np.int32)
-    data = np.empty(sum(_string_bytes(p) for p in pieces), np.uint8)
-    valid = np.ones(n if null_count else 0, bool)
-    row = 0
+    column = StringColumn(sum(len(p) for p in pieces), sum(_string_bytes(p) for p in pieces))
     pieces.reverse()
     while pieces:
-        piece = pieces.pop()
-        if len(piece) == 0:
-            continue
-        off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
-        start = offsets[row]
-        data[start : start + off[-1] - off[0]] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
-        offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
-        if null_count and piece.null_count:
-            valid[row : row + len(piece)] = as_numpy(piece.is_valid())
-        row += len(piece)
-    release()  # the pieces, now copied
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
-    return pa.Array.from_buffers(
-        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=null_count
-    )
+        column.append(pieces.pop())
+    return column.finish()
 
 
 def _string_bytes(piece: pa.Array) -> int:
-    off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+    off = _offsets(piece)
     return int(off[-1] - off[0]) if len(piece) else 0
+
+
+class StringColumn:
+    """A string array of ``n`` values built piece by piece in buffers of its final size (NumPy
+    memory, returned to the system when freed: nothing the Arrow pool keeps interleaves with it).
+
+    ``n_bytes``: the string bytes to expect; more are accepted (the data buffer grows).
+    """
+
+    def __init__(self, n: int, n_bytes: int) -> None:
+        if n_bytes >= 2**31:
+            raise ValueError(f"{n_bytes} bytes of strings do not fit a 32-bit-offset string array")
+        self._n = n
+        self._offsets = np.zeros(n + 1, np.int32)
+        self._data = np.empty(n_bytes, np.uint8)  # pages are committed as they are written
+        self._valid: np.ndarray | None = None
+        self._row = 0
+
+    def append(self, piece: pa.Array) -> None:
+        """Copy ``piece`` (a string array) after the values appended so far."""
+        if len(piece) == 0:
+            return
+        off, row = _offsets(piece), self._row
+        start = int(self._offsets[row])
+        stop = start + int(off[-1] - off[0])
+        if stop > len(self._data):  # more bytes than expected
+            grown = np.empty(max(stop, 2 * len(self._data)), np.uint8)
+            grown[:start] = self._data[:start]
+            self._data = grown
+        self._data[start:stop] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
+        self._offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
+        if piece.null_count:
+            if self._valid is None:
+                self._valid = np.ones(self._n, bool)
+            self._valid[row : row + len(piece)] = as_numpy(piece.is_valid())
+        self._row += len(piece)
+        release()  # what making the piece left in Arrow's pool
+
+    def finish(self) -> pa.Array:
+        """The array (all ``n`` values must have been appended)."""
+        assert self._row == self._n, f"{self._row} of {self._n} strings appended"
+        null_count, bitmap = 0, None
+        if self._valid is not None:
+            null_count = self._n - int(np.count_nonzero(self._valid))
+            bitmap = pa.py_buffer(np.packbits(self._valid, bitorder="little"))
+        data = self._data[: self._offsets[-1]]
+        return pa.Array.from_buffers(
+            pa.string(), self._n, [bitmap, pa.py_buffer(self._offsets), pa.py_buffer(data)], null_count=null_count
+        )
 
 
 def group_distinct(key: str, schema: pa.Schema, columns: Callable[[int, int], list[pa.Array]], n: int) -> pa.Table:
