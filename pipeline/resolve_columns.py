@@ -11,7 +11,7 @@ ids, clashing image ids, leaked images, rejected rows).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -24,7 +24,7 @@ KEY_BAD = r"[^A-Za-z0-9_-]+"
 #: Rows per batch that Acero's table source cuts a table into (``TableSourceNodeOptions``' default).
 GROUP_BATCH = 1 << 20
 #: Indices gathered per block by :func:`take` from a chunked column.
-TAKE_BLOCK = 1 << 20
+TAKE_BLOCK = 1 << 18
 #: Ids hashed in Python per batch (not a Python string per image id at once).
 DIGEST_BATCH = 65536
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
@@ -79,25 +79,33 @@ def _take_by_chunk(
     copy of the whole column, to take a few rows of it), ``TAKE_BLOCK`` indices at a time, each
     block copied into the output's final buffers once gathered: besides the output, a take holds
     one block, never all the pieces."""
-    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
     n_bytes = _taken_bytes(values, indices) if values.type == pa.string() else 0
     if values.type != pa.string() or n_bytes >= 2**31:  # (too long for one string array: Arrow's error)
-        blocks = [_take_block(values, bounds, indices[at : at + TAKE_BLOCK], each) for at in _blocks(len(indices))]
-        return pa.concat_arrays(blocks) if blocks else pa.array([], values.type)
+        pieces = [piece for block in _taken_blocks(values, indices, each) for piece in block]
+        return pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
     out = StringColumn(len(indices), n_bytes)
-    for at in _blocks(len(indices)):
-        out.append(_take_block(values, bounds, indices[at : at + TAKE_BLOCK], each))
+    for block in _taken_blocks(values, indices, each):
+        for piece in block:
+            out.append(piece)
+        del block
+        release()  # the block's pieces, now copied
     return out.finish()
 
 
-def _blocks(n: int) -> range:
-    return range(0, n, TAKE_BLOCK)
+def _taken_blocks(
+    values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> Iterator[list[pa.Array]]:
+    """:func:`_take_block` of each ``TAKE_BLOCK`` indices in turn."""
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    for at in range(0, len(indices), TAKE_BLOCK):
+        yield _take_block(values, bounds, indices[at : at + TAKE_BLOCK], each)
 
 
 def _take_block(
     values: pa.ChunkedArray, bounds: np.ndarray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
-) -> pa.Array:
-    """``values`` at ``indices`` (one block of a take), gathered chunk by chunk, in the order asked."""
+) -> list[pa.Array]:
+    """``values`` at ``indices`` (one block of a take), gathered chunk by chunk: pieces that are,
+    one after the other, the values in the order asked."""
     chunk = np.searchsorted(bounds, indices, side="right") - 1
     by_chunk = np.argsort(chunk, kind="stable")
     limits = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
@@ -107,19 +115,20 @@ def _take_block(
             local = indices[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]
             piece = values.chunk(c).take(pa.array(local.astype(index_type(len(values.chunk(c))))))
             pieces.append(each(piece) if each is not None else piece)
-    gathered = pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
-    del pieces
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
-        return gathered  # already in the order asked
+        return pieces  # already in the order asked
+    gathered = pa.concat_arrays(pieces)
+    del pieces
     inverse = np.empty(len(indices), index_type(len(indices)))
     inverse[by_chunk] = np.arange(len(indices), dtype=inverse.dtype)
-    return gathered.take(pa.array(inverse))
+    return [gathered.take(pa.array(inverse))]
 
 
 def _taken_bytes(values: pa.ChunkedArray, indices: np.ndarray) -> int:
     """The string bytes of ``values`` at ``indices``: what a take's output holds (before ``each``)."""
     lengths = np.concatenate([np.diff(_offsets(c)) for c in values.chunks])
-    return sum(int(lengths[indices[at : at + TAKE_BLOCK]].sum(dtype=np.int64)) for at in _blocks(len(indices)))
+    blocks = range(0, len(indices), TAKE_BLOCK)
+    return sum(int(lengths[indices[at : at + TAKE_BLOCK]].sum(dtype=np.int64)) for at in blocks)
 
 
 def _offsets(piece: pa.Array) -> np.ndarray:
@@ -139,6 +148,7 @@ def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
     pieces.reverse()
     while pieces:
         column.append(pieces.pop())
+    release()  # the pieces, now copied
     return column.finish()
 
 
@@ -181,7 +191,6 @@ class StringColumn:
                 self._valid = np.ones(self._n, bool)
             self._valid[row : row + len(piece)] = as_numpy(piece.is_valid())
         self._row += len(piece)
-        release()  # what making the piece left in Arrow's pool
 
     def finish(self) -> pa.Array:
         """The array (all ``n`` values must have been appended)."""
