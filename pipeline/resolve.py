@@ -119,6 +119,7 @@ def resolve(
     else:
         naming = _trusted_ids(name_values, name, sha)
         identity = name
+    del shas, sha_of_probe, sha  # (the distinct hashes: 64 bytes per image)
     report = ResolutionReport(
         strategy=spec.text,
         id_source=id_source,
@@ -134,17 +135,20 @@ def resolve(
         valid, identity, name = valid[keep], identity[keep], name[keep]
     del keep
     cols.release()
-    by_id = _images_by_id(identity, naming.ids)
+    image_ids, several_captions_expected = naming.ids, multi_caption or naming.duplicate_content > 0
+    del naming
+    by_id = _images_by_id(identity, image_ids)
+    image_id = cols.take(image_ids, by_id)  # the output's first column
     # First, while the least is held: its group-by is the largest transient of this stage.
-    sources = _source_lists(rows, valid, identity, naming.ids, name_values, name, by_id)
-    del name
-    groups = _grouped(valid, identity, pos, by_id, len(naming.ids))
-    del pos, valid, identity  # the output columns are taken through ``groups`` alone
+    sources = _source_lists(rows, valid, identity, image_ids, name_values, name, image_id)
+    del name, name_values
+    groups = _grouped(valid, identity, pos, by_id, len(image_ids))
+    del pos, valid, identity, image_ids, by_id  # the output columns are taken through ``groups`` alone
     cols.release()
-    images = _aggregate(rows, probed, caption, naming.ids, groups, sources)
-    del groups, sources
+    images = _aggregate(rows, probed, caption, image_id, groups, sources)
+    del image_id, groups, sources
     cols.release()
-    _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
+    _check_single_captions(images, several_captions_expected)
     images = _keyed(images)
     cols.release()
     return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
@@ -451,15 +455,12 @@ def _images_by_id(identity: np.ndarray, image_ids: pa.Array) -> np.ndarray:
 class _Groups:
     """The valid rows grouped by image: what the output columns are taken with.
 
-    ``order``: row positions, by image (in ``by_id`` order), in source order within each;
-    ``in_probe``: their rows in the probe table; ``rank``: their image's output row;
-    ``starts``: each image's first position in ``order``.
+    ``order``: row positions, by image (in image-id order), in source order within each;
+    ``in_probe``: their rows in the probe table; ``starts``: each image's first position in ``order``.
     """
 
-    by_id: np.ndarray
     order: np.ndarray
     in_probe: np.ndarray
-    rank: np.ndarray
     starts: np.ndarray
 
 
@@ -472,36 +473,36 @@ def _grouped(valid: np.ndarray, identity: np.ndarray, pos: np.ndarray, by_id: np
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
     order, rank = valid[local], rank[local]
     del local
-    return _Groups(by_id, order, pos[order], rank, np.searchsorted(rank, np.arange(len(by_id))))
+    return _Groups(order, pos[order], np.searchsorted(rank, np.arange(len(by_id))))
 
 
 def _aggregate(
     rows: pa.Table,
     probed: pa.Table,
     caption: pa.ChunkedArray,
-    image_ids: pa.Array,
+    image_id: pa.Array,
     groups: _Groups,
     sources: dict[str, pa.Array],
 ) -> pa.Table:
-    """One row per image, sorted by image id; captions and their ids in source (row id) order.
+    """One row per image (``image_id``: their ids, sorted), captions and their ids in source (row id) order.
 
     The output columns are taken one by one, in their final order: ``caption`` stripped, the
     others as ``group_by``'s "first" (each image's first non-null value, in source order).
     """
-    order, rank, starts, n = groups.order, groups.rank, groups.starts, len(groups.by_id)
+    order, starts = groups.order, groups.starts
     return pa.table(
         {
-            "image_id": cols.take(image_ids, groups.by_id),
-            "captions": cols.list_column(cols.take(caption, order, cols.trim), rank, n),
-            "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
-            "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
+            "image_id": image_id,
+            "captions": cols.list_column(cols.take(caption, order, cols.trim), starts),
+            "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), starts),
+            "row_ids": cols.list_column(cols.take(rows["row_id"], order), starts),
             **sources,
-            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
+            **{c: cols.first_valid(rows[c], order, starts) for c in ("location", "split")},
             **{
-                c: cols.first_valid(probed[c], groups.in_probe, rank, starts)
+                c: cols.first_valid(probed[c], groups.in_probe, starts)
                 for c in ("sha256", "n_bytes", "format", "width", "height")
             },
-            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("image_path", "image_index", "file_name")},
+            **{c: cols.first_valid(rows[c], order, starts) for c in ("image_path", "image_index", "file_name")},
         }
     )
 
@@ -513,9 +514,9 @@ def _source_lists(
     image_ids: pa.Array,
     names: pa.Array,
     name: np.ndarray,
-    by_id: np.ndarray,
+    image_id: pa.Array,
 ) -> dict[str, pa.Array]:
-    """Per image (in ``by_id`` order), its distinct source ids and URLs.
+    """Per image (``image_id``: their ids, in output order), its distinct source ids and URLs.
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
     its hash table: grouping by identity code instead of image id changes it), and the ids are
@@ -530,7 +531,7 @@ def _source_lists(
 
     grouped = cols.group_distinct("image_id", schema, columns, len(valid))
     cols.release()
-    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
+    at = pc.index_in(image_id, value_set=grouped["image_id"].combine_chunks())
     return {
         "source_ids": grouped["name_distinct"].combine_chunks().take(at),
         "source_urls": grouped["url_distinct"].combine_chunks().take(at),

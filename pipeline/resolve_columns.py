@@ -106,15 +106,12 @@ def _take_block(
 ) -> list[pa.Array]:
     """``values`` at ``indices`` (one block of a take), gathered chunk by chunk: pieces that are,
     one after the other, the values in the order asked."""
-    chunk = np.searchsorted(bounds, indices, side="right") - 1
-    by_chunk = np.argsort(chunk, kind="stable")
-    limits = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
+    chunk, by_chunk, limits = _by_chunk(bounds, indices)
     pieces = []
-    for c in range(values.num_chunks):
-        if limits[c + 1] > limits[c]:
-            local = indices[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]
-            piece = values.chunk(c).take(pa.array(local.astype(index_type(len(values.chunk(c))))))
-            pieces.append(each(piece) if each is not None else piece)
+    for c in np.flatnonzero(limits[1:] > limits[:-1]):
+        local = indices[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]
+        piece = values.chunk(c).take(pa.array(local.astype(index_type(len(values.chunk(c))))))
+        pieces.append(each(piece) if each is not None else piece)
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
         return pieces  # already in the order asked
     gathered = pa.concat_arrays(pieces)
@@ -124,11 +121,25 @@ def _take_block(
     return [gathered.take(pa.array(inverse))]
 
 
+def _by_chunk(bounds: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per index its chunk (``bounds``: the chunks' first rows, and the row count); the indices'
+    order by chunk (stable); and where each chunk's run starts in that order (one more: the end)."""
+    chunk = np.searchsorted(bounds, indices, side="right") - 1
+    by_chunk = np.argsort(chunk, kind="stable")
+    return chunk, by_chunk, np.searchsorted(chunk[by_chunk], np.arange(len(bounds)))
+
+
 def _taken_bytes(values: pa.ChunkedArray, indices: np.ndarray) -> int:
     """The string bytes of ``values`` at ``indices``: what a take's output holds (before ``each``)."""
-    lengths = np.concatenate([np.diff(_offsets(c)) for c in values.chunks])
-    blocks = range(0, len(indices), TAKE_BLOCK)
-    return sum(int(lengths[indices[at : at + TAKE_BLOCK]].sum(dtype=np.int64)) for at in blocks)
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    total = 0
+    for at in range(0, len(indices), TAKE_BLOCK):
+        block = indices[at : at + TAKE_BLOCK]
+        _, by_chunk, limits = _by_chunk(bounds, block)
+        for c in np.flatnonzero(limits[1:] > limits[:-1]):
+            lengths = np.diff(_offsets(values.chunk(c)))
+            total += int(lengths[block[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]].sum(dtype=np.int64))
+    return total
 
 
 def _offsets(piece: pa.Array) -> np.ndarray:
@@ -271,10 +282,11 @@ def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return a[first], b[first]
 
 
-def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
-    """A list per group from ``values`` already ordered by ``group`` (ascending)."""
-    offsets = np.zeros(n_groups + 1, np.int32)
-    np.cumsum(np.bincount(group, minlength=n_groups), out=offsets[1:])
+def list_column(values: pa.Array, starts: np.ndarray) -> pa.Array:
+    """A list per group from ``values`` ordered by group; ``starts``: each group's first value (none empty)."""
+    offsets = np.empty(len(starts) + 1, np.int32)
+    offsets[:-1] = starts
+    offsets[-1] = len(values)
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
@@ -318,16 +330,17 @@ def _digests(ids: pa.Array) -> pa.Array:
     )
 
 
-def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts: np.ndarray) -> pa.Array:
+def first_valid(values: ArrayLike, index: np.ndarray, starts: np.ndarray) -> pa.Array:
     """Per group, its first non-null value (``hash_first``'s rule), rows ordered by group.
 
-    ``index``: per ordered row, its position in ``values``; ``starts``: each group's first row.
-    Only groups whose first row is null are searched further.
+    ``index``: per ordered row, its position in ``values``; ``starts``: each group's first row
+    (none empty). Only groups whose first row is null are searched further.
     """
     at = index[starts]
     out = take(values, at)
     if out.null_count == 0 or values.null_count == len(values):
         return out  # nothing to search: no group lacks a value, or no row has one
+    group = np.repeat(np.arange(len(starts), dtype=index.dtype), np.diff(starts, append=len(index)))
     missing = as_numpy(pc.is_null(out))
     rows = np.flatnonzero(missing[group])
     del missing
