@@ -27,6 +27,9 @@ GROUP_BATCH = 1 << 20
 TAKE_BLOCK = 1 << 18
 #: Ids hashed in Python per batch (not a Python string per image id at once).
 DIGEST_BATCH = 65536
+#: A changed key (:func:`.resolve.sanitize_key`): up to _KEY_STEM characters, "_", _DIGEST_CHARS hex digits (80 in all).
+_DIGEST_CHARS = 10
+_KEY_STEM = 80 - 1 - _DIGEST_CHARS
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
 _KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
 
@@ -147,27 +150,6 @@ def _offsets(piece: pa.Array) -> np.ndarray:
     return np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
 
 
-def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
-    """The pieces as one array; ``pieces`` is emptied. Strings are copied piece by piece into
-    buffers of the final size, each piece let go once copied (``pa.concat_arrays`` holds all the
-    pieces and the result at once: twice the column)."""
-    if type_ != pa.string():
-        out = pa.concat_arrays(pieces) if pieces else pa.array([], type_)
-        pieces.clear()
-        return out
-    column = StringColumn(sum(len(p) for p in pieces), sum(_string_bytes(p) for p in pieces))
-    pieces.reverse()
-    while pieces:
-        column.append(pieces.pop())
-    release()  # the pieces, now copied
-    return column.finish()
-
-
-def _string_bytes(piece: pa.Array) -> int:
-    off = _offsets(piece)
-    return int(off[-1] - off[0]) if len(piece) else 0
-
-
 class StringColumn:
     """A string array of ``n`` values built piece by piece in buffers of its final size (NumPy
     memory, returned to the system when freed: nothing the Arrow pool keeps interleaves with it).
@@ -191,6 +173,8 @@ class StringColumn:
         off, row = _offsets(piece), self._row
         start = int(self._offsets[row])
         stop = start + int(off[-1] - off[0])
+        if stop >= 2**31:
+            raise ValueError(f"{stop} bytes of strings do not fit a 32-bit-offset string array")
         if stop > len(self._data):  # more bytes than expected
             grown = np.empty(max(stop, 2 * len(self._data)), np.uint8)
             grown[:start] = self._data[:start]
@@ -293,16 +277,22 @@ def list_column(values: pa.Array, starts: np.ndarray) -> pa.Array:
 def sanitized_keys(image_ids: pa.Array) -> pa.Array:
     """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python.
 
-    The ids to change are handled ``DIGEST_BATCH`` at a time (their intermediate columns too).
+    The ids to change are handled ``DIGEST_BATCH`` at a time (their intermediate columns too),
+    each batch's keys copied into the final buffers before the next is made.
     """
     kept = pc.match_substring_regex(image_ids, _KEY_KEPT)
     changed = np.flatnonzero(~as_numpy(kept))
     if len(changed) == 0:
         return image_ids
-    pieces = [
-        _sanitized(take(image_ids, changed[at : at + DIGEST_BATCH])) for at in range(0, len(changed), DIGEST_BATCH)
-    ]
-    key = concat(pieces, pa.string())
+    # A changed key is at most its id's bytes (a run of other characters becomes one "_"), or "img",
+    # cut to _KEY_STEM ASCII characters, then "_" and 10 hex digits.
+    stem = np.minimum(np.maximum(np.diff(_offsets(image_ids))[changed], 3), _KEY_STEM)
+    keys = StringColumn(len(changed), int(stem.sum(dtype=np.int64)) + (1 + _DIGEST_CHARS) * len(changed))
+    del stem
+    for at in range(0, len(changed), DIGEST_BATCH):
+        keys.append(_sanitized(take(image_ids, changed[at : at + DIGEST_BATCH])))
+    release()
+    key = keys.finish()
     if len(changed) == len(image_ids) and kept.null_count == 0:
         return key  # every id changed: the mask would replace them all
     return pc.replace_with_mask(image_ids, pc.invert(kept), key)
@@ -320,13 +310,14 @@ def all_distinct(values: pa.Array) -> bool:
 def _sanitized(ids: pa.Array) -> pa.Array:
     key = pc.utf8_trim(pc.replace_substring_regex(ids, KEY_BAD, "_"), "_")
     key = pc.if_else(pc.equal(key, ""), pa.scalar("img"), key)
-    return pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), _digests(ids), "_")
+    return pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, _KEY_STEM), _digests(ids), "_")
 
 
 def _digests(ids: pa.Array) -> pa.Array:
     """The first 10 hex digits of each id's SHA-256."""
     return pa.array(
-        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
+        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS] for i in ids.to_pylist()],
+        pa.string(),
     )
 
 
