@@ -447,7 +447,7 @@ def _handle_leaks(
 
 def _images_by_id(identity: np.ndarray, image_ids: pa.Array) -> np.ndarray:
     """The identity codes that valid rows have, in image-id order: the output's row order."""
-    present = np.unique(identity)
+    present = np.flatnonzero(np.bincount(identity, minlength=len(image_ids)))
     return present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
 
 
