@@ -108,18 +108,7 @@ def resolve(
     del rejected
     cols.release()
 
-    shas, sha_of_probe = cols.codes(probed["sha256"])
-    assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
-    sha = sha_of_probe[pos[valid]]
-    name_values, name = cols.codes(names)  # over all rows: no copy of the column
-    name = name[valid]
-    if spec.by_content:
-        naming = _name_by_content(shas, sha, name_values, name, rows["file_name"], valid, spec.name)
-        identity = sha
-    else:
-        naming = _trusted_ids(name_values, name, sha)
-        identity = name
-    del shas, sha_of_probe, sha  # (the distinct hashes: 64 bytes per image)
+    identity, name_values, name, naming = _identified(probed, pos, names, rows["file_name"], valid, spec)
     report = ResolutionReport(
         strategy=spec.text,
         id_source=id_source,
@@ -152,6 +141,30 @@ def resolve(
     images = _keyed(images)
     cols.release()
     return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
+
+
+def _identified(
+    probed: pa.Table,
+    pos: np.ndarray,
+    names: pa.ChunkedArray,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
+    spec: IdSpec,
+) -> tuple[np.ndarray, pa.Array, np.ndarray, _Naming]:
+    """Per valid row (``valid``: their positions), its identity code and its name's code into the
+    distinct names (also returned, with the naming of each identity).
+
+    The identity is the content hash's code (``spec.by_content``), else the name's; the distinct
+    hashes (64 bytes per image) are let go on return.
+    """
+    shas, sha_of_probe = cols.codes(probed["sha256"])
+    assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
+    sha = sha_of_probe[pos[valid]]
+    name_values, name = cols.codes(names)  # over all rows: no copy of the column
+    name = name[valid]
+    if spec.by_content:
+        return sha, name_values, name, _name_by_content(shas, sha, name_values, name, file_names, valid, spec.name)
+    return name, name_values, name, _trusted_ids(name_values, name, sha)
 
 
 def _flagged(
