@@ -103,22 +103,12 @@ def resolve(
     names, id_source = _NAMES[spec.name](rows, spec, id_column)
     needs_name = spec.missing_reason is not None
     rejected = _flagged(rows, probed, pos, caption, names if needs_name else None, config.max_caption_chars)
-    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, np.flatnonzero(rejected), config)
-    valid = np.flatnonzero(~rejected)
+    rejects = _row_rejects(rows, probed, pos, caption, names if needs_name else None, cols.positions(rejected), config)
+    valid = cols.positions(~rejected)
     del rejected
     cols.release()
 
-    shas, sha_of_probe = cols.codes(probed["sha256"])
-    assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
-    sha = sha_of_probe[pos[valid]]
-    name_values, name = cols.codes(names)  # over all rows: no copy of the column
-    name = name[valid]
-    if spec.by_content:
-        naming = _name_by_content(shas, sha, name_values, name, rows["file_name"], valid, spec.name)
-        identity = sha
-    else:
-        naming = _trusted_ids(name_values, name, sha)
-        identity = name
+    identity, name_values, name, naming = _identified(probed, pos, names, rows["file_name"], valid, spec)
     report = ResolutionReport(
         strategy=spec.text,
         id_source=id_source,
@@ -134,13 +124,47 @@ def resolve(
         valid, identity, name = valid[keep], identity[keep], name[keep]
     del keep
     cols.release()
-    images = _aggregate(rows, probed, pos, caption, valid, identity, naming.ids, name_values, name)
-    del pos, valid, identity, name
+    image_ids, several_captions_expected = naming.ids, multi_caption or naming.duplicate_content > 0
+    del naming
+    by_id = _images_by_id(identity, image_ids)
+    image_id = cols.take(image_ids, by_id)  # the output's first column
+    # First, while the least is held: its group-by is the largest transient of this stage.
+    sources = _source_lists(rows, valid, identity, image_ids, name_values, name, image_id)
+    del name, name_values
+    groups = _grouped(valid, identity, pos, by_id, len(image_ids))
+    del pos, valid, identity, image_ids, by_id  # the output columns are taken through ``groups`` alone
     cols.release()
-    _check_single_captions(images, multi_caption or naming.duplicate_content > 0)
+    images = _aggregate(rows, probed, caption, image_id, groups, sources)
+    del image_id, groups, sources
+    cols.release()
+    _check_single_captions(images, several_captions_expected)
     images = _keyed(images)
     cols.release()
     return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
+
+
+def _identified(
+    probed: pa.Table,
+    pos: np.ndarray,
+    names: pa.ChunkedArray,
+    file_names: pa.ChunkedArray,
+    valid: np.ndarray,
+    spec: IdSpec,
+) -> tuple[np.ndarray, pa.Array, np.ndarray, _Naming]:
+    """Per valid row (``valid``: their positions), its identity code and its name's code into the
+    distinct names (also returned, with the naming of each identity).
+
+    The identity is the content hash's code (``spec.by_content``), else the name's; the distinct
+    hashes (64 bytes per image) are let go on return.
+    """
+    shas, sha_of_probe = cols.codes(probed["sha256"])
+    assert (pos[valid] >= 0).all(), "every image reference of a valid row was probed"
+    sha = sha_of_probe[pos[valid]]
+    name_values, name = cols.codes(names)  # over all rows: no copy of the column
+    name = name[valid]
+    if spec.by_content:
+        return sha, name_values, name, _name_by_content(shas, sha, name_values, name, file_names, valid, spec.name)
+    return name, name_values, name, _trusted_ids(name_values, name, sha)
 
 
 def _flagged(
@@ -434,49 +458,64 @@ def _handle_leaks(
     return keep_rows, rejects
 
 
-def _aggregate(
-    rows: pa.Table,
-    probed: pa.Table,
-    pos: np.ndarray,
-    caption: pa.ChunkedArray,
-    valid: np.ndarray,
-    identity: np.ndarray,
-    image_ids: pa.Array,
-    names: pa.Array,
-    name: np.ndarray,
-) -> pa.Table:
-    """One row per image, sorted by image id; captions and their ids in source (row id) order.
+def _images_by_id(identity: np.ndarray, image_ids: pa.Array) -> np.ndarray:
+    """The identity codes that valid rows have, in image-id order: the output's row order."""
+    present = np.flatnonzero(np.bincount(identity, minlength=len(image_ids)))
+    return present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
 
-    ``valid`` are row positions in source order; ``identity`` their codes into ``image_ids``.
+
+@dataclass(frozen=True)
+class _Groups:
+    """The valid rows grouped by image: what the output columns are taken with.
+
+    ``order``: row positions, by image (in image-id order), in source order within each;
+    ``in_probe``: their rows in the probe table; ``starts``: each image's first position in ``order``.
     """
-    present = np.unique(identity)
-    by_id = present[cols.as_numpy(pc.sort_indices(cols.take(image_ids, present)))]
-    del present
-    # First, while the least is held: its group-by is the largest transient of this stage.
-    sources = _source_lists(rows, valid, identity, image_ids, names, name, by_id)
-    rank_of = np.zeros(len(image_ids), np.int32 if len(image_ids) < 2**31 else np.int64)
+
+    order: np.ndarray
+    in_probe: np.ndarray
+    starts: np.ndarray
+
+
+def _grouped(valid: np.ndarray, identity: np.ndarray, pos: np.ndarray, by_id: np.ndarray, n_codes: int) -> _Groups:
+    """Group the ``valid`` rows (``identity``: their codes, of ``n_codes``) by image, output order."""
+    rank_of = np.zeros(n_codes, cols.index_type(n_codes))
     rank_of[by_id] = np.arange(len(by_id))
     rank = rank_of[identity]
     del rank_of
     local = np.argsort(rank, kind="stable")  # by image, rows in source order within each
-    order, rank, n = valid[local], rank[local], len(by_id)
+    order, rank = valid[local], rank[local]
     del local
-    starts = np.searchsorted(rank, np.arange(n))
-    # As group_by's "first": the first non-null value of each column, in source order.
-    in_probe = pos[order]
+    return _Groups(order, pos[order], np.searchsorted(rank, np.arange(len(by_id))))
+
+
+def _aggregate(
+    rows: pa.Table,
+    probed: pa.Table,
+    caption: pa.ChunkedArray,
+    image_id: pa.Array,
+    groups: _Groups,
+    sources: dict[str, pa.Array],
+) -> pa.Table:
+    """One row per image (``image_id``: their ids, sorted), captions and their ids in source (row id) order.
+
+    The output columns are taken one by one, in their final order: ``caption`` stripped, the
+    others as ``group_by``'s "first" (each image's first non-null value, in source order).
+    """
+    order, starts = groups.order, groups.starts
     return pa.table(
         {
-            "image_id": cols.take(image_ids, by_id),
-            "captions": cols.list_column(cols.take(caption, order, cols.trim), rank, n),
-            "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), rank, n),
-            "row_ids": cols.list_column(cols.take(rows["row_id"], order), rank, n),
+            "image_id": image_id,
+            "captions": cols.list_column(cols.take(caption, order, cols.trim), starts),
+            "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), starts),
+            "row_ids": cols.list_column(cols.take(rows["row_id"], order), starts),
             **sources,
-            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("location", "split")},
+            **{c: cols.first_valid(rows[c], order, starts) for c in ("location", "split")},
             **{
-                c: cols.first_valid(probed[c], in_probe, rank, starts)
+                c: cols.first_valid(probed[c], groups.in_probe, starts)
                 for c in ("sha256", "n_bytes", "format", "width", "height")
             },
-            **{c: cols.first_valid(rows[c], order, rank, starts) for c in ("image_path", "image_index", "file_name")},
+            **{c: cols.first_valid(rows[c], order, starts) for c in ("image_path", "image_index", "file_name")},
         }
     )
 
@@ -488,9 +527,9 @@ def _source_lists(
     image_ids: pa.Array,
     names: pa.Array,
     name: np.ndarray,
-    by_id: np.ndarray,
+    image_id: pa.Array,
 ) -> dict[str, pa.Array]:
-    """Per image (in ``by_id`` order), its distinct source ids and URLs.
+    """Per image (``image_id``: their ids, in output order), its distinct source ids and URLs.
 
     Arrow's ``hash_distinct`` does not list values in order of appearance (its order follows
     its hash table: grouping by identity code instead of image id changes it), and the ids are
@@ -505,7 +544,7 @@ def _source_lists(
 
     grouped = cols.group_distinct("image_id", schema, columns, len(valid))
     cols.release()
-    at = pc.index_in(cols.take(image_ids, by_id), value_set=grouped["image_id"].combine_chunks())
+    at = pc.index_in(image_id, value_set=grouped["image_id"].combine_chunks())
     return {
         "source_ids": grouped["name_distinct"].combine_chunks().take(at),
         "source_urls": grouped["url_distinct"].combine_chunks().take(at),

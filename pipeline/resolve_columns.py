@@ -1,8 +1,8 @@
 """Column kernels of stage *resolve*: per-row work as Arrow/NumPy operations, not Python loops.
 
 :mod:`.resolve` decides what the rules are; this module applies them to millions of rows
-without a Python object per row. Rows are addressed by position (``int64`` indices into
-the caption-row table) and strings by integer codes (:func:`codes`), so the wide caption
+without a Python object per row. Rows are addressed by position (``int32`` indices into
+the caption-row table, :func:`positions`) and strings by integer codes (:func:`codes`), so the wide caption
 table is never joined, sorted or copied whole: each output column is taken once, in its
 final order. Python runs only for the rare rows a rule singles out (merged or conflicting
 ids, clashing image ids, leaked images, rejected rows).
@@ -11,7 +11,7 @@ ids, clashing image ids, leaked images, rejected rows).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -23,16 +23,32 @@ ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
 #: Rows per batch that Acero's table source cuts a table into (``TableSourceNodeOptions``' default).
 GROUP_BATCH = 1 << 20
+#: Indices gathered per block by :func:`take` from a chunked column.
+TAKE_BLOCK = 1 << 18
 #: Ids hashed in Python per batch (not a Python string per image id at once).
 DIGEST_BATCH = 65536
+#: A changed key (:func:`.resolve.sanitize_key`): up to _KEY_STEM characters, "_", _DIGEST_CHARS hex digits (80 in all).
+_DIGEST_CHARS = 10
+_KEY_STEM = 80 - 1 - _DIGEST_CHARS
 # An id that sanitize_key leaves as it is: allowed characters, no "_" at either end, <= 80.
 _KEY_KEPT = r"^[A-Za-z0-9-]([A-Za-z0-9_-]{0,78}[A-Za-z0-9-])?$"
 
 
 def codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
-    """Distinct non-null values (first-appearance order) and each row's code into them (-1: null)."""
-    distinct = pc.unique(values).drop_null()
-    code = pc.index_in(values, value_set=distinct, skip_nulls=True)
+    """Distinct non-null values (first-appearance order) and each row's code into them (-1: null).
+
+    One hash pass (``dictionary_encode``, whose chunks all carry the one final dictionary), not
+    two (``unique``, then ``index_in``).
+    """
+    encoded = pc.dictionary_encode(values)  # nulls stay null, outside the dictionary
+    if isinstance(encoded, pa.ChunkedArray):
+        if encoded.num_chunks == 0:
+            return pa.array([], values.type), np.empty(0, np.int32)
+        distinct = encoded.chunk(0).dictionary
+        code: ArrayLike = pa.chunked_array([c.indices for c in encoded.chunks], pa.int32())
+    else:
+        distinct, code = encoded.dictionary, encoded.indices
+    del encoded
     return distinct, as_numpy(pc.fill_null(code, -1))
 
 
@@ -42,18 +58,30 @@ def as_numpy(values: ArrayLike) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False)
 
 
+def positions(mask: np.ndarray) -> np.ndarray:
+    """The positions where ``mask`` is true, as ``int32`` when they fit (half of NumPy's ``int64``:
+    position arrays are the largest NumPy transients of *resolve*, one entry per caption row)."""
+    return np.flatnonzero(mask).astype(index_type(len(mask)), copy=False)
+
+
+def index_type(n: int) -> type[np.signedinteger[Any]]:
+    """The narrowest of ``int32``/``int64`` that holds positions into ``n`` rows (and -1)."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
-    """``values`` at ``indices`` as one array; an index of -1 gives null.
+    """``values`` at ``indices`` (``int32`` or ``int64``) as one array; an index of -1 gives null.
 
     ``each``: an element-wise function applied to the taken values (piece by piece, so that
     the values are not held twice, before and after it).
     """
     negative = indices < 0
-    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not negative.any():
+    has_negative = bool(negative.any())
+    if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not has_negative:
         return _take_by_chunk(values, indices, each)
     if isinstance(values, pa.ChunkedArray) and values.num_chunks == 1:
         values = values.chunk(0)  # Arrow's take on a chunked column copies it into one first
-    out = pc.take(values, pa.array(indices, pa.int64(), mask=negative if negative.any() else None))
+    out = pc.take(values, pa.array(indices, mask=negative if has_negative else None))
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
     return each(out) if each is not None else out
 
@@ -61,63 +89,126 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
 def _take_by_chunk(
     values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
 ) -> pa.Array:
-    """``take`` chunk by chunk: Arrow's take on a chunked string column first concatenates all of
-    it (a copy of the whole column, to take a few rows of it)."""
-    starts = np.cumsum([0] + [len(c) for c in values.chunks])
-    chunk = np.searchsorted(starts, indices, side="right") - 1
-    by_chunk = np.argsort(chunk, kind="stable")
-    bounds = np.searchsorted(chunk[by_chunk], np.arange(values.num_chunks + 1))
+    """``take`` chunk by chunk (Arrow's take on a chunked column first concatenates all of it: a
+    copy of the whole column, to take a few rows of it), ``TAKE_BLOCK`` indices at a time, each
+    block copied into the output's final buffers once gathered: besides the output, a take holds
+    one block, never all the pieces."""
+    n_bytes = _taken_bytes(values, indices) if values.type == pa.string() else 0
+    if values.type != pa.string() or n_bytes >= 2**31:  # (too long for one string array: Arrow's error)
+        pieces = [piece for block in _taken_blocks(values, indices, each) for piece in block]
+        return pa.concat_arrays(pieces) if pieces else pa.array([], values.type)
+    out = StringColumn(len(indices), n_bytes)
+    for block in _taken_blocks(values, indices, each):
+        for piece in block:
+            out.append(piece)
+        del block
+        release()  # the block's pieces, now copied
+    return out.finish()
+
+
+def _taken_blocks(
+    values: pa.ChunkedArray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> Iterator[list[pa.Array]]:
+    """:func:`_take_block` of each ``TAKE_BLOCK`` indices in turn."""
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    for at in range(0, len(indices), TAKE_BLOCK):
+        yield _take_block(values, bounds, indices[at : at + TAKE_BLOCK], each)
+
+
+def _take_block(
+    values: pa.ChunkedArray, bounds: np.ndarray, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None
+) -> list[pa.Array]:
+    """``values`` at ``indices`` (one block of a take), gathered chunk by chunk: pieces that are,
+    one after the other, the values in the order asked."""
+    chunk, by_chunk, limits = _by_chunk(bounds, indices)
     pieces = []
-    for c in range(values.num_chunks):
-        if bounds[c + 1] > bounds[c]:
-            piece = values.chunk(c).take(pa.array(indices[by_chunk[bounds[c] : bounds[c + 1]]] - starts[c]))
-            pieces.append(each(piece) if each is not None else piece)
-    del by_chunk
-    gathered = concat(pieces, values.type)
+    for c in np.flatnonzero(limits[1:] > limits[:-1]):
+        local = indices[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]
+        piece = values.chunk(c).take(pa.array(local.astype(index_type(len(values.chunk(c))))))
+        pieces.append(each(piece) if each is not None else piece)
     if len(indices) < 2 or bool(np.all(chunk[1:] >= chunk[:-1])):
-        return gathered  # already in the order asked
-    inverse = np.empty(len(indices), np.int64)
-    inverse[np.argsort(chunk, kind="stable")] = np.arange(len(indices))
-    del chunk
-    return gathered.take(pa.array(inverse))
+        return pieces  # already in the order asked
+    gathered = pa.concat_arrays(pieces)
+    del pieces
+    inverse = np.empty(len(indices), index_type(len(indices)))
+    inverse[by_chunk] = np.arange(len(indices), dtype=inverse.dtype)
+    return [gathered.take(pa.array(inverse))]
 
 
-def concat(pieces: list[pa.Array], type_: pa.DataType) -> pa.Array:
-    """The pieces as one array; ``pieces`` is emptied. Strings are copied piece by piece into
-    buffers of the final size, each piece let go once copied (``pa.concat_arrays`` holds all the
-    pieces and the result at once: twice the column)."""
-    if type_ != pa.string() or sum(p.nbytes for p in pieces) >= 2**31 - 1:
-        out = pa.concat_arrays(pieces) if pieces else pa.array([], type_)
-        pieces.clear()
-        return out
-    n = sum(len(p) for p in pieces)
-    null_count = sum(p.null_count for p in pieces)
-    offsets = np.zeros(n + 1, np.int32)
-    data = np.empty(sum(_string_bytes(p) for p in pieces), np.uint8)
-    valid = np.ones(n if null_count else 0, bool)
-    row = 0
-    pieces.reverse()
-    while pieces:
-        piece = pieces.pop()
+def _by_chunk(bounds: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per index its chunk (``bounds``: the chunks' first rows, and the row count); the indices'
+    order by chunk (stable); and where each chunk's run starts in that order (one more: the end)."""
+    chunk = np.searchsorted(bounds, indices, side="right") - 1
+    by_chunk = np.argsort(chunk, kind="stable")
+    return chunk, by_chunk, np.searchsorted(chunk[by_chunk], np.arange(len(bounds)))
+
+
+def _taken_bytes(values: pa.ChunkedArray, indices: np.ndarray) -> int:
+    """The string bytes of ``values`` at ``indices``: what a take's output holds (before ``each``)."""
+    bounds = np.cumsum([0] + [len(c) for c in values.chunks])
+    total = 0
+    for at in range(0, len(indices), TAKE_BLOCK):
+        block = indices[at : at + TAKE_BLOCK]
+        _, by_chunk, limits = _by_chunk(bounds, block)
+        for c in np.flatnonzero(limits[1:] > limits[:-1]):
+            lengths = np.diff(_offsets(values.chunk(c)))
+            total += int(lengths[block[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]].sum(dtype=np.int64))
+    return total
+
+
+def _offsets(piece: pa.Array) -> np.ndarray:
+    """The ``len(piece) + 1`` string offsets of ``piece`` (a view of its buffer)."""
+    return np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
+
+
+class StringColumn:
+    """A string array of ``n`` values built piece by piece in buffers of its final size (NumPy
+    memory, returned to the system when freed: nothing the Arrow pool keeps interleaves with it).
+
+    ``n_bytes``: the string bytes to expect; more are accepted (the data buffer grows).
+    """
+
+    def __init__(self, n: int, n_bytes: int) -> None:
+        if n_bytes >= 2**31:
+            raise ValueError(f"{n_bytes} bytes of strings do not fit a 32-bit-offset string array")
+        self._n = n
+        self._offsets = np.zeros(n + 1, np.int32)
+        self._data = np.empty(n_bytes, np.uint8)  # pages are committed as they are written
+        self._valid: np.ndarray | None = None
+        self._row = 0
+
+    def append(self, piece: pa.Array) -> None:
+        """Copy ``piece`` (a string array) after the values appended so far."""
         if len(piece) == 0:
-            continue
-        off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
-        start = offsets[row]
-        data[start : start + off[-1] - off[0]] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
-        offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
-        if null_count and piece.null_count:
-            valid[row : row + len(piece)] = as_numpy(piece.is_valid())
-        row += len(piece)
-    release()  # the pieces, now copied
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if null_count else None
-    return pa.Array.from_buffers(
-        pa.string(), n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(data)], null_count=null_count
-    )
+            return
+        off, row = _offsets(piece), self._row
+        start = int(self._offsets[row])
+        stop = start + int(off[-1] - off[0])
+        if stop >= 2**31:
+            raise ValueError(f"{stop} bytes of strings do not fit a 32-bit-offset string array")
+        if stop > len(self._data):  # more bytes than expected
+            grown = np.empty(max(stop, 2 * len(self._data)), np.uint8)
+            grown[:start] = self._data[:start]
+            self._data = grown
+        self._data[start:stop] = np.frombuffer(piece.buffers()[2] or b"", np.uint8)[off[0] : off[-1]]
+        self._offsets[row + 1 : row + len(piece) + 1] = off[1:] - off[0] + start
+        if piece.null_count:
+            if self._valid is None:
+                self._valid = np.ones(self._n, bool)
+            self._valid[row : row + len(piece)] = as_numpy(piece.is_valid())
+        self._row += len(piece)
 
-
-def _string_bytes(piece: pa.Array) -> int:
-    off = np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
-    return int(off[-1] - off[0]) if len(piece) else 0
+    def finish(self) -> pa.Array:
+        """The array (all ``n`` values must have been appended)."""
+        assert self._row == self._n, f"{self._row} of {self._n} strings appended"
+        null_count, bitmap = 0, None
+        if self._valid is not None:
+            null_count = self._n - int(np.count_nonzero(self._valid))
+            bitmap = pa.py_buffer(np.packbits(self._valid, bitorder="little"))
+        data = self._data[: self._offsets[-1]]
+        return pa.Array.from_buffers(
+            pa.string(), self._n, [bitmap, pa.py_buffer(self._offsets), pa.py_buffer(data)], null_count=null_count
+        )
 
 
 def group_distinct(key: str, schema: pa.Schema, columns: Callable[[int, int], list[pa.Array]], n: int) -> pa.Table:
@@ -177,35 +268,47 @@ def trim(captions: pa.Array) -> pa.Array:
 
 
 def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct ``(a, b)`` code pairs, in order of first appearance."""
+    """The distinct ``(a, b)`` code pairs (codes from -1 up), in order of first appearance.
+
+    Arrow's hash ``unique`` keeps that order by itself (NumPy's ``unique`` sorts: at 10M rows,
+    a sort and an argsort of the pair keys, four times the time).
+    """
     if len(a) == 0:
         return a, b
-    key = a.astype(np.int64) * (int(b.max()) + 2) + (b.astype(np.int64) + 1)
-    _, first = np.unique(key, return_index=True)
-    first.sort()
-    return a[first], b[first]
+    width = int(b.max()) + 2
+    key = (a.astype(np.int64) + 1) * width + (b.astype(np.int64) + 1)
+    distinct = as_numpy(pc.unique(pa.array(key)))
+    del key
+    return (distinct // width - 1).astype(a.dtype), (distinct % width - 1).astype(b.dtype)
 
 
-def list_column(values: pa.Array, group: np.ndarray, n_groups: int) -> pa.Array:
-    """A list per group from ``values`` already ordered by ``group`` (ascending)."""
-    offsets = np.zeros(n_groups + 1, np.int32)
-    np.cumsum(np.bincount(group, minlength=n_groups), out=offsets[1:])
+def list_column(values: pa.Array, starts: np.ndarray) -> pa.Array:
+    """A list per group from ``values`` ordered by group; ``starts``: each group's first value (none empty)."""
+    offsets = np.empty(len(starts) + 1, np.int32)
+    offsets[:-1] = starts
+    offsets[-1] = len(values)
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 def sanitized_keys(image_ids: pa.Array) -> pa.Array:
     """:func:`.resolve.sanitize_key` of every id: regexes in Arrow, only the hash suffix in Python.
 
-    The ids to change are handled ``DIGEST_BATCH`` at a time (their intermediate columns too).
+    The ids to change are handled ``DIGEST_BATCH`` at a time (their intermediate columns too),
+    each batch's keys copied into the final buffers before the next is made.
     """
     kept = pc.match_substring_regex(image_ids, _KEY_KEPT)
     changed = np.flatnonzero(~as_numpy(kept))
     if len(changed) == 0:
         return image_ids
-    pieces = [
-        _sanitized(take(image_ids, changed[at : at + DIGEST_BATCH])) for at in range(0, len(changed), DIGEST_BATCH)
-    ]
-    key = concat(pieces, pa.string())
+    # A changed key is at most its id's bytes (a run of other characters becomes one "_"), or "img",
+    # cut to _KEY_STEM ASCII characters, then "_" and 10 hex digits.
+    stem = np.minimum(np.maximum(np.diff(_offsets(image_ids))[changed], 3), _KEY_STEM)
+    keys = StringColumn(len(changed), int(stem.sum(dtype=np.int64)) + (1 + _DIGEST_CHARS) * len(changed))
+    del stem
+    for at in range(0, len(changed), DIGEST_BATCH):
+        keys.append(_sanitized(take(image_ids, changed[at : at + DIGEST_BATCH])))
+    release()
+    key = keys.finish()
     if len(changed) == len(image_ids) and kept.null_count == 0:
         return key  # every id changed: the mask would replace them all
     return pc.replace_with_mask(image_ids, pc.invert(kept), key)
@@ -223,26 +326,28 @@ def all_distinct(values: pa.Array) -> bool:
 def _sanitized(ids: pa.Array) -> pa.Array:
     key = pc.utf8_trim(pc.replace_substring_regex(ids, KEY_BAD, "_"), "_")
     key = pc.if_else(pc.equal(key, ""), pa.scalar("img"), key)
-    return pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, 80 - 11), _digests(ids), "_")
+    return pc.binary_join_element_wise(pc.utf8_slice_codeunits(key, 0, _KEY_STEM), _digests(ids), "_")
 
 
 def _digests(ids: pa.Array) -> pa.Array:
     """The first 10 hex digits of each id's SHA-256."""
     return pa.array(
-        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:10] for i in ids.to_pylist()], pa.string()
+        [hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS] for i in ids.to_pylist()],
+        pa.string(),
     )
 
 
-def first_valid(values: ArrayLike, index: np.ndarray, group: np.ndarray, starts: np.ndarray) -> pa.Array:
+def first_valid(values: ArrayLike, index: np.ndarray, starts: np.ndarray) -> pa.Array:
     """Per group, its first non-null value (``hash_first``'s rule), rows ordered by group.
 
-    ``index``: per ordered row, its position in ``values``; ``starts``: each group's first row.
-    Only groups whose first row is null are searched further.
+    ``index``: per ordered row, its position in ``values``; ``starts``: each group's first row
+    (none empty). Only groups whose first row is null are searched further.
     """
     at = index[starts]
     out = take(values, at)
     if out.null_count == 0 or values.null_count == len(values):
         return out  # nothing to search: no group lacks a value, or no row has one
+    group = np.repeat(np.arange(len(starts), dtype=index.dtype), np.diff(starts, append=len(index)))
     missing = as_numpy(pc.is_null(out))
     rows = np.flatnonzero(missing[group])
     del missing
