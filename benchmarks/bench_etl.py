@@ -92,10 +92,11 @@ def work(args):
 
 if __name__ == "__main__":
     images, out = Path(sys.argv[1]), Path(sys.argv[2])
+    procs = int(sys.argv[3]) if len(sys.argv) > 3 else 2
     out.mkdir()
     names = sorted(p.name for p in images.iterdir())
-    with Pool(2) as pool:
-        pool.map(work, [(names[i::2], images, out, i) for i in range(2)])
+    with Pool(procs) as pool:
+        pool.map(work, [(names[i::procs], images, out, i) for i in range(procs)])
 """
 
 PILLOW_RESIZE = """
