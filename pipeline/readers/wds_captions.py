@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..verify_shard import load_json_capped
+from .fields import checked_caption
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def sample_text(texts: dict[str, bytes]) -> SampleText:
     if isinstance(single, str) and seen[_norm(single)] == 0:
         from_json.append(single)
         seen[_norm(single)] += 1
-    found.extend((_checked(c), None if _checked(c) is not None else "caption_not_utf8") for c in from_json)
+    for caption in map(checked_caption, from_json):
+        found.append((caption, None if caption is not None else "caption_not_utf8"))
     if "txt" in texts:
         try:
             lines = texts["txt"].decode("utf-8").splitlines()
@@ -69,14 +71,6 @@ def sample_text(texts: dict[str, bytes]) -> SampleText:
     return SampleText(tuple(found), meta, problem)
 
 
-def _checked(text: str) -> str | None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return text
-
-
 def json_str(meta: dict[str, Any], name: str) -> str | None:
     """A JSON field as text (numbers too: img2dataset keys may be read back as ints), else None."""
     value = meta.get(name)
@@ -84,5 +78,5 @@ def json_str(meta: dict[str, Any], name: str) -> str | None:
         return None
     if isinstance(value, int | str):
         text = str(value)
-        return text if text and _checked(text) is not None else None
+        return text if text and checked_caption(text) is not None else None
     return None
