@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .validate import StructureError, check_structure
+from .validate import StructureError, check_structure, plain_jpeg_size
 
 #: Formats stored as they are; anything else is rejected (``unsupported_format``).
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
@@ -54,10 +55,36 @@ def probe(
     """Validate ``data`` and describe it; raises :class:`BadImage` with a reject reason.
 
     After the header (format, size, pixel cap): ``decode`` decodes the pixels; else
-    ``structure`` walks the container (:mod:`.validate`); else the header is all.
+    ``structure`` walks the container (:mod:`.validate`); else the header is all. Under
+    ``structure``, a whole JPEG with a plain header is described from that walk alone
+    (:func:`.validate.plain_jpeg_size`); every other file goes through Pillow's header parse.
     """
     if not data:
         raise BadImage("empty_image", "image file is empty (0 bytes)")
+    if structure and not decode and set(formats) <= _PLAIN_FORMATS and "JPEG" in formats:
+        size = plain_jpeg_size(data)
+        if size is not None and size[0] * size[1] <= min(max_pixels, _pillow_pixel_limit()):
+            return _info(data, "JPEG", *size)
+    return _probe_with_pillow(data, formats=formats, max_pixels=max_pixels, decode=decode, structure=structure)
+
+
+#: Formats whose Pillow plug-ins never claim a JPEG's bytes (an MPO plug-in would).
+_PLAIN_FORMATS = frozenset(DEFAULT_FORMATS)
+
+
+def _pillow_pixel_limit() -> float:
+    """Above this many pixels ``Image.open`` raises its own DecompressionBombError."""
+    return float("inf") if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def _info(data: bytes, fmt: str, width: int, height: int) -> ImageInfo:
+    return ImageInfo(sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data), format=fmt, width=width, height=height)
+
+
+def _probe_with_pillow(
+    data: bytes, *, formats: tuple[str, ...], max_pixels: int, decode: bool, structure: bool
+) -> ImageInfo:
+    """:func:`probe` by Pillow: ``Image.open`` reads the header, then the chosen check runs."""
     try:
         # formats= is Pillow's allowlist: other plug-ins never see the bytes.
         with warnings.catch_warnings():
@@ -86,15 +113,9 @@ def probe(
         raise BadImage("corrupt_image", f"image is truncated or malformed: {e}") from None
     except Image.DecompressionBombError as e:
         raise BadImage("decompression_bomb", str(e)) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # struct: a header field cut short
         raise BadImage("corrupt_image", f"image cannot be decoded: {e}") from None
-    return ImageInfo(
-        sha256=hashlib.sha256(data).hexdigest(),
-        n_bytes=len(data),
-        format=fmt,
-        width=width,
-        height=height,
-    )
+    return _info(data, fmt, width, height)
 
 
 def _classify_unidentified(data: bytes, formats: tuple[str, ...]) -> tuple[str, str]:

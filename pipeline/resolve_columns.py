@@ -16,7 +16,6 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
@@ -216,6 +215,8 @@ def group_distinct(key: str, schema: pa.Schema, columns: Callable[[int, int], li
     where ``columns(start, stop)`` makes rows ``start:stop`` of the ``n``-row table: the table is never
     held whole. Its batches are those the table source would cut, so the output is the same, down to
     the order ``hash_distinct`` lists values in (it follows the hash tables' input batch by batch)."""
+
+    import pyarrow.acero as acero  # here, not at the top: it imports pyarrow.dataset and pandas (~0.3 s)
 
     def batches() -> Any:
         for at in range(0, n, GROUP_BATCH):

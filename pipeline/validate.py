@@ -76,6 +76,77 @@ def _jpeg(data: bytes) -> None:
             pos = found.start()
 
 
+#: Markers a plain JPEG header may hold before its first scan: SOF0-2, DHT, DQT, DRI, COM, APP0-15.
+_PLAIN_SOF = (0xC0, 0xC1, 0xC2)
+_PLAIN_OTHER = frozenset((0xC4, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)))
+
+
+def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` of a whole JPEG whose header is plain, read from its SOF; else None.
+
+    Pillow's header parse is the slow half of a structural probe, and what it learns of a JPEG
+    is the SOF's size. For a header that Pillow would open as this plain JPEG without a doubt,
+    the size comes from this walk instead (the file is then walked to its EOI as
+    :func:`check_structure` does). "Plain": markers one after another from SOI to the first
+    SOS, only those in ``_PLAIN_SOF``/``_PLAIN_OTHER``; one 8-bit SOF with 1, 3 or 4 components
+    and a non-zero size; quantisation tables that fill their segments; and none of the APP
+    segments Pillow parses in ways that can fail or change the format (an MPF multi-picture
+    index, a Photoshop resource block, a JFIF/Adobe/ICC segment too short for its fields, an
+    EXIF block Pillow would read a DPI from). Anything else, a damaged file included, gives
+    None, and the caller opens the bytes with Pillow as before: every reject reason and
+    message stays what it was.
+    """
+    if not data.startswith(b"\xff\xd8\xff"):
+        return None
+    pos, end, size, exif, jfif_dpi = 2, len(data), None, False, False
+    while True:
+        if pos + 4 > end or data[pos] != 0xFF:
+            return None
+        marker, length = data[pos + 1], (data[pos + 2] << 8) | data[pos + 3]
+        body, stop = pos + 4, pos + 2 + length
+        if length < 2 or stop > end:
+            return None
+        if marker == 0xDA:  # SOS: the header ends
+            break
+        if marker in _PLAIN_SOF:
+            layers = data[body + 5] if length >= 8 else 0
+            if size is not None or data[body] != 8 or layers not in (1, 3, 4) or length != 8 + 3 * layers:
+                return None
+            size = ((data[body + 3] << 8) | data[body + 4], (data[body + 1] << 8) | data[body + 2])
+        elif marker not in _PLAIN_OTHER:
+            return None
+        elif marker == 0xDB:  # DQT: 8-bit (65 bytes) or 16-bit (129) tables, whole
+            at = body
+            while at < stop:
+                at += 65 if data[at] < 16 else 129
+            if at != stop:
+                return None
+        elif marker >= 0xE0:
+            n = length - 2
+            if data.startswith(b"JFIF", body, stop) and marker == 0xE0:
+                if n < 7:
+                    return None
+                jfif_dpi = jfif_dpi or (n >= 12 and data[body + 7] in (1, 2))
+            elif data.startswith(b"Exif\0\0", body, stop) and marker == 0xE1:
+                exif = True
+            elif marker == 0xE2 and (
+                data.startswith(b"MPF\0", body, stop) or (data.startswith(b"ICC_PROFILE\0", body, stop) and n < 14)
+            ):
+                return None
+            elif marker == 0xED and data.startswith(b"Photoshop 3.0\0", body, stop):
+                return None
+            elif marker == 0xEE and data.startswith(b"Adobe", body, stop) and n < 7:
+                return None
+        pos = stop
+    if size is None or not size[0] or not size[1] or (exif and not jfif_dpi):
+        return None
+    try:
+        _jpeg(data)
+    except StructureError:
+        return None
+    return size
+
+
 def _png(data: bytes) -> None:
     if not data.startswith(_PNG_SIGNATURE):
         raise StructureError("PNG signature missing")

@@ -51,7 +51,7 @@ def confined_path(image_path: str, root: str | os.PathLike[str] | None, *, follo
     if not _inside(path, top):
         raise ImageUnavailable("path_outside_images", f"image path {image_path} is outside the image folder {top}")
     real_top = _real_root(top)
-    real = _real_below(real_top, os.path.relpath(path, top))
+    real = _real_below(real_top, os.curdir if path == top else path[len(top.rstrip(os.sep)) + 1 :])  # relpath, inside
     if not follow_symlinks and not _inside(real, real_top):
         raise ImageUnavailable(
             "path_outside_images",
