@@ -109,34 +109,16 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0xDA:  # SOS: the header ends
             break
         if marker in _PLAIN_SOF:
-            layers = data[body + 5] if length >= 8 else 0
-            if size is not None or data[body] != 8 or layers not in (1, 3, 4) or length != 8 + 3 * layers:
+            if size is not None:
                 return None
-            size = ((data[body + 3] << 8) | data[body + 4], (data[body + 1] << 8) | data[body + 2])
-        elif marker not in _PLAIN_OTHER:
+            size = _sof_size(data, body, length)
+        elif marker not in _PLAIN_OTHER or (marker == 0xDB and not _whole_tables(data, body, stop)):
             return None
-        elif marker == 0xDB:  # DQT: 8-bit (65 bytes) or 16-bit (129) tables, whole
-            at = body
-            while at < stop:
-                at += 65 if data[at] < 16 else 129
-            if at != stop:
-                return None
         elif marker >= 0xE0:
-            n = length - 2
-            if data.startswith(b"JFIF", body, stop) and marker == 0xE0:
-                if n < 7:
-                    return None
-                jfif_dpi = jfif_dpi or (n >= 12 and data[body + 7] in (1, 2))
-            elif data.startswith(b"Exif\0\0", body, stop) and marker == 0xE1:
-                exif = True
-            elif marker == 0xE2 and (
-                data.startswith(b"MPF\0", body, stop) or (data.startswith(b"ICC_PROFILE\0", body, stop) and n < 14)
-            ):
+            kind = _app_kind(data, marker, body, stop)
+            if kind is None:
                 return None
-            elif marker == 0xED and data.startswith(b"Photoshop 3.0\0", body, stop):
-                return None
-            elif marker == 0xEE and data.startswith(b"Adobe", body, stop) and n < 7:
-                return None
+            exif, jfif_dpi = exif or kind == "exif", jfif_dpi or kind == "dpi"
         pos = stop
     if size is None or not size[0] or not size[1] or (exif and not jfif_dpi):
         return None
@@ -145,6 +127,42 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
     except StructureError:
         return None
     return size
+
+
+def _sof_size(data: bytes, body: int, length: int) -> tuple[int, int] | None:
+    """``(width, height)`` of an 8-bit SOF with 1, 3 or 4 components that fill its segment."""
+    layers = data[body + 5] if length >= 8 else 0
+    if data[body] != 8 or layers not in (1, 3, 4) or length != 8 + 3 * layers:
+        return None
+    return (data[body + 3] << 8) | data[body + 4], (data[body + 1] << 8) | data[body + 2]
+
+
+def _whole_tables(data: bytes, body: int, stop: int) -> bool:
+    """Whether a DQT segment is 8-bit (65-byte) and 16-bit (129-byte) tables, exactly."""
+    at = body
+    while at < stop:
+        at += 65 if data[at] < 16 else 129
+    return at == stop
+
+
+def _app_kind(data: bytes, marker: int, body: int, stop: int) -> str | None:
+    """What an APPn segment tells: ``"dpi"`` (a JFIF density in dots), ``"exif"``, ``""``
+    (nothing Pillow reads), or None for a segment Pillow parses in a way that may fail or
+    that changes the format it reports."""
+    n = stop - body
+    if marker == 0xE0 and data.startswith(b"JFIF", body, stop):
+        return None if n < 7 else "dpi" if n >= 12 and data[body + 7] in (1, 2) else ""
+    if marker == 0xE1 and data.startswith(b"Exif\0\0", body, stop):
+        return "exif"
+    if marker == 0xE2 and data.startswith(b"MPF\0", body, stop):
+        return None
+    if marker == 0xE2 and data.startswith(b"ICC_PROFILE\0", body, stop):
+        return None if n < 14 else ""
+    if marker == 0xED and data.startswith(b"Photoshop 3.0\0", body, stop):
+        return None
+    if marker == 0xEE and data.startswith(b"Adobe", body, stop):
+        return None if n < 7 else ""
+    return ""
 
 
 def _png(data: bytes) -> None:

@@ -124,7 +124,9 @@ def test_a_plain_jpeg_refused_by_the_allowed_formats_is_left_to_pillow() -> None
     ),
     near_header=st.booleans(),
 )
-def test_damaged_jpegs_get_the_outcome_pillow_gives(name: str, edits: list[tuple[str, float, int]], near_header: bool) -> None:
+def test_damaged_jpegs_get_the_outcome_pillow_gives(
+    name: str, edits: list[tuple[str, float, int]], near_header: bool
+) -> None:
     data = bytearray({**PLAIN, **SPECIAL}[name])
     header = data.find(b"\xff\xda") + 12  # most edits land where the walk and Pillow both look
     for kind, where, value in edits:
