@@ -109,9 +109,9 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0xDA:  # SOS: the header ends
             break
         if marker in _PLAIN_SOF:
-            if size is not None:
+            size = None if size is not None else _sof_size(data, body, length)
+            if size is None:  # a second SOF, or one Pillow refuses
                 return None
-            size = _sof_size(data, body, length)
         elif marker not in _PLAIN_OTHER or (marker == 0xDB and not _whole_tables(data, body, stop)):
             return None
         elif marker >= 0xE0:
@@ -131,8 +131,7 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 def _sof_size(data: bytes, body: int, length: int) -> tuple[int, int] | None:
     """``(width, height)`` of an 8-bit SOF with 1, 3 or 4 components that fill its segment."""
-    layers = data[body + 5] if length >= 8 else 0
-    if data[body] != 8 or layers not in (1, 3, 4) or length != 8 + 3 * layers:
+    if length < 8 or data[body] != 8 or data[body + 5] not in (1, 3, 4) or length != 8 + 3 * data[body + 5]:
         return None
     return (data[body + 3] << 8) | data[body + 4], (data[body + 1] << 8) | data[body + 2]
 

@@ -72,6 +72,19 @@ SPECIAL = {
 }
 
 
+def sof(bits: int) -> bytes:
+    return segment(0xC0, bytes((bits,)) + struct.pack(">HH", 32, 48) + b"\x01\x01\x11\x00")
+
+
+#: Headers Pillow refuses (or reads otherwise) that a careless walk would take as plain.
+REFUSED = {
+    "12-bit SOF first, 8-bit SOF after": with_segments(jpeg("L"), sof(12)),
+    "two SOFs, Pillow keeps the last": with_segments(jpeg("L"), sof(8)).replace(b"\xff\xc0", b"\xff\xc1", 1),
+    "SOF cut to its length field": jpeg()[:2] + b"\xff\xc0\x00\x02",
+    "SOF without components": with_segments(jpeg(), segment(0xC0, b"\x08\x00\x20\x00\x30")),
+}
+
+
 def outcome(fn: Any, data: bytes, **options: Any) -> ImageInfo | tuple[str, str]:
     try:
         return fn(data, **options)
@@ -102,6 +115,13 @@ def test_headers_pillow_treats_specially_are_left_to_pillow(name: str) -> None:
     same_as_pillow(data)
 
 
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_headers_the_walk_must_not_take_as_plain(name: str) -> None:
+    data = REFUSED[name]
+    assert plain_jpeg_size(data) is None
+    same_as_pillow(data)
+
+
 def test_the_pixel_caps_are_pillows_and_the_users() -> None:
     data = PLAIN["baseline"]  # 48 x 32
     assert same_as_pillow(data, max_pixels=48 * 32) == probe(data, decode=True)
@@ -116,7 +136,7 @@ def test_a_plain_jpeg_refused_by_the_allowed_formats_is_left_to_pillow() -> None
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    name=st.sampled_from(sorted(PLAIN) + sorted(SPECIAL)),
+    name=st.sampled_from(sorted(PLAIN) + sorted(SPECIAL) + sorted(REFUSED)),
     edits=st.lists(
         st.tuples(st.sampled_from(["cut", "flip", "insert", "drop"]), st.floats(0, 1), st.integers(0, 255)),
         min_size=1,
@@ -127,7 +147,7 @@ def test_a_plain_jpeg_refused_by_the_allowed_formats_is_left_to_pillow() -> None
 def test_damaged_jpegs_get_the_outcome_pillow_gives(
     name: str, edits: list[tuple[str, float, int]], near_header: bool
 ) -> None:
-    data = bytearray({**PLAIN, **SPECIAL}[name])
+    data = bytearray({**PLAIN, **SPECIAL, **REFUSED}[name])
     header = data.find(b"\xff\xda") + 12  # most edits land where the walk and Pillow both look
     for kind, where, value in edits:
         at = int(where * ((header if near_header else len(data)) - 1))
