@@ -161,3 +161,55 @@ def test_damaged_jpegs_get_the_outcome_pillow_gives(
             del data[at : at + 1 + value % 4]
     assume(data)  # empty bytes are refused before either path looks
     same_as_pillow(bytes(data))
+
+
+def header_segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """The segments between SOI and the first SOS, and the rest (from the SOS on)."""
+    pos, segments = 2, []
+    while data[pos + 1] != 0xDA:
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        segments.append(data[pos : pos + 2 + length])
+        pos += 2 + length
+    return segments, data[pos:]
+
+
+MARKERS = [0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xC9, 0xCC, 0xDB, 0xDC, 0xDD, 0xE0, 0xE1, 0xE2, 0xED, 0xEE, 0xEF, 0xF0, 0xFE]
+PREFIXES = [b"", b"\x08", b"JFIF\0", b"Exif\0\0", b"MPF\0", b"ICC_PROFILE\0", b"Photoshop 3.0\0", b"Adobe"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(sorted(PLAIN)),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["duplicate", "delete", "swap", "retag", "insert"]),
+            st.integers(0, 63),
+            st.integers(0, 63),
+            st.sampled_from(MARKERS),
+            st.sampled_from(PREFIXES),
+            st.binary(max_size=140),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_rearranged_headers_get_the_outcome_pillow_gives(name: str, edits: list[tuple[Any, ...]]) -> None:
+    """Whole segments duplicated, dropped, swapped, re-tagged or made up: the cases byte edits rarely reach."""
+    segments, rest = header_segments(PLAIN[name])
+    for kind, i, j, marker, prefix, body in edits:
+        i, j = i % (len(segments) + 1), j % (len(segments) + 1)
+        if kind == "insert":
+            segments.insert(i, segment(marker, prefix + body))
+        elif not segments:
+            continue
+        elif kind == "duplicate":
+            segments.insert(j, segments[i % len(segments)])
+        elif kind == "delete":
+            del segments[i % len(segments)]
+        elif kind == "swap":
+            a, b = i % len(segments), j % len(segments)
+            segments[a], segments[b] = segments[b], segments[a]
+        else:
+            a = i % len(segments)
+            segments[a] = segments[a][:1] + bytes((marker,)) + segments[a][2:]
+    same_as_pillow(b"\xff\xd8" + b"".join(segments) + rest)
