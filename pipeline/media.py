@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
 import warnings
 from dataclasses import dataclass
 
@@ -113,7 +112,7 @@ def _probe_with_pillow(
         raise BadImage("corrupt_image", f"image is truncated or malformed: {e}") from None
     except Image.DecompressionBombError as e:
         raise BadImage("decompression_bomb", str(e)) from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # struct: a header field cut short
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage("corrupt_image", f"image cannot be decoded: {e}") from None
     return _info(data, fmt, width, height)
 

@@ -66,7 +66,6 @@ SPECIAL = {
     "EXIF without a JFIF dpi": without_app0(jpeg(exif=EXIF.tobytes())),
     "MPF index": with_segments(jpeg(), segment(0xE2, b"MPF\0" + b"\0" * 20)),
     "Photoshop block": with_segments(jpeg(), segment(0xED, b"Photoshop 3.0\x008BIM\x03\xed\0")),
-    "short Adobe segment": with_segments(jpeg(), segment(0xEE, b"Adobe")),
     "fill bytes before a marker": jpeg()[:2] + b"\xff" + jpeg()[2:],
     "arithmetic coding SOF9": jpeg().replace(b"\xff\xc0", b"\xff\xc9", 1),
 }
@@ -82,6 +81,8 @@ REFUSED = {
     "two SOFs, Pillow keeps the last": with_segments(jpeg("L"), sof(8)).replace(b"\xff\xc0", b"\xff\xc1", 1),
     "SOF cut to its length field": jpeg()[:2] + b"\xff\xc0\x00\x02",
     "SOF without components": with_segments(jpeg(), segment(0xC0, b"\x08\x00\x20\x00\x30")),
+    "Adobe segment too short for its fields": with_segments(jpeg(), segment(0xEE, b"Adobe")),
+    "JFIF segment too short for its version": with_segments(jpeg(), segment(0xE0, b"JFIF\0")),
 }
 
 
