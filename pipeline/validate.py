@@ -1,7 +1,8 @@
 """Structural validation: prove an image file whole from its container, decoding no pixels.
 
 ``check_structure(data, fmt)`` walks the container of a JPEG, PNG or WebP file and raises
-:class:`StructureError` when it is cut short or malformed:
+:class:`StructureError` when it is cut short or malformed (``plain_jpeg_size`` walks a JPEG
+the same way and also reads its size, where Pillow would read the header as it does):
 
 - JPEG: markers from SOI through every segment and the entropy-coded scan data to EOI
   (a truncated file has no EOI); segment lengths must fit in the file.
@@ -84,9 +85,10 @@ _PLAIN_OTHER = frozenset((0xC4, 0xDB, 0xDD, 0xFE, *range(0xE0, 0xF0)))
 def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` of a whole JPEG whose header is plain, read from its SOF; else None.
 
-    Pillow's header parse is the slow half of a structural probe, and what it learns of a JPEG
-    is the SOF's size. For a header that Pillow would open as this plain JPEG without a doubt,
-    the size comes from this walk instead (the file is then walked to its EOI as
+    Pillow's header parse is about a third of a structural probe's time (0.05 of 0.16 ms for a
+    100 KB photo, sha256 included), and what it learns of a JPEG is the SOF's size. For a
+    header that Pillow would open as this plain JPEG without a doubt, the size comes from this
+    walk instead (the file is then walked to its EOI as
     :func:`check_structure` does). "Plain": markers one after another from SOI to the first
     SOS, only those in ``_PLAIN_SOF``/``_PLAIN_OTHER``; one 8-bit SOF with 1, 3 or 4 components
     and a non-zero size; quantisation tables that fill their segments; and none of the APP

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline import media
 from pipeline.media import BadImage, ImageInfo, _probe_with_pillow, probe
 from pipeline.validate import plain_jpeg_size
 
@@ -101,12 +102,20 @@ def same_as_pillow(data: bytes, **options: Any) -> ImageInfo | tuple[str, str]:
 
 
 @pytest.mark.parametrize("name", sorted(PLAIN))
-def test_plain_jpegs_are_described_by_the_walk_as_pillow_describes_them(name: str) -> None:
+def test_plain_jpegs_are_described_by_the_walk_as_pillow_describes_them(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = PLAIN[name]
     with Image.open(io.BytesIO(data)) as img:
         assert plain_jpeg_size(data) == img.size
     info = same_as_pillow(data)
     assert isinstance(info, ImageInfo) and info.format == "JPEG"
+
+    def no_pillow(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the probe opened a plain JPEG with Pillow")
+
+    monkeypatch.setattr(media, "_probe_with_pillow", no_pillow)
+    assert probe(data, decode=False, structure=True) == info
 
 
 @pytest.mark.parametrize("name", sorted(SPECIAL))
