@@ -125,7 +125,11 @@ class ProcessExecutor:
         return self._procs
 
     def close(self) -> None:
-        """Let every worker finish and exit."""
+        """Let every worker finish and exit; workers that never got work (a build found up to
+        date after starting them) are stopped at once, not waited for while they import."""
+        if not self._context_sent:
+            self._kill()
+            return
         procs, self._procs = self._procs, []
         self._context_sent = False
         for worker in procs:

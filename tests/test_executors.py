@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,5 +102,8 @@ def test_a_pool_started_and_closed_without_a_map_exits() -> None:
     # e.g. build finds the folder up to date after starting its workers
     executor = make_executor("process", 2, preload=("pipeline.probe",))
     executor.start()
+    workers = multiprocessing.active_children()
     executor.close()
     assert not multiprocessing.active_children()
+    # Not waited for while they import: they were given no work, so they are stopped.
+    assert len(workers) == 2 and all(w.exitcode == -signal.SIGKILL for w in workers)
