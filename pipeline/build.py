@@ -66,7 +66,7 @@ from .plan import plan_shards
 from .probe import distinct_refs, probe_images
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
-from .schema import CAPTION_ROWS
+from .rows import read_rows
 from .stats import BuildStats
 from .storage import Location, Options, is_url, join, put_whole, read_bytes
 from .write import ShardResult, ShardTask, write_shard
@@ -394,7 +394,7 @@ def _finish(
 
 def _read(reader: Reader) -> pa.Table:
     try:
-        rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
+        rows = read_rows(reader.read())
     except OSError as e:  # a source file missing or unreadable: the user's error, in one line
         if e.errno is None:
             raise

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import resolve_columns as cols
 from .errors import BuildError
 from .format import ResolutionReport
 from .hashes import load_hashes
@@ -138,11 +139,13 @@ def _drop(
 ) -> Resolution:
     """Move the rejected images' caption rows to the rejects; renumber groups 0..n-1."""
     row_ids = images["row_ids"].to_pylist()
-    location = dict(zip(rows["row_id"].to_pylist(), rows["location"].to_pylist(), strict=True))
+    dropped = [(r, reason, detail) for pos, (reason, detail) in rejected.items() for r in row_ids[pos]]
+    row_id = rows["row_id"]
+    at = pc.index_in(pa.array([r for r, _, _ in dropped], pa.int64()), value_set=row_id.combine_chunks())
+    where = cols.locations(rows, cols.as_numpy(at)).to_pylist()
     new = [
-        {"row_id": r, "location": location[r], "reason": reason, "detail": detail}
-        for pos, (reason, detail) in rejected.items()
-        for r in row_ids[pos]
+        {"row_id": r, "location": location, "reason": reason, "detail": detail}
+        for (r, reason, detail), location in zip(dropped, where, strict=True)
     ]
     keep = np.ones(images.num_rows, bool)
     keep[list(rejected)] = False

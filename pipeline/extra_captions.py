@@ -41,6 +41,7 @@ from .readers.base import JOIN_ON, CaptionSource
 from .readers.recaption import caption_table
 from .rejects import REJECT_SCHEMA, reject
 from .resolve import Resolution
+from .rows import plain
 
 #: ``caption_sources`` entry of a caption the source itself gave.
 SOURCE = "source"
@@ -106,6 +107,7 @@ def _join_values(join_on: str, images: pa.Table, rows: pa.Table) -> pa.Table:
         parents = pc.list_parent_indices(images["row_ids"])
         owned = pa.table({"row_id": pc.list_flatten(images["row_ids"]), "position": parents.cast(pa.int64())})
         values = rows.select(["row_id", ROW_COLUMNS[join_on]]).rename_columns(["row_id", "join"])
+        values = values.set_column(1, "join", plain(values["join"]))  # a ROWS column may be dictionary-encoded
         if join_on == "filename":  # a base name, whatever folder the source names
             values = values.set_column(1, "join", _basename(values["join"]))
         pairs = owned.join(values, "row_id", use_threads=False).select(["join", "position"])

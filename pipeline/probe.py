@@ -20,6 +20,7 @@ from .executors import Executor
 from .media import BadImage, probe
 from .phash import phash_bytes, to_int64
 from .readers import ImageUnavailable, Reader
+from .rows import dictionary, plain
 
 PROBE_SCHEMA = pa.schema(
     [
@@ -93,12 +94,18 @@ def _phash(data: bytes) -> int:
 
 def distinct_refs(rows: pa.Table) -> pa.Table:
     """The distinct (image_path, image_index) pairs of rows that have an image reference."""
+    paths = rows["image_path"]
+    if pa.types.is_dictionary(paths.type) and rows["image_index"].null_count == rows.num_rows:
+        # Files only, paths encoded by rows.read_rows: the dictionary is the distinct paths, in order.
+        distinct = dictionary(paths)
+        return pa.table({"image_path": distinct, "image_index": pa.nulls(len(distinct), pa.int64())})
     refs = rows.select(["image_path", "image_index"])  # before the filter: it copies every column it keeps
     has_ref = pc.or_(pc.is_valid(refs["image_path"]), pc.is_valid(refs["image_index"]))
     if not pc.all(has_ref).as_py():
         refs = refs.filter(has_ref)
     del has_ref
-    return refs.group_by(["image_path", "image_index"], use_threads=False).aggregate([])
+    refs = refs.group_by(["image_path", "image_index"], use_threads=False).aggregate([])
+    return refs.set_column(0, "image_path", plain(refs["image_path"]))
 
 
 def probe_images(

@@ -37,6 +37,7 @@ from .errors import BuildError
 from .format import ResolutionReport
 from .idspec import IdSpec
 from .rejects import REJECT_SCHEMA, detail, reject
+from .rows import plain
 
 __all__ = ["REJECT_SCHEMA", "SPLIT_PRIORITY", "Resolution", "ResolutionReport", "ref_key", "resolve", "sanitize_key"]
 
@@ -72,7 +73,8 @@ class _Naming:
 def ref_key(table: pa.Table) -> pa.Array:
     """One string per row naming its image reference (path, or ``#index``); joins need non-null keys."""
     index_key = pc.binary_join_element_wise("#", pc.cast(table["image_index"], pa.string()), "")
-    return pc.if_else(pc.is_valid(table["image_path"]), table["image_path"], index_key)
+    path = plain(table["image_path"])
+    return pc.if_else(pc.is_valid(path), path, index_key)
 
 
 def sanitize_key(image_id: str) -> str:
@@ -222,8 +224,9 @@ def _row_rejects(
         {
             **{
                 c: cols.take(rows[c], at)
-                for c in ("row_id", "location", "reject", "split", "image_path", "image_index")
+                for c in ("row_id", "reject", "split", "image_path", "image_index")
             },
+            "location": cols.locations(rows, at),
             "caption": cols.take(caption, at, cols.trim),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
             "image_detail": cols.take(probed["image_detail"], pos[at]),
@@ -450,7 +453,7 @@ def _handle_leaks(
         }
         for row_id, location, i in zip(
             cols.take(rows["row_id"], at).to_pylist(),
-            cols.take(rows["location"], at).to_pylist(),
+            cols.locations(rows, at).to_pylist(),
             identity[dropped].tolist(),
             strict=True,
         )
@@ -510,12 +513,13 @@ def _aggregate(
             "caption_ids": cols.list_column(cols.take(rows["caption_id"], order), starts),
             "row_ids": cols.list_column(cols.take(rows["row_id"], order), starts),
             **sources,
-            **{c: cols.first_valid(rows[c], order, starts) for c in ("location", "split")},
+            "location": cols.locations(rows, order[starts]),  # (never null: each image's first row's)
+            "split": cols.first_valid(rows["split"], order, starts),
             **{
                 c: cols.first_valid(probed[c], groups.in_probe, starts)
                 for c in ("sha256", "n_bytes", "format", "width", "height")
             },
-            **{c: cols.first_valid(rows[c], order, starts) for c in ("image_path", "image_index", "file_name")},
+            **{c: plain(cols.first_valid(rows[c], order, starts)) for c in ("image_path", "image_index", "file_name")},
         }
     )
 

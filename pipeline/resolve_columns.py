@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .rows import plain, unified
+
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
 #: Rows per batch that Acero's table source cuts a table into (``TableSourceNodeOptions``' default).
@@ -37,8 +39,12 @@ def codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
     """Distinct non-null values (first-appearance order) and each row's code into them (-1: null).
 
     One hash pass (``dictionary_encode``, whose chunks all carry the one final dictionary), not
-    two (``unique``, then ``index_in``).
+    two (``unique``, then ``index_in``); none for a column already encoded (a dictionary-encoded
+    column of :func:`.rows.read_rows`): its dictionary and indices are the answer, its dictionary
+    holding just the values its rows have, in that order.
     """
+    if pa.types.is_dictionary(values.type):
+        return _dictionary_codes(values)
     encoded = pc.dictionary_encode(values)  # nulls stay null, outside the dictionary
     if isinstance(encoded, pa.ChunkedArray):
         if encoded.num_chunks == 0:
@@ -49,6 +55,15 @@ def codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
         distinct, code = encoded.dictionary, encoded.indices
     del encoded
     return distinct, as_numpy(pc.fill_null(code, -1))
+
+
+def _dictionary_codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
+    """:func:`codes` of a dictionary-encoded column."""
+    values = unified(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]))
+    if values.num_chunks == 0:
+        return pa.array([], values.type.value_type), np.empty(0, np.int32)
+    code = pa.chunked_array([c.indices for c in values.chunks], values.type.index_type)
+    return values.chunk(0).dictionary, as_numpy(pc.fill_null(code, -1))
 
 
 def as_numpy(values: ArrayLike) -> np.ndarray:
@@ -74,6 +89,8 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
     ``each``: an element-wise function applied to the taken values (piece by piece, so that
     the values are not held twice, before and after it).
     """
+    if pa.types.is_dictionary(values.type):
+        return _take_encoded(values, indices, each)
     negative = indices < 0
     has_negative = bool(negative.any())
     if isinstance(values, pa.ChunkedArray) and values.num_chunks > 1 and not has_negative:
@@ -82,6 +99,17 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
         values = values.chunk(0)  # Arrow's take on a chunked column copies it into one first
     out = pc.take(values, pa.array(indices, mask=negative if has_negative else None))
     out = out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return each(out) if each is not None else out
+
+
+def _take_encoded(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None) -> pa.Array:
+    """:func:`take` of a dictionary-encoded column: its indices, over its one dictionary (concatenating
+    pieces that each carry the dictionary would compare the dictionaries, piece by piece)."""
+    values = unified(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]))
+    if values.num_chunks == 0:
+        return take(pa.array([], values.type.value_type), indices, each)
+    codes = take(pa.chunked_array([c.indices for c in values.chunks], values.type.index_type), indices)
+    out = pa.DictionaryArray.from_arrays(codes, values.chunk(0).dictionary)
     return each(out) if each is not None else out
 
 
@@ -100,8 +128,7 @@ def _take_by_chunk(
     for block in _taken_blocks(values, indices, each):
         for piece in block:
             out.append(piece)
-        del block
-        release()  # the block's pieces, now copied
+        del block  # its pieces, now copied: the next block's reuse their memory
     return out.finish()
 
 
@@ -246,26 +273,59 @@ def probe_positions(rows: pa.Table, probed: pa.Table, ref_key: Any) -> np.ndarra
     """Per caption row, the row of ``probed`` with its image reference (-1: none).
 
     The same match as joining on :func:`.resolve.ref_key`; file-only sources match on the
-    path itself, without building a key column of the row count.
+    path itself, without building a key column of the row count (and, paths dictionary-encoded,
+    once per distinct path).
     """
+    if rows["image_index"].null_count == rows.num_rows and pa.types.is_dictionary(rows["image_path"].type):
+        paths, code = codes(rows["image_path"])
+        found = as_numpy(pc.fill_null(pc.index_in(paths, value_set=_one_array(probed["image_path"])), -1))
+        return np.append(found, -1)[code]  # code -1 (no path) reads the appended -1
     if rows["image_index"].null_count == rows.num_rows:
         keys, value_set = rows["image_path"], probed["image_path"]
     else:
         keys, value_set = ref_key(rows), ref_key(probed)
-    if isinstance(value_set, pa.ChunkedArray):
-        value_set = value_set.combine_chunks()
-    return as_numpy(pc.fill_null(pc.index_in(keys, value_set=value_set, skip_nulls=True), -1))
+    return as_numpy(pc.fill_null(pc.index_in(keys, value_set=_one_array(value_set), skip_nulls=True), -1))
+
+
+def _one_array(values: ArrayLike) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def trimmed_length(captions: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Length of each caption stripped of surrounding whitespace, a chunk at a time (the stripped
-    text is not kept: :func:`take` strips just the captions it takes, with ``each=trim``)."""
-    return pa.chunked_array([pc.utf8_length(trim(chunk)) for chunk in captions.chunks], pa.int32())
+    """Length of each caption stripped of surrounding whitespace, a chunk at a time, stripping just
+    the captions that may need it (:func:`take` strips those it takes, with ``each=trim``)."""
+    return pa.chunked_array([_trimmed_length(chunk) for chunk in captions.chunks], pa.int32())
+
+
+def _trimmed_length(captions: pa.Array) -> pa.Array:
+    length = pc.utf8_length(captions)
+    padded = np.flatnonzero(_maybe_padded(captions))
+    if len(padded) == 0:
+        return length
+    stripped = pc.utf8_length(trim(captions.take(pa.array(padded))))
+    mask = np.zeros(len(captions), bool)
+    mask[padded] = True
+    return pc.replace_with_mask(length, pa.array(mask), stripped)
 
 
 def trim(captions: pa.Array) -> pa.Array:
-    """Captions stripped of surrounding whitespace."""
-    return pc.utf8_trim_whitespace(captions)
+    """Captions stripped of surrounding whitespace: the array itself when none can have any (no copy
+    of text that is already stripped, the usual case)."""
+    return pc.utf8_trim_whitespace(captions) if _maybe_padded(captions).any() else captions
+
+
+def _maybe_padded(strings: pa.Array) -> np.ndarray:
+    """Per value, whether it starts or ends with a byte outside ``!``..``~``: whitespace, or maybe
+    (every byte of a non-ASCII character is one); printable ASCII at both ends means none."""
+    if strings.type != pa.string():
+        return np.ones(len(strings), bool)
+    off = _offsets(strings)
+    data = np.frombuffer(strings.buffers()[2] or b"", np.uint8)
+    nonempty = np.flatnonzero(off[1:] > off[:-1])  # (an empty value, or a null, has nothing to strip)
+    first, last = data[off[:-1][nonempty]], data[off[1:][nonempty] - 1]
+    padded = np.zeros(len(strings), bool)
+    padded[nonempty] = (first <= 0x20) | (first >= 0x7F) | (last <= 0x20) | (last >= 0x7F)
+    return padded
 
 
 def distinct_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -357,6 +417,16 @@ def first_valid(values: ArrayLike, index: np.ndarray, starts: np.ndarray) -> pa.
     at = at.copy()
     at[found] = index[rows[first]]
     return take(values, at)
+
+
+def locations(rows: pa.Table, at: np.ndarray) -> pa.Array:
+    """The ``location`` of the rows at positions ``at``: a ``CAPTION_ROWS`` table's column, or the
+    location a ``rows.ROWS`` table holds as stem and number, joined back."""
+    if "location" in rows.column_names:
+        return take(rows["location"], at)
+    stem = plain(take(rows["location_stem"], at))
+    number = pc.cast(take(rows["location_number"], at), pa.string())
+    return pc.binary_join_element_wise(stem, number, "", null_handling="replace", null_replacement="")
 
 
 def probe_failed(probed: pa.Table, pos: np.ndarray) -> np.ndarray:

@@ -41,7 +41,6 @@ CAPTION_ROWS = pa.schema(
 
 COLUMNS = tuple(CAPTION_ROWS.names)
 
-
 class RowBatcher:
     """Collects caption rows as dicts and emits ``CAPTION_ROWS`` record batches.
 

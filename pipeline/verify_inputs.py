@@ -13,14 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from .errors import IntegrityError
 from .format import INPUTS, require_manifest
 from .identity import differences
 from .inputs import InputChanges, compare, hash_all, image_root, read_listing, referenced_paths, scan
 from .readers import SourceSpec, detect, get_reader
-from .schema import CAPTION_ROWS
+from .rows import read_rows
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ def verify_inputs(build_dir: Path, spec: SourceSpec, fmt: str = "auto", check: s
     if reading.get("id_column") is not None and spec.id_column is None:
         spec = dataclasses.replace(spec, id_column=reading["id_column"])  # what build's --id column:NAME set
     reader = get_reader(fmt)(spec)
-    rows = pa.Table.from_batches(list(reader.read()), schema=CAPTION_ROWS)
+    rows = read_rows(reader.read())
     root = image_root(spec.images, spec.path)
     listing = scan(referenced_paths(rows), root, options=spec.storage_options)
     if check == "content":

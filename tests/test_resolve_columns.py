@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import resolve_columns as cols
 from pipeline.resolve import sanitize_key
+from pipeline.rows import split_location
 
 TEXT = st.one_of(st.none(), st.text(alphabet="ab é_.-\t日", max_size=6))
 
@@ -101,3 +103,67 @@ def test_first_valid_is_each_groups_first_non_null(groups: list[list[int | None]
     column = chunked(values[::-1], [2], pa.int64())
     got = cols.first_valid(column, index, starts)
     assert got.to_pylist() == [next((v for v in g if v is not None), None) for g in groups]
+
+
+#: Text with ASCII and other whitespace (U+00A0, U+0085, U+3000, U+2028, U+001C) at either end or inside.
+PADDED = st.one_of(st.none(), st.text(alphabet="ab日\u00e9 \t\n\x0b\x1c\u00a0\u0085\u2028\u3000", max_size=6))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(PADDED, max_size=20), st.integers(0, 3))
+def test_trim_is_arrow_trim(values: list[str | None], offset: int) -> None:
+    """``trim`` skips the copy only where Arrow's own trim would change nothing (a sliced array too)."""
+    array = pa.array(["x"] * offset + values, pa.string()).slice(offset)
+    got = cols.trim(array)
+    got.validate(full=True)
+    assert got.equals(pc.utf8_trim_whitespace(array))
+
+
+def test_trim_returns_stripped_text_itself() -> None:
+    stripped = pa.array(["a dog .", None, "", "a 日本 b"])  # ASCII ends: nothing to strip, no copy
+    assert cols.trim(stripped) is stripped
+    assert cols.trim(pa.array(["a dog .", " a cat", "日本\u3000"])).to_pylist() == ["a dog .", "a cat", "日本"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(TEXT, min_size=1, max_size=40),
+    st.lists(st.integers(1, 7), min_size=1, max_size=3),
+    st.data(),
+    st.booleans(),
+)
+def test_dictionary_columns_take_and_code_as_plain_ones(
+    values: list[str | None], sizes: list[int], data: st.DataObject, unify: bool
+) -> None:
+    """A dictionary-encoded column (one dictionary, as ``schema.read_rows`` makes it, or one per
+    chunk) gives the values and codes of the plain column."""
+    column = chunked(values, sizes, pa.string())
+    encoded = pa.chunked_array([pc.dictionary_encode(c) for c in column.chunks])
+    encoded = encoded.unify_dictionaries() if unify else encoded
+    indices = np.array(data.draw(st.lists(st.integers(-1, len(values) - 1), max_size=30)), np.int32)
+    got = cols.take(encoded, indices)
+    got.validate(full=True)
+    assert got.to_pylist() == cols.take(column, indices).to_pylist()
+    distinct, code = cols.codes(encoded)
+    expected_distinct, expected_code = cols.codes(column)
+    assert distinct.to_pylist() == expected_distinct.to_pylist() and code.tolist() == expected_code.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab:[]é0123456789", max_size=30), max_size=20), st.integers(0, 2))
+def test_split_location_gives_the_location_back(values: list[str], offset: int) -> None:
+    """Stem and trailing number join back to the location, whatever it ends in (leading zeros,
+    more digits than an int64 holds, a bare number, none)."""
+    array = pa.array(["7"] * offset + values, pa.string()).slice(offset)
+    stem, number = split_location(array)
+    joined = [s + ("" if n is None else str(n)) for s, n in zip(stem.to_pylist(), number.to_pylist(), strict=True)]
+    assert joined == values
+    assert all(n is None or 0 < n < 10**18 for n in number.to_pylist())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(PADDED, max_size=20), st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_trimmed_length_is_length_of_arrow_trim(values: list[str | None], sizes: list[int]) -> None:
+    column = chunked(values, sizes, pa.string())
+    got = cols.trimmed_length(column)
+    assert got.to_pylist() == pc.utf8_length(pc.utf8_trim_whitespace(column)).to_pylist()

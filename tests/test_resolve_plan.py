@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import BuildConfig
+from pipeline.errors import BuildError
 from pipeline.plan import estimated_bytes, plan_shards
-from pipeline.probe import PROBE_SCHEMA
+from pipeline.probe import PROBE_SCHEMA, distinct_refs
 from pipeline.resolve import resolve, sanitize_key
+from pipeline.resolve_columns import locations
+from pipeline.rows import ROWS, read_rows
 from pipeline.schema import batches_from_rows
 
 
@@ -110,3 +116,58 @@ def test_plan_respects_limits_and_places_every_image_once(n: int, per_shard: int
     # A shard goes over the byte limit only when a single image alone is over it.
     assert all(sizes[s] <= max_bytes or len(shards[s]) == 1 for s in shards)
     assert plan_shards(images, config).equals(plan)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", None]),  # source id
+            st.sampled_from(["p", "q", "r", "s", None]),  # picture (None: no image reference)
+            st.sampled_from(["x.jpg", "y.jpg", None]),  # file name
+            st.sampled_from(["a dog", " a dog ", "\u3000cat", "", "  "]),  # caption
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(["auto", "content", "filename"]),
+    st.integers(1, 7),
+)
+def test_read_rows_resolves_as_plain_strings(rows: list[tuple], strategy: str, batch: int) -> None:
+    """The table build reads (``read_rows``: paths and file names dictionary-encoded, one dictionary
+    over chunks of ``batch`` rows) resolves to exactly what the plain-string table does."""
+    records = [
+        {
+            "location": f"x:{n}" if n % 3 else f"d/t[{n}]",
+            "caption": caption,
+            "split": "train",
+            "image_path": None if pic is None else f"/img/{pic}",
+            "id_hint": image_id,
+            "file_name": file_name,
+        }
+        for n, (image_id, pic, file_name, caption) in enumerate(rows)
+    ]
+    plain = pa.Table.from_batches(list(batches_from_rows(records, batch)))
+    encoded = read_rows(batches_from_rows(records, batch))
+    assert encoded.schema == ROWS
+    unpacked = encoded.drop_columns(["location_stem", "location_number"])
+    unpacked = unpacked.add_column(1, "location", locations(encoded, np.arange(encoded.num_rows)))
+    assert unpacked.to_pylist() == plain.to_pylist()
+    probed = pa.Table.from_pylist(
+        [
+            {"image_path": f"/img/{p}", "sha256": hashlib.sha256(p.encode()).hexdigest(), "n_bytes": 9}
+            for p in sorted({r[1] for r in rows if r[1] is not None})
+        ],
+        schema=PROBE_SCHEMA,
+    )
+    config = BuildConfig(out=Path("unused"), id=strategy)
+    try:
+        expected = resolve(plain, probed, config, id_column="img_id", multi_caption=False)
+    except BuildError as e:
+        with pytest.raises(BuildError, match=re.escape(str(e))):
+            resolve(encoded, probed, config, id_column="img_id", multi_caption=False)
+        return
+    got = resolve(encoded, probed, config, id_column="img_id", multi_caption=False)
+    assert got.images.equals(expected.images) and got.rejects.equals(expected.rejects)
+    assert got.report == expected.report
+    assert distinct_refs(encoded).equals(distinct_refs(plain))
