@@ -14,7 +14,8 @@ interleave every method (so the load of a shared machine falls on all of them al
 - a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
 - ``capshard build --resize 256 --workers 2``;
 - resolution at ``--resolve-rows`` caption rows (1M and 10M by default; references and
-  hashes only, the code path of ``build``), each in a fresh process: ``bench_resolve.py``.
+  hashes only, the code path of ``build``), each run in a fresh process, ``--rounds`` interleaved
+  rounds: ``bench_resolve.py``.
 
 Every method runs as its own process (imports included, as a user would run it). The page
 cache is written back (``sync``, not timed) before every method, so none pays for the disk
@@ -362,7 +363,7 @@ def main() -> None:
                 print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
     rate = {m: args.images / statistics.median(t) for m, t in times.items()}
     report = render(args, rate, times, mean_kb, litdata, trees)
-    resolved = [bench_resolve.run_fresh(n) for n in args.resolve_rows]
+    resolved = resolution(args.resolve_rows, args.rounds)
     report += render_targets(rate, resolved)
     if resolved:
         report += render_resolution(resolved)
@@ -429,6 +430,27 @@ PIL_LOOP = "Pillow loop: draft + resize 256 + JPEG q95, 2 processes"
 RESIZED = "capshard `--resize 256 --workers 2`"
 
 
+def resolution(sizes: list[int], rounds: int) -> list[dict]:
+    """Per size, ``rounds`` interleaved runs of ``bench_resolve`` (each in a fresh process): the
+    median wall and CPU seconds, the highest peak RSS, and every round's figures."""
+    runs: dict[int, list[dict]] = {n: [] for n in sizes}
+    for r in range(rounds):
+        for n in sizes:
+            runs[n].append(bench_resolve.run_fresh(n))
+            print(f"round {r + 1}: resolution of {n:,} rows: {runs[n][-1]['seconds']:.1f} s", file=sys.stderr)
+    return [
+        {
+            **each[0],
+            "seconds": statistics.median(e["seconds"] for e in each),
+            **{k: statistics.median(e[k] for e in each) for k in ("cpu_s", "user_s", "system_s")},
+            "peak_rss_mib": max(e["peak_rss_mib"] for e in each),
+            "rss_after_generate_mib": max(e["rss_after_generate_mib"] for e in each),
+            "rounds": each,
+        }
+        for each in runs.values()
+    ]
+
+
 def render_targets(rate: dict[str, float], resolved: list[dict]) -> str:
     """Issue #9's targets against this run's figures: the ratio reached, the target, met or not."""
     rows: list[tuple[str, float, str, bool]] = []
@@ -473,16 +495,21 @@ def render_resolution(results: list[dict]) -> str:
         "## Resolution at scale",
         "",
         "`distinct_refs` + `resolve` on synthetic caption rows (5 per image, Flickr-length captions, probed "
-        "hashes), each size in a fresh process (`benchmarks/bench_resolve.py`).",
+        "hashes), read as `build` holds them (`rows.read_rows`), each run in a fresh process "
+        "(`benchmarks/bench_resolve.py`); interleaved rounds: median seconds, highest peak RSS.",
         "",
-        "| rows | images | wall s | CPU s | peak RSS MiB | RSS after generating the input MiB | CPU per row vs first |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rows | images | wall s | CPU s (user + system) | CPU s per round | peak RSS MiB "
+        "| RSS after reading the input MiB | CPU per row vs first (user, system) |",
+        "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
-    base = results[0]["cpu_s"] / results[0]["rows"]
+    first = results[0]
     for r in results:
+        each = ", ".join(f"{e['cpu_s']:.1f}" for e in r.get("rounds", [r]))
+        vs = {k: (r[k] / r["rows"]) / (first[k] / first["rows"]) for k in ("cpu_s", "user_s", "system_s")}
         lines.append(
-            f"| {r['rows']:,} | {r['images']:,} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mib']:,} | "
-            f"{r['rss_after_generate_mib']:,} | {r['cpu_s'] / r['rows'] / base:.2f} |"
+            f"| {r['rows']:,} | {r['images']:,} | {r['seconds']:.1f} | {r['cpu_s']:.1f} ({r['user_s']:.1f} + "
+            f"{r['system_s']:.1f}) | {each} | {r['peak_rss_mib']:,} | {r['rss_after_generate_mib']:,} | "
+            f"{vs['cpu_s']:.2f} ({vs['user_s']:.2f}, {vs['system_s']:.2f}) |"
         )
     return "\n".join(lines) + "\n"
 
