@@ -35,7 +35,7 @@ CAPTIONS = {
 
 
 def synthetic(n_rows: int, batch: int = 65536, captions: str = "flickr"):
-    """Caption rows as ``build`` holds them (``schema.read_rows`` of reader-sized ``CAPTION_ROWS``
+    """Caption rows as ``build`` holds them (``rows.read_rows`` of reader-sized ``CAPTION_ROWS``
     batches, made one at a time as a reader yields them) and the probe table of their images."""
     from pipeline.rows import read_rows
 

@@ -135,7 +135,7 @@ def test_trim_returns_stripped_text_itself() -> None:
 def test_dictionary_columns_take_and_code_as_plain_ones(
     values: list[str | None], sizes: list[int], data: st.DataObject, unify: bool
 ) -> None:
-    """A dictionary-encoded column (one dictionary, as ``schema.read_rows`` makes it, or one per
+    """A dictionary-encoded column (one dictionary, as ``rows.read_rows`` makes it, or one per
     chunk) gives the values and codes of the plain column."""
     column = chunked(values, sizes, pa.string())
     encoded = pa.chunked_array([pc.dictionary_encode(c) for c in column.chunks])

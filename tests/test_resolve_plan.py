@@ -135,7 +135,8 @@ def test_plan_respects_limits_and_places_every_image_once(n: int, per_shard: int
 )
 def test_read_rows_resolves_as_plain_strings(rows: list[tuple], strategy: str, batch: int) -> None:
     """The table build reads (``read_rows``: paths and file names dictionary-encoded, one dictionary
-    over chunks of ``batch`` rows) resolves to exactly what the plain-string table does."""
+    over chunks of ``batch`` rows; locations as stem + number) holds the same rows and resolves to
+    exactly what the plain-string table does."""
     records = [
         {
             "location": f"x:{n}" if n % 3 else f"d/t[{n}]",
