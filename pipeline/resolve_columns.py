@@ -59,11 +59,16 @@ def codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
 
 def _dictionary_codes(values: ArrayLike) -> tuple[pa.Array, np.ndarray]:
     """:func:`codes` of a dictionary-encoded column."""
+    distinct, indices = _encoded(values)
+    return distinct, as_numpy(pc.fill_null(indices, -1)) if len(indices) else np.empty(0, np.int32)
+
+
+def _encoded(values: ArrayLike) -> tuple[pa.Array, pa.ChunkedArray]:
+    """A dictionary-encoded column's one dictionary (:func:`.rows.unified`) and its indices."""
     values = unified(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]))
     if values.num_chunks == 0:
-        return pa.array([], values.type.value_type), np.empty(0, np.int32)
-    code = pa.chunked_array([c.indices for c in values.chunks], values.type.index_type)
-    return values.chunk(0).dictionary, as_numpy(pc.fill_null(code, -1))
+        return pa.array([], values.type.value_type), pa.chunked_array([], values.type.index_type)
+    return values.chunk(0).dictionary, pa.chunked_array([c.indices for c in values.chunks], values.type.index_type)
 
 
 def as_numpy(values: ArrayLike) -> np.ndarray:
@@ -104,13 +109,11 @@ def take(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.A
 
 def _take_encoded(values: ArrayLike, indices: np.ndarray, each: Callable[[pa.Array], pa.Array] | None) -> pa.Array:
     """:func:`take` of a dictionary-encoded column: its indices, over its one dictionary (concatenating
-    pieces that each carry the dictionary would compare the dictionaries, piece by piece)."""
-    values = unified(values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values]))
-    if values.num_chunks == 0:
-        return take(pa.array([], values.type.value_type), indices, each)
-    codes = take(pa.chunked_array([c.indices for c in values.chunks], values.type.index_type), indices)
-    out = pa.DictionaryArray.from_arrays(codes, values.chunk(0).dictionary)
-    return each(out) if each is not None else out
+    pieces that each carry the dictionary would compare the dictionaries, piece by piece); ``each``
+    gets the values decoded."""
+    dictionary, codes = _encoded(values)
+    out = pa.DictionaryArray.from_arrays(take(codes, indices), dictionary)
+    return each(plain(out)) if each is not None else out
 
 
 def _take_by_chunk(

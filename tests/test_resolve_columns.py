@@ -144,6 +144,7 @@ def test_dictionary_columns_take_and_code_as_plain_ones(
     got = cols.take(encoded, indices)
     got.validate(full=True)
     assert got.to_pylist() == cols.take(column, indices).to_pylist()
+    assert cols.take(encoded, indices, cols.trim).equals(cols.take(column, indices, cols.trim))
     distinct, code = cols.codes(encoded)
     expected_distinct, expected_code = cols.codes(column)
     assert distinct.to_pylist() == expected_distinct.to_pylist() and code.tolist() == expected_code.tolist()
