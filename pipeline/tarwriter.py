@@ -12,6 +12,7 @@ with no copy into one buffer.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -33,29 +34,35 @@ def _octal(value: int, width: int) -> bytes:
 
 def ustar_header(name: str, size: int, *, mtime: int, mode: int = 0o444) -> bytes:
     """The 512-byte USTAR header of a regular file owned by uid/gid 0 with empty user names."""
-    raw = name.encode("utf-8")
-    if len(raw) > _NAME_MAX:
-        # tarfile would split it into a prefix at a slash; capshard's keys are short and have none.
-        raise ValueError(f"tar member name {name!r} is longer than {_NAME_MAX} bytes")
-    if not 0 <= size <= _SIZE_MAX:
-        raise ValueError(f"tar member {name!r} is too large for USTAR ({size} bytes)")
-    head = b"".join(
-        (
-            raw.ljust(100, b"\0"),
-            _octal(mode & 0o7777, 8),
-            _octal(0, 8),  # uid
-            _octal(0, 8),  # gid
-            _octal(size, 12),
-            _octal(mtime, 12),
-            b"        ",  # checksum, counted as spaces
-            b"0",  # regular file
-            bytes(100),  # linkname
-            b"ustar\x0000",
-            bytes(32 + 32 + 8 + 8 + 155),  # uname, gname, devmajor, devminor, prefix
-        )
-    ).ljust(BLOCK, b"\0")
-    checksum = b"%06o\0" % sum(head)
-    return head[:148] + checksum + head[155:]
+    return _header_template(mtime, mode).header(name, size)
+
+
+class _HeaderTemplate:
+    """The fields of a header that do not change with the member (mode, owner, mtime, magic),
+    laid out once, with their share of the checksum; :meth:`header` fills in name and size."""
+
+    def __init__(self, mtime: int, mode: int) -> None:
+        self.owner = _octal(mode & 0o7777, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid
+        self.mtime = _octal(mtime, 12)
+        self.tail = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)  # type .. prefix, pad
+        # The checksum field counts as 8 spaces.
+        self.fixed_sum = sum(self.owner) + sum(self.mtime) + 8 * ord(" ") + sum(self.tail)
+
+    def header(self, name: str, size: int) -> bytes:
+        raw = name.encode("utf-8")
+        if len(raw) > _NAME_MAX:
+            # tarfile would split it into a prefix at a slash; capshard's keys are short and have none.
+            raise ValueError(f"tar member name {name!r} is longer than {_NAME_MAX} bytes")
+        if not 0 <= size <= _SIZE_MAX:
+            raise ValueError(f"tar member {name!r} is too large for USTAR ({size} bytes)")
+        size_field = _octal(size, 12)
+        checksum = b"%06o\0 " % (self.fixed_sum + sum(raw) + sum(size_field))
+        return b"".join((raw.ljust(100, b"\0"), self.owner, size_field, self.mtime, checksum, self.tail))
+
+
+@functools.lru_cache(maxsize=8)
+def _header_template(mtime: int, mode: int) -> _HeaderTemplate:
+    return _HeaderTemplate(mtime, mode)
 
 
 class TarWriter:
@@ -64,18 +71,18 @@ class TarWriter:
 
     def __init__(self, fileobj: BinaryIO, *, mtime: int) -> None:
         self._file = fileobj
-        self._mtime = mtime
         self._parts: list[bytes] = []
         self._buffered = 0
         self._size = 0
         self._hash = hashlib.sha256()
+        self._header = _header_template(mtime, 0o444).header
         self._fd = _fileno(fileobj)
         if self._fd is not None:
             fileobj.flush()  # from here on the writer writes to the descriptor itself
 
     def add(self, name: str, payload: bytes) -> None:
         """Append one regular-file member."""
-        self._put(ustar_header(name, len(payload), mtime=self._mtime))
+        self._put(self._header(name, len(payload)))
         self._put(payload)
         pad = -len(payload) % BLOCK
         if pad:

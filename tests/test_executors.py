@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from pipeline.config import BuildConfig
 from pipeline.errors import UsageError
 from pipeline.executors import WorkerDied, make_executor
 from pipeline.readers import SourceSpec
+from pipeline.runtime import GC_THRESHOLD
 
 
 def _square(_context: None, x: int) -> int:
@@ -25,6 +29,56 @@ def _square(_context: None, x: int) -> int:
 def test_process_pool_returns_every_result() -> None:
     results = sorted(make_executor("process", 2).map_unordered(_square, range(20)))
     assert results == [x * x for x in range(20)]
+
+
+def _settings(_context: None, _task: int) -> tuple[str | None, int, int]:
+    import numpy  # noqa: F401  (OpenBLAS starts its threads here)
+
+    return os.environ.get("OPENBLAS_NUM_THREADS"), gc.get_threshold()[0], len(os.listdir("/proc/self/task"))
+
+
+def _worker_settings(monkeypatch: pytest.MonkeyPatch, user: str | None) -> tuple[str | None, int, int]:
+    if user is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", user)
+    executor = make_executor("process", 2)
+    try:
+        seen = set(executor.map_unordered(_settings, range(4)))
+    finally:
+        executor.close()
+    assert len(seen) == 1
+    return seen.pop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="counts threads in /proc")
+def test_pool_workers_run_with_one_blas_thread_and_rare_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers get the batch settings before NumPy loads (no OpenBLAS thread pool spinning on the
+    build's cores); an OPENBLAS_NUM_THREADS the user set is kept, and then OpenBLAS starts its threads."""
+    blas, threshold, threads = _worker_settings(monkeypatch, None)
+    assert (blas, threshold) == ("1", GC_THRESHOLD)
+    blas, threshold, threads_two = _worker_settings(monkeypatch, "2")
+    assert (blas, threshold) == ("2", GC_THRESHOLD)
+    assert threads_two > threads
+
+
+def test_the_command_process_gets_the_batch_settings_and_a_library_user_does_not(tmp_path: Path) -> None:
+    code = (
+        "import gc, os, sys\n"
+        "import pipeline.build\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0])\n"
+        "from pipeline.cli import main\n"
+        "sys.argv = ['capshard', '--version']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    lines = [line for line in out.splitlines() if not line.startswith("capshard")]
+    assert lines == [f"None {gc.get_threshold()[0]}", f"1 {GC_THRESHOLD}"]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import click
 
 from .. import __version__
 from ..errors import CapshardError
+from ..runtime import tune_batch_process
 
 #: command name -> "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
@@ -104,8 +105,10 @@ def main(argv: list[str] | None = None) -> Any:
     """Console entry point: run the group, mapping capshard errors to one-line messages.
 
     SIGTERM is handled (also as PID 1 in a container) by unwinding like Ctrl-C: exit 143.
+    The process gets a batch job's settings (:func:`pipeline.runtime.tune_batch_process`).
     """
     signal.signal(signal.SIGTERM, _on_sigterm)
+    tune_batch_process()
     try:
         return cli.main(args=argv, prog_name="capshard", standalone_mode=False)
     except click.exceptions.Exit as e:

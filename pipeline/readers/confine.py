@@ -106,15 +106,23 @@ def read_image_file(path: str) -> bytes:
     except OSError as e:
         raise ImageUnavailable("unreadable_image", f"cannot read image file {path}: {e.strerror}") from None
     try:
-        _require_regular(os.fstat(fd), path)  # what was opened, should the file have been swapped
-        with os.fdopen(fd, "rb") as f:
-            fd = -1
-            return f.read()
+        opened = os.fstat(fd)
+        _require_regular(opened, path)  # what was opened, should the file have been swapped
+        return _read_all(fd, opened.st_size)
     except OSError as e:
         raise ImageUnavailable("unreadable_image", f"cannot read image file {path}: {e.strerror}") from None
     finally:
-        if fd >= 0:
-            os.close(fd)
+        os.close(fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Everything in ``fd`` up to end of file; ``size`` (from ``fstat``) sizes the first ``read``,
+    so a file of that size takes one read and the empty one that ends it (a buffered file
+    object would ``fstat`` and seek again). A file that grew, or a read cut short, reads on."""
+    parts: list[bytes] = []
+    while chunk := os.read(fd, size + 1 if not parts else 1 << 20):
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _require_regular(st: os.stat_result, path: str) -> None:
