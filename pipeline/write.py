@@ -204,7 +204,7 @@ def _write_tar(reader: Reader, task: ShardTask, path: Path, *, durable: bool = T
     entries: list[StoredSample] = []
     captions = 0
     with open(path, "wb") as f:
-        tar = TarWriter(f, mtime=MTIME)
+        tar = TarWriter(f, mtime=MTIME, write_behind=durable)
         for spec, data in _stored_images(reader, task.samples):
             digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
             if task.resize is not None:

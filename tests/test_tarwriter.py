@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from synth import flickr_token_file, write_images
 
+from pipeline import tarwriter
+from pipeline import write as write_module
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.readers import SourceSpec
@@ -105,3 +109,60 @@ def test_a_real_file_gets_the_same_bytes_through_writev(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert data == tarfile_bytes(members)
     assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+@pytest.mark.parametrize("write_behind", [False, True])
+def test_write_behind_starts_the_disk_writes_of_each_flush_and_keeps_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_behind: bool
+) -> None:
+    members = [(f"{i:06d}.jpg", bytes((i * 5 + j) % 251 for j in range(1_000_000))) for i in range(10)]
+    real = tarwriter._writeback_starter()
+    started: list[tuple[int, int]] = []
+
+    def recording() -> object:
+        def start(fd: int) -> None:
+            started.append((fd, os.fstat(fd).st_size))
+            if real is not None:
+                real(fd)  # the real call, where libc has it: it must not disturb the bytes
+
+        return start
+
+    monkeypatch.setattr(tarwriter, "_writeback_starter", recording)
+    path = tmp_path / "shard.tar"
+    with open(path, "wb") as f:
+        tar = TarWriter(f, mtime=MTIME, write_behind=write_behind)
+        for name, payload in members:
+            tar.add(name, payload)
+        tar.close()
+        fd = f.fileno()
+    assert path.read_bytes() == tarfile_bytes(members)
+    if not write_behind:
+        assert started == []
+        return
+    # after every writev: 10 MB of members in flushes of 4 MiB and more, then the end
+    sizes = [size for _, size in started]
+    assert {d for d, _ in started} == {fd} and len(sizes) == 3 and sizes == sorted(sizes)
+    assert sizes[-1] == len(path.read_bytes())
+
+
+@pytest.mark.parametrize(("out", "behind"), [("local", True), ("memory://bucket/out", False)])
+def test_a_local_shard_is_written_behind_and_an_object_store_temporary_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, behind: bool
+) -> None:
+    """Only bytes about to be fsynced are sent to the disk early: a shard bound for an object
+    store goes through a local temporary file that is uploaded, then deleted."""
+    writers: list[bool] = []
+
+    class Recording(TarWriter):
+        def __init__(self, fileobj: Any, *, mtime: int, write_behind: bool = False) -> None:
+            writers.append(write_behind)
+            super().__init__(fileobj, mtime=mtime, write_behind=write_behind)
+
+    monkeypatch.setattr(write_module, "TarWriter", Recording)
+    names = [f"{1000 + i}.jpg" for i in range(6)]
+    write_images(tmp_path / "images", names)
+    flickr_token_file(tmp_path / "c.token", names)
+    spec = SourceSpec(path=str(tmp_path / "c.token"), images=tmp_path / "images")
+    target = tmp_path / "out" if out == "local" else out
+    build(spec, BuildConfig(out=target, workers=1, max_images_per_shard=2))
+    assert writers == [behind] * 3
