@@ -115,7 +115,11 @@ def _probed(n_images: int):
 
 
 def measure(n_rows: int, captions: str = "flickr") -> dict:
-    """One size, in this process: generate, then time distinct_refs + resolve as build calls them."""
+    """One size, in this process: generate, then time distinct_refs + resolve as build calls them
+    (in a process set up as ``capshard build`` sets up its own: :func:`pipeline.runtime.tune_batch_process`)."""
+    from pipeline.runtime import tune_batch_process
+
+    tune_batch_process()  # before NumPy loads, as the command does
     from pipeline.config import BuildConfig
     from pipeline.probe import distinct_refs
     from pipeline.resolve import resolve

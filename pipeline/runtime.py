@@ -29,6 +29,6 @@ GC_THRESHOLD = 20_000
 def tune_batch_process() -> None:
     """Apply the settings above to this process (idempotent)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    _, older, oldest = gc.get_threshold()
-    if gc.get_threshold()[0] < GC_THRESHOLD:
+    youngest, older, oldest = gc.get_threshold()
+    if youngest < GC_THRESHOLD:
         gc.set_threshold(GC_THRESHOLD, older, oldest)
