@@ -14,8 +14,9 @@ from synth import flickr_token_file, write_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imported(args: list[str], cwd: Path) -> set[str]:
-    """The top-level module names a ``capshard`` run imported (``python -X importtime``)."""
+def imported(args: list[str], cwd: Path, *, full: bool = False) -> set[str]:
+    """The top-level module names a ``capshard`` run imported (``python -X importtime``); ``full``:
+    the dotted names. Pool workers inherit ``-X importtime``: their imports are counted too."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "pipeline", *args],
@@ -27,7 +28,7 @@ def imported(args: list[str], cwd: Path) -> set[str]:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [line.split("|")[-1] for line in proc.stderr.splitlines() if line.startswith("import time:")]
-    return {line.strip().split(".")[0] for line in lines}
+    return {line.strip() if full else line.strip().split(".")[0] for line in lines}
 
 
 def test_build_help_does_not_import_datasets(tmp_path: Path) -> None:
@@ -53,3 +54,24 @@ def test_a_flickr_and_a_table_build_do_not_import_datasets(tmp_path: Path) -> No
 def test_the_sample_build_imports_datasets(tmp_path: Path) -> None:
     modules = imported(["build", "--sample-images", "3", "--out", "sample", "--workers", "1"], tmp_path)
     assert "datasets" in modules
+
+
+def test_a_build_imports_the_reader_it_uses_not_every_reader(tmp_path: Path) -> None:
+    """Readers are plug-ins loaded by name: a flickr build (its pool workers included) does not
+    import the WebDataset reader, its tar scanner and shard verifier, or the hf reader."""
+    names = [f"{i}.jpg" for i in range(4)]
+    write_images(tmp_path / "images", names)
+    flickr_token_file(tmp_path / "captions.token.txt", names)
+    args = ["build", "captions.token.txt", "--format", "flickr", "--images", "images", "--out", "o", "--workers", "2"]
+    modules = imported(args, tmp_path, full=True)
+    # (importlib.import_module's own module is not logged by -X importtime; what it imports is)
+    assert "pipeline.readers.flickr_columns" in modules and "pipeline.probe" in modules
+    assert not modules & {"pipeline.readers.wds", "pipeline.readers.tarscan", "pipeline.verify_shard"}
+    assert not modules & {"pipeline.readers.hf", "pipeline.readers.coco", "pipeline.readers.table"}
+
+
+def test_every_registered_reader_answers_to_its_name() -> None:
+    from pipeline.readers import READERS, get_reader
+
+    assert sorted(READERS) == ["coco", "flickr", "hf", "karpathy", "table", "wds"]
+    assert all(get_reader(name).name == name for name in READERS)

@@ -1,24 +1,48 @@
 """Reader plug-ins: one module per published format, looked up by name.
 
-``READERS`` maps the ``--format`` value to the reader class. ``detect`` picks one for
+``READERS`` maps the ``--format`` value to the reader class; a reader's module is imported
+the first time its class is asked for, so a build imports the reader it uses (and, for
+``--format auto``, those it asks before it), not all of them: ``wds`` alone brings the tar
+scanner and the shard verifier, ``hf`` the ``datasets`` glue. ``detect`` picks one for
 ``--format auto`` and says which; a failed lookup lists the valid names.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
+
 from ..errors import UsageError
 from .base import CaptionSource, ImageUnavailable, Reader, SourceSpec
-from .coco import CocoReader
-from .flickr import FlickrReader
-from .hf import HFReader
-from .karpathy import KarpathyReader
-from .table import TableReader
 from .urlpath import UrlPath
-from .wds import WdsReader
 
-READERS: dict[str, type[Reader]] = {
-    r.name: r for r in (HFReader, KarpathyReader, CocoReader, FlickrReader, TableReader, WdsReader)
+#: ``--format`` name -> the module (in this package) and class of its reader.
+_PLUGINS: dict[str, tuple[str, str]] = {
+    "hf": ("hf", "HFReader"),
+    "karpathy": ("karpathy", "KarpathyReader"),
+    "coco": ("coco", "CocoReader"),
+    "flickr": ("flickr", "FlickrReader"),
+    "table": ("table", "TableReader"),
+    "wds": ("wds", "WdsReader"),
 }
+
+
+class _Readers(Mapping[str, type[Reader]]):
+    """The registry: a read-only mapping whose values are imported on first use."""
+
+    def __getitem__(self, name: str) -> type[Reader]:
+        module, cls = _PLUGINS[name]
+        reader: type[Reader] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+        return reader
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_PLUGINS)
+
+    def __len__(self) -> int:
+        return len(_PLUGINS)
+
+
+READERS: Mapping[str, type[Reader]] = _Readers()
 
 #: Order in which ``auto`` asks readers; the generic table reader last (img2dataset folders
 #: hold parquet sidecars beside their tars: ``wds`` is asked first).
@@ -40,7 +64,7 @@ def detect(spec: SourceSpec) -> str:
     if spec.path is None:
         raise UsageError("no source given")
     path = spec.location(spec.path)
-    if not path.exists() and WdsReader.claims(spec.path):
+    if not path.exists() and _wds_claims(spec.path):
         return "wds"  # a brace pattern, a "::" list or a URL of tars
     if not path.exists():
         if isinstance(path, UrlPath):
@@ -53,6 +77,12 @@ def detect(spec: SourceSpec) -> str:
         if READERS[name].sniff(path):
             return name
     raise UsageError(f"cannot tell the format of {path}; pass --format with one of: {', '.join(sorted(READERS))}")
+
+
+def _wds_claims(source: str) -> bool:
+    from .wds import WdsReader
+
+    return WdsReader.claims(source)
 
 
 def format_mismatch(spec: SourceSpec, fmt: str) -> str | None:
