@@ -166,3 +166,33 @@ def test_a_local_shard_is_written_behind_and_an_object_store_temporary_is_not(
     target = tmp_path / "out" if out == "local" else out
     build(spec, BuildConfig(out=target, workers=1, max_images_per_shard=2))
     assert writers == [behind] * 3
+
+
+@pytest.mark.parametrize("short", [None, 1000, 70_001])
+def test_each_writev_takes_at_most_write_at_once_bytes_and_a_short_write_is_continued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: int | None
+) -> None:
+    """Members cut across calls and calls the kernel only partly wrote (``short``: the most
+    bytes a call writes) still give tarfile's bytes."""
+    members = [(f"{i:06d}.jpg", bytes((i * 3 + j) % 249 for j in range(150_000 + 777 * i))) for i in range(40)]
+    real = os.writev
+    asked: list[int] = []
+
+    def writev(fd: int, buffers: list[memoryview]) -> int:
+        asked.append(sum(len(b) for b in buffers))
+        if short is None:
+            return real(fd, buffers)
+        return os.write(fd, b"".join(bytes(b) for b in buffers)[:short])
+
+    monkeypatch.setattr(tarwriter.os, "writev", writev)
+    path = tmp_path / "shard.tar"
+    with open(path, "wb") as f:
+        tar = TarWriter(f, mtime=MTIME)
+        for name, payload in members:
+            tar.add(name, payload)
+        sha, size = tar.close()
+    data = path.read_bytes()
+    assert data == tarfile_bytes(members) and (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert max(asked) <= tarwriter.WRITE_AT_ONCE
+    if short is None:  # full calls but for the last of each flush
+        assert len(asked) < 2 * len(data) / tarwriter.WRITE_AT_ONCE
