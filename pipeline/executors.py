@@ -36,7 +36,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol, TypeVar
 
 from .errors import BuildError, CapshardError, OutputError, UsageError
-from .runtime import tune_batch_process
+from .runtime import tune_image_worker
 
 log = logging.getLogger(__name__)
 #: How often Ray runs a task again after its worker or node died, or it raised one of RAY_RETRIED.
@@ -275,11 +275,11 @@ def _init_worker(parent: int) -> None:
     them (it kills its workers and removes their temporary files), so workers ignore
     SIGINT and SIGTERM. On Linux a worker also dies with its parent (``PR_SET_PDEATHSIG``),
     so a ``kill -9`` of the build leaves no orphan writing into the output folder. It gets
-    the command's batch settings (:func:`pipeline.runtime.tune_batch_process`).
+    the command's batch settings and keeps freed memory (:func:`pipeline.runtime.tune_image_worker`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    tune_batch_process()
+    tune_image_worker()
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)

@@ -31,10 +31,29 @@ def test_process_pool_returns_every_result() -> None:
     assert results == [x * x for x in range(20)]
 
 
+def _heap_bytes() -> int:
+    """The size of this process's ``[heap]`` mapping (glibc's main arena)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith("[heap]"):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return end - start
+    return 0
+
+
 def _settings(_context: None, _task: int) -> tuple[str | None, int, int]:
     import numpy  # noqa: F401  (OpenBLAS starts its threads here)
 
     return os.environ.get("OPENBLAS_NUM_THREADS"), gc.get_threshold()[0], len(os.listdir("/proc/self/task"))
+
+
+def _heap_after(_context: None, _task: int) -> tuple[int, int]:
+    """How the heap grew for a 10 MB block, and what it kept once the block was freed."""
+    before = _heap_bytes()
+    block = bytes(10_000_000)
+    grown = _heap_bytes() - before
+    del block
+    return grown, _heap_bytes() - before
 
 
 def _worker_settings(monkeypatch: pytest.MonkeyPatch, user: str | None) -> tuple[str | None, int, int]:
@@ -60,6 +79,19 @@ def test_pool_workers_run_with_one_blas_thread_and_rare_collections(monkeypatch:
     blas, threshold, threads_two = _worker_settings(monkeypatch, "2")
     assert (blas, threshold) == ("2", GC_THRESHOLD)
     assert threads_two > threads
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc and /proc/self/maps")
+def test_pool_workers_keep_freed_memory_for_the_next_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's image-sized blocks come from its heap and stay there once freed (glibc
+    would map a fresh 10 MB block and unmap it on free), unless the user set the threshold."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    executor = make_executor("process", 2)
+    try:
+        results = list(executor.map_unordered(_heap_after, range(2)))
+    finally:
+        executor.close()
+    assert all(grown > 5_000_000 and kept == grown for grown, kept in results)  # (the heap had some room)
 
 
 def test_the_command_process_gets_the_batch_settings_and_a_library_user_does_not(tmp_path: Path) -> None:
