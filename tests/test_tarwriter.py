@@ -139,7 +139,7 @@ def test_write_behind_starts_the_disk_writes_of_each_flush_and_keeps_the_bytes(
     if not write_behind:
         assert started == []
         return
-    # after every writev: 10 MB of members in flushes of 4 MiB and more, then the end
+    # after every flush: 10 MB of members in flushes of 4 MiB and more, then the end
     sizes = [size for _, size in started]
     assert {d for d, _ in started} == {fd} and len(sizes) == 3 and sizes == sorted(sizes)
     assert sizes[-1] == len(path.read_bytes())
