@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .rows import plain, unified
+from .rows import plain, string_offsets, unified
 
 ArrayLike: TypeAlias = "pa.Array | pa.ChunkedArray"
 KEY_BAD = r"[^A-Za-z0-9_-]+"
@@ -180,14 +180,9 @@ def _taken_bytes(values: pa.ChunkedArray, indices: np.ndarray) -> int:
         block = indices[at : at + TAKE_BLOCK]
         _, by_chunk, limits = _by_chunk(bounds, block)
         for c in np.flatnonzero(limits[1:] > limits[:-1]):
-            lengths = np.diff(_offsets(values.chunk(c)))
+            lengths = np.diff(string_offsets(values.chunk(c)))
             total += int(lengths[block[by_chunk[limits[c] : limits[c + 1]]] - bounds[c]].sum(dtype=np.int64))
     return total
-
-
-def _offsets(piece: pa.Array) -> np.ndarray:
-    """The ``len(piece) + 1`` string offsets of ``piece`` (a view of its buffer)."""
-    return np.frombuffer(piece.buffers()[1], np.int32)[piece.offset : piece.offset + len(piece) + 1]
 
 
 class StringColumn:
@@ -210,7 +205,7 @@ class StringColumn:
         """Copy ``piece`` (a string array) after the values appended so far."""
         if len(piece) == 0:
             return
-        off, row = _offsets(piece), self._row
+        off, row = string_offsets(piece), self._row
         start = int(self._offsets[row])
         stop = start + int(off[-1] - off[0])
         if stop >= 2**31:
@@ -322,7 +317,7 @@ def _maybe_padded(strings: pa.Array) -> np.ndarray:
     (every byte of a non-ASCII character is one); printable ASCII at both ends means none."""
     if strings.type != pa.string():
         return np.ones(len(strings), bool)
-    off = _offsets(strings)
+    off = string_offsets(strings)
     data = np.frombuffer(strings.buffers()[2] or b"", np.uint8)
     nonempty = np.flatnonzero(off[1:] > off[:-1])  # (an empty value, or a null, has nothing to strip)
     first, last = data[off[:-1][nonempty]], data[off[1:][nonempty] - 1]
@@ -366,7 +361,7 @@ def sanitized_keys(image_ids: pa.Array) -> pa.Array:
         return image_ids
     # A changed key is at most its id's bytes (a run of other characters becomes one "_"), or "img",
     # cut to _KEY_STEM ASCII characters, then "_" and 10 hex digits.
-    stem = np.minimum(np.maximum(np.diff(_offsets(image_ids))[changed], 3), _KEY_STEM)
+    stem = np.minimum(np.maximum(np.diff(string_offsets(image_ids))[changed], 3), _KEY_STEM)
     keys = StringColumn(len(changed), int(stem.sum(dtype=np.int64)) + (1 + _DIGEST_CHARS) * len(changed))
     del stem
     for at in range(0, len(changed), DIGEST_BATCH):

@@ -78,7 +78,7 @@ def split_location(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     stem = pc.utf8_rtrim(values, characters="0123456789")
     digits = np.asarray(pc.subtract(pc.binary_length(values), pc.binary_length(stem)), np.int64)
     data = np.frombuffer(values.buffers()[2] or b"", np.uint8)
-    end = np.frombuffer(values.buffers()[1], np.int32)[values.offset + 1 : values.offset + len(values) + 1]
+    end = string_offsets(values)[1:]
     split = (digits > 0) & (digits <= MAX_DIGITS)
     split[split] = data[end[split] - digits[split]] != ord("0")  # "x:007" would come back as "x:7"
     number = np.zeros(len(values), np.int64)
@@ -87,6 +87,11 @@ def split_location(values: pa.Array) -> tuple[pa.Array, pa.Array]:
         number[has] += (data[end[has] - 1 - place].astype(np.int64) - ord("0")) * 10**place
     split_mask = pa.array(split)
     return pc.if_else(split_mask, stem, values), pa.array(number, mask=~split)
+
+
+def string_offsets(values: pa.Array) -> np.ndarray:
+    """The ``len(values) + 1`` offsets of a ``string`` array into its data (a view of its buffer)."""
+    return np.frombuffer(values.buffers()[1], np.int32)[values.offset : values.offset + len(values) + 1]
 
 
 def unified(values: pa.ChunkedArray) -> pa.ChunkedArray:

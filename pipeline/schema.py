@@ -41,6 +41,7 @@ CAPTION_ROWS = pa.schema(
 
 COLUMNS = tuple(CAPTION_ROWS.names)
 
+
 class RowBatcher:
     """Collects caption rows as dicts and emits ``CAPTION_ROWS`` record batches.
 

@@ -45,14 +45,10 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
-def ustar_header(name: str, size: int, *, mtime: int, mode: int = 0o444) -> bytes:
-    """The 512-byte USTAR header of a regular file owned by uid/gid 0 with empty user names."""
-    return _header_template(mtime, mode).header(name, size)
-
-
 class _HeaderTemplate:
-    """The fields of a header that do not change with the member (mode, owner, mtime, magic),
-    laid out once, with their share of the checksum; :meth:`header` fills in name and size."""
+    """The 512-byte USTAR headers of regular files owned by uid/gid 0 with empty user names: the
+    fields that do not change with the member (mode, owner, mtime, magic) laid out once, with
+    their share of the checksum; :meth:`header` fills in name and size."""
 
     def __init__(self, mtime: int, mode: int) -> None:
         self.owner = _octal(mode & 0o7777, 8) + _octal(0, 8) + _octal(0, 8)  # mode, uid, gid
