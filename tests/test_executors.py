@@ -41,10 +41,11 @@ def _heap_bytes() -> int:
     return 0
 
 
-def _settings(_context: None, _task: int) -> tuple[str | None, int, int]:
+def _settings(_context: None, _task: int) -> tuple[str | None, int, int, str]:
     import numpy  # noqa: F401  (OpenBLAS starts its threads here)
 
-    return os.environ.get("OPENBLAS_NUM_THREADS"), gc.get_threshold()[0], len(os.listdir("/proc/self/task"))
+    threads = len(os.listdir("/proc/self/task"))
+    return os.environ.get("OPENBLAS_NUM_THREADS"), gc.get_threshold()[0], threads, _huge_pages()
 
 
 def _heap_after(_context: None, _task: int) -> tuple[int, int]:
@@ -56,7 +57,7 @@ def _heap_after(_context: None, _task: int) -> tuple[int, int]:
     return grown, _heap_bytes() - before
 
 
-def _worker_settings(monkeypatch: pytest.MonkeyPatch, user: str | None) -> tuple[str | None, int, int]:
+def _worker_settings(monkeypatch: pytest.MonkeyPatch, user: str | None) -> tuple[str | None, int, int, str]:
     if user is None:
         monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     else:
@@ -73,10 +74,11 @@ def _worker_settings(monkeypatch: pytest.MonkeyPatch, user: str | None) -> tuple
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2, reason="counts threads in /proc")
 def test_pool_workers_run_with_one_blas_thread_and_rare_collections(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers get the batch settings before NumPy loads (no OpenBLAS thread pool spinning on the
-    build's cores); an OPENBLAS_NUM_THREADS the user set is kept, and then OpenBLAS starts its threads."""
-    blas, threshold, threads = _worker_settings(monkeypatch, None)
-    assert (blas, threshold) == ("1", GC_THRESHOLD)
-    blas, threshold, threads_two = _worker_settings(monkeypatch, "2")
+    build's cores; no huge pages); an OPENBLAS_NUM_THREADS the user set is kept, and then OpenBLAS
+    starts its threads."""
+    blas, threshold, threads, huge_pages = _worker_settings(monkeypatch, None)
+    assert (blas, threshold, huge_pages) == ("1", GC_THRESHOLD, "0")
+    blas, threshold, threads_two, _ = _worker_settings(monkeypatch, "2")
     assert (blas, threshold) == ("2", GC_THRESHOLD)
     assert threads_two > threads
 
@@ -94,26 +96,51 @@ def test_pool_workers_keep_freed_memory_for_the_next_image(monkeypatch: pytest.M
     assert all(grown > 5_000_000 and kept == grown for grown, kept in results)  # (the heap had some room)
 
 
+def _huge_pages() -> str:
+    """This process's ``THP_enabled`` (Linux's /proc/self/status): "0" once huge pages are off."""
+    with open("/proc/self/status") as f:
+        return next((line.split()[1] for line in f if line.startswith("THP_enabled:")), "?")
+
+
+#: Prints the settings of a fresh interpreter that imports capshard, then those after the CLI ran.
+_SETTINGS_BEFORE_AND_AFTER_MAIN = (
+    "import ctypes, gc, os, sys\n"
+    # a process started from a shell has huge pages on; the test process may have turned them off
+    "ctypes.CDLL(None).prctl(41, 0, 0, 0, 0)\n"
+    "def _huge_pages():\n"
+    "    return next(l.split()[1] for l in open('/proc/self/status') if l.startswith('THP_enabled:'))\n"
+    "import pipeline.build\n"
+    "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0], _huge_pages())\n"
+    "from pipeline.cli import main\n"
+    "sys.argv = ['capshard', '--version']\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0], _huge_pages())\n"
+)
+
+
+def _settings_before_and_after_main(**env: str) -> tuple[list[str], list[str]]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "NUMPY_MADVISE_HUGEPAGE")}
+    command = [sys.executable, "-c", _SETTINGS_BEFORE_AND_AFTER_MAIN]
+    out = subprocess.run(command, capture_output=True, text=True, env=environ | env, check=True).stdout
+    library, command = (line.split() for line in out.splitlines() if not line.startswith("capshard"))
+    return library, command
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl and /proc/self/status")
 def test_the_command_process_gets_the_batch_settings_and_a_library_user_does_not() -> None:
-    code = (
-        "import gc, os, sys\n"
-        "import pipeline.build\n"
-        "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0])\n"
-        "from pipeline.cli import main\n"
-        "sys.argv = ['capshard', '--version']\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(os.environ.get('OPENBLAS_NUM_THREADS'), gc.get_threshold()[0])\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    (library_blas, library_gc), (command_blas, command_gc) = (
-        line.split() for line in out.splitlines() if not line.startswith("capshard")
-    )
-    assert library_blas == "None" and int(library_gc) < GC_THRESHOLD  # Python's default, untouched
-    assert (command_blas, int(command_gc)) == ("1", GC_THRESHOLD)
+    (library_blas, library_gc, library_thp), (command_blas, command_gc, command_thp) = _settings_before_and_after_main()
+    # Python's defaults, untouched
+    assert (library_blas, library_thp) == ("None", "1") and int(library_gc) < GC_THRESHOLD
+    assert (command_blas, int(command_gc), command_thp) == ("1", GC_THRESHOLD, "0")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="prctl and /proc/self/status")
+def test_a_user_who_asks_numpy_for_huge_pages_keeps_them() -> None:
+    _, (_, _, command_thp) = _settings_before_and_after_main(NUMPY_MADVISE_HUGEPAGE="1")
+    assert command_thp == "1"
 
 
 @dataclass(frozen=True)
