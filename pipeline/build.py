@@ -44,7 +44,7 @@ from . import FORMAT_VERSION, plan_store
 from .build_folder import claimant, output_errors, prepare_out, remove_temporary, take_out
 from .config import BuildConfig
 from .decontam import apply_near, near_options
-from .errors import BuildError, OutputError, UsageError
+from .errors import BuildError, CapshardError, OutputError, UsageError
 from .executors import Executor, ExecutorChoice
 from .extra_captions import add_captions, read_sources
 from .finalize import (
@@ -59,17 +59,18 @@ from .finalize import (
 )
 from .format import STATE
 from .identity import default_version, input_check, make_identity
-from .inputs import absolute_path, image_root, referenced_paths, scan, summary, with_hashes
+from .inputs import absolute_path, image_root, referenced_paths, scan, shown_path, summary, with_hashes
 from .lock import hold
-from .outputs import check_location, survey
+from .outputs import check_location, record, survey
 from .plan import plan_shards
-from .probe import distinct_refs, probe_images
+from .probe import ProbeTask, distinct_refs, probe_images, probe_table
 from .readers import Reader, SourceSpec, detect, get_reader
 from .resolve import Resolution, resolve
 from .rows import read_rows
 from .stats import BuildStats
 from .storage import Location, Options, is_url, join, put_whole, read_bytes
 from .write import ShardResult, ShardTask, write_shard
+from .write_ahead import Ahead, AheadTask, Commit, assumed_probe, commit, kept, probe_and_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,6 +105,8 @@ class Planned:
     status: str
     plan: plan_store.Plan | None
     manifest: dict[str, Any] | None = None
+    #: Shards written ahead (:mod:`.write_ahead`) as the plan has them, by name, not yet committed.
+    ahead: dict[str, Ahead] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -144,11 +147,11 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
     check_location(config.out, spec.images, spec.path, config.storage_options)
     stats, opts = BuildStats(config.workers), config.storage_options
     with contextlib.ExitStack() as stack:
-        planned, executor = _plan_phase(spec, config, progress, stack, "build", stats)
+        planned, executor = _plan_phase(spec, config, progress, stack, "build", stats, write_ahead=config.one_pass)
         if planned.plan is None:
             return BuildResult(planned.out, "up_to_date", planned.manifest or {})
         assert executor is not None  # made whenever there is a plan
-        written = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats)
+        written = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats, planned.ahead)
         manifest = _finalize_phase(planned.out, planned.plan, opts, stats, _REWRITE_HINT, written.results)
     return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, written.reused)
 
@@ -232,10 +235,13 @@ def _plan_phase(
     stack: contextlib.ExitStack,
     command: str,
     stats: BuildStats,
+    *,
+    write_ahead: bool = False,
 ) -> tuple[Planned, Executor | None]:
     """*plan*: lock ``out`` (on ``stack``), check what it holds, then plan (or keep the saved plan).
 
-    Also the executor it probed with, left open on ``stack`` for the write phase."""
+    Also the executor it probed with, left open on ``stack`` for the write phase. ``write_ahead``:
+    write the shards as the images are probed, where the build allows (:func:`_guess`)."""
     fmt = detect(spec) if config.format == "auto" else config.format
     if spec.captions_from and fmt != "wds":
         raise UsageError(f"--captions-from joins on WebDataset keys or URLs: it needs --format wds, not {fmt}")
@@ -268,8 +274,9 @@ def _plan_phase(
         return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out, opts) == "complete"
     executor.context = _worker_reader(reader, fmt, spec)
-    plan = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats)
-    return Planned(out, "kept" if resumed else "planned", plan), executor
+    guess = _guess(config, listing, root, fmt) if write_ahead and not resumed else None
+    plan, ahead = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats, guess)
+    return Planned(out, "kept" if resumed else "planned", plan, ahead=ahead), executor
 
 
 def _planned(
@@ -283,9 +290,11 @@ def _planned(
     listing: pa.Table,
     resumed: bool,
     stats: BuildStats,
-) -> plan_store.Plan:
+    guess: _Guess | None = None,
+) -> tuple[plan_store.Plan, dict[str, Ahead]]:
     """The plan: the saved one when resuming, else planned now and saved. Its identity is ``identity``
-    with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe)."""
+    with the inputs summary of the listing that holds the images' sha256 (from the saved listing or the probe).
+    Also the shards written ahead that the plan keeps (with a ``guess``: :func:`_plan`)."""
     out, root, opts = config.out, image_root(spec.images, spec.path), config.storage_options
     if resumed:
         saved = plan_store.load(out, opts)
@@ -293,10 +302,10 @@ def _planned(
         log.info("resuming the unfinished build in %s", out)
         with output_errors(out):
             _save_names(out, spec, config)
-        return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing)
+        return dataclasses.replace(saved, identity={**identity, "inputs": summary(listing)}, listing=listing), {}
     if plan_store.status(out, opts) == "stale":
         log.info("%s holds the plan of an older capshard: planning again", out)
-    resolution, known = _plan(rows, reader, config, executor, progress, stats)
+    resolution, known, ahead = _plan(rows, reader, config, executor, progress, stats, guess)
     listing = with_hashes(listing, known, root)
     plan = plan_store.Plan(
         identity={**identity, "inputs": summary(listing)},
@@ -308,10 +317,14 @@ def _planned(
         resize=config.resize,
         source=plan_store.source_record(spec),
     )
-    with output_errors(out):
-        _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
-        plan_store.save(out, plan, opts)
-    return plan
+    try:
+        with output_errors(out):
+            _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
+            plan_store.save(out, plan, opts)
+    except BaseException:
+        remove_temporary(out, list(ahead))
+        raise
+    return plan, ahead
 
 
 def _name(spec: SourceSpec, config: BuildConfig) -> str:
@@ -415,12 +428,65 @@ def _known_hashes(listing: pa.Table | None, root: str) -> dict[str, str]:
 
 
 def _plan(
-    rows: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress, stats: BuildStats
-) -> tuple[Resolution, dict[str, str]]:
+    rows: pa.Table,
+    reader: Reader,
+    config: BuildConfig,
+    executor: Executor,
+    progress: Progress,
+    stats: BuildStats,
+    guess: _Guess | None = None,
+) -> tuple[Resolution, dict[str, str], dict[str, Ahead]]:
     """probe → resolve → plan (the resolution's images with ``shard`` and ``position``), with the
-    reject budget checked before writing; also the sha256 the probe found for each image path."""
+    reject budget checked before writing; also the sha256 the probe found for each image path.
+
+    With a ``guess`` that applies to these rows, the probe is the write of the shards planned on
+    its assumption (:mod:`.write_ahead`); the third value holds those the plan keeps as written."""
     extra = read_sources(reader.spec.captions)  # --captions: user errors before the images are read
     refs = distinct_refs(rows)
+    if config.id_column is not None and reader.id_column() != config.id_column:
+        raise UsageError(
+            f"--id {config.id}: this {reader.name} source has no id column {config.id_column!r}"
+            + (f" (its id column is {reader.id_column()!r})" if reader.id_column() else " (it has none)")
+        )
+    assumed = None if guess is None else _assumed_plan(guess, refs, rows, reader, config, extra)
+    ahead: dict[str, Ahead] = {}
+    if guess is None or assumed is None:
+        probed = _probe(refs, reader, config, executor, progress, stats)
+    else:
+        probed, ahead = _probe_writing(refs, guess.tasks(assumed), reader, config, executor, progress, stats, guess.out)
+    try:
+        planned = _resolved(rows, probed, reader, config, extra)
+        keep = kept(assumed, planned.images, probed) if assumed is not None else set()
+    except BaseException:
+        remove_temporary(config.out, list(ahead))
+        raise
+    if ahead:
+        remove_temporary(config.out, [name for name, done in ahead.items() if name not in keep or done.result is None])
+        ahead = {name: done for name, done in ahead.items() if name in keep and done.result is not None}
+        shards = pc.count_distinct(planned.images["shard"]).as_py()
+        log.info("wrote %d of %d shards as their images were probed; writing the others again", len(ahead), shards)
+    hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
+    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
+    return planned, known, ahead
+
+
+def _resolved(
+    rows: pa.Table, probed: pa.Table, reader: Reader, config: BuildConfig, extra: Any, *, budget: bool = True
+) -> Resolution:
+    """resolve → (near duplicates) → extra captions → (reject budget) → plan, from a probe table."""
+    resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
+    if config.hashes:
+        resolution = apply_near(resolution, rows, probed, near_options(config))
+    resolution = add_captions(resolution, rows, extra, config.max_caption_chars)
+    if budget:
+        _check_reject_budget(resolution, config)
+    return dataclasses.replace(resolution, images=plan_shards(resolution.images, config))
+
+
+def _probe(
+    refs: pa.Table, reader: Reader, config: BuildConfig, executor: Executor, progress: Progress, stats: BuildStats
+) -> pa.Table:
+    """The probe table of ``refs`` (stage *probe*, timed as such)."""
     with progress("probing images", refs.num_rows) as advance, stats.stage("probe") as probe_stats:
         probed = probe_images(
             refs,
@@ -432,21 +498,107 @@ def _plan(
             validate=config.validate,
             on_progress=advance,
         )
-        probe_stats.images, probe_stats.bytes = probed.num_rows, pc.sum(probed["n_bytes"]).as_py() or 0
-    if config.id_column is not None and reader.id_column() != config.id_column:
-        raise UsageError(
-            f"--id {config.id}: this {reader.name} source has no id column {config.id_column!r}"
-            + (f" (its id column is {reader.id_column()!r})" if reader.id_column() else " (it has none)")
+        probe_stats.images += probed.num_rows
+        probe_stats.bytes += pc.sum(probed["n_bytes"]).as_py() or 0
+    return probed
+
+
+@dataclass(frozen=True)
+class _Guess:
+    """What ``build`` needs to plan before the probe (:mod:`.write_ahead`): the inputs listing (the
+    files' sizes) and how its shard tasks are made."""
+
+    listing: pa.Table
+    root: str
+    fmt: str
+    resize: int | None
+    out: Location
+    options: Options
+
+    def assumed(self, refs: pa.Table) -> pa.Table | None:
+        """The assumed probe of ``refs``; None unless every reference is a file path."""
+        if refs.num_rows == 0 or refs["image_path"].null_count or refs["image_index"].null_count != refs.num_rows:
+            return None
+        shown = pa.array([shown_path(p, self.root) for p in refs["image_path"].to_pylist()], pa.string())
+        return assumed_probe(refs, self.listing["size"].take(pc.index_in(shown, self.listing["path"])))
+
+    def tasks(self, images: pa.Table) -> list[ShardTask]:
+        return plan_store.shard_tasks(images, self.fmt, self.resize, _shipped_out(self.out), self.options)
+
+
+def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str) -> _Guess | None:
+    """How to write ahead (``--one-pass``), where this build can: a local ``out``, the process pool or
+    ``--workers 1``, and a plan that the probe's hashes change only when images are unusable or alike
+    (not ``--id content``, not the perceptual hashes of near-duplicate handling)."""
+    why_not = [
+        reason
+        for reason, applies in (
+            ("--out is a URL", is_url(config.out)),
+            (f"--executor {config.executor}", config.executor != "process"),
+            ("perceptual hashes are computed", config.hashes),
+            ("--id content", config.id == "content"),
         )
-    resolution = resolve(rows, probed, config, id_column=reader.id_column(), multi_caption=reader.multi_caption())
-    if config.hashes:
-        resolution = apply_near(resolution, rows, probed, near_options(config))
-    resolution = add_captions(resolution, rows, extra, config.max_caption_chars)
-    _check_reject_budget(resolution, config)
-    planned = dataclasses.replace(resolution, images=plan_shards(resolution.images, config))
-    hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
-    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
-    return planned, known
+        if applies
+    ]
+    if why_not:
+        log.warning("--one-pass: probing every image first (%s)", ", ".join(why_not))
+        return None
+    return _Guess(listing, root, fmt, config.resize, config.out, config.storage_options)
+
+
+def _assumed_plan(
+    guess: _Guess, refs: pa.Table, rows: pa.Table, reader: Reader, config: BuildConfig, extra: Any
+) -> pa.Table | None:
+    """The planned images on the guess's assumption; None where it does not apply or that plan
+    cannot be made (the real plan then says why, from the real probe)."""
+    assumed = guess.assumed(refs)
+    if assumed is None:
+        log.warning("--one-pass: probing every image first (images that are not files)")
+        return None
+    try:
+        return _resolved(rows, assumed, reader, config, extra, budget=False).images
+    except CapshardError:
+        return None
+
+
+def _probe_writing(
+    refs: pa.Table,
+    tasks: list[ShardTask],
+    reader: Reader,
+    config: BuildConfig,
+    executor: Executor,
+    progress: Progress,
+    stats: BuildStats,
+    out: Location,
+) -> tuple[pa.Table, dict[str, Ahead]]:
+    """Probe every reference by writing the shards of ``tasks`` (the references in none of them are
+    probed alone); the probe table, and what each shard task did."""
+    how = ProbeTask((), config.image_formats, config.max_pixels, phash=config.hashes, validate=config.validate)
+    written = pa.array([s.image_path for t in tasks for s in t.samples], pa.string())
+    alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=written)))
+    rows = _probe(alone, reader, config, executor, progress, stats).to_pylist() if alone.num_rows else []
+    ahead: dict[str, Ahead] = {}
+    with output_errors(out):
+        record(out, [t.name for t in tasks], config.storage_options)  # ours before they exist, as always
+    try:
+        each = contextlib.closing(executor.map_unordered(probe_and_write, [AheadTask(t, how) for t in tasks]))
+        # The pass is both stages: it probes every image and writes every shard (counted when committed).
+        with (
+            progress("writing shards", len(written)) as advance,
+            each as done_tasks,
+            stats.stage("probe") as probe_stats,
+            stats.stage("write"),
+        ):
+            for done in done_tasks:
+                ahead[done.name] = done
+                rows.extend(done.rows)
+                advance(len(done.rows))
+                probe_stats.images += len(done.rows)
+                probe_stats.bytes += sum(row.get("n_bytes") or 0 for row in done.rows)
+    except BaseException:
+        remove_temporary(out, [t.name for t in tasks])  # the workers are stopped: nobody writes them now
+        raise
+    return probe_table(rows), ahead
 
 
 def _check_reject_budget(resolution: Resolution, config: BuildConfig) -> None:
@@ -473,18 +625,37 @@ def _write_phase(
     progress: Progress,
     opts: Options,
     stats: BuildStats,
+    ahead: dict[str, Ahead] | None = None,
 ) -> Written:
-    """*write*: the shards of slice ``part`` not already written (and unchanged)."""
-    tasks = part.of(plan.tasks(_shipped_out(out), opts))
-    results, reused = _write_shards(out, tasks, executor, progress, opts, stats)
+    """*write*: the shards of slice ``part`` not already written (and unchanged); those written
+    ``ahead`` (:mod:`.write_ahead`) are committed."""
+    names = part.of(plan.shards()) if ahead else []
+    early = {name: ahead[name] for name in names if ahead and name in ahead}
+    # The tasks of a plan's shards are its images as Python objects: not made when every shard is written.
+    tasks = [] if early and len(early) == len(names) else part.of(plan.tasks(_shipped_out(out), opts))
+    todo = [t for t in tasks if t.name not in early]
+    results, reused = _write_shards(out, todo, executor, progress, opts, stats, early)
     return Written(part, len(results) - reused, reused, results=results)
 
 
 def _write_shards(
-    out: Location, tasks: list[ShardTask], executor: Executor, progress: Progress, opts: Options, stats: BuildStats
+    out: Location,
+    tasks: list[ShardTask],
+    executor: Executor,
+    progress: Progress,
+    opts: Options,
+    stats: BuildStats,
+    ahead: dict[str, Ahead],
 ) -> tuple[dict[str, ShardResult], int]:
-    """Write every task's shard that is not already written (and unchanged); the results by name."""
+    """Commit the shards written ``ahead``; write every task's shard that is not already written (and
+    unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
+    shipped = str(_shipped_out(out))
+    commits = [
+        Commit(shipped, name, plan_store.done_key(name), early.tmp, early.result)
+        for name, early in sorted(ahead.items())
+        if early.tmp is not None and early.result is not None
+    ]
     todo = []
     for task in tasks:
         done = plan_store.finished(out, task.name, opts)
@@ -496,6 +667,11 @@ def _write_shards(
     if reused:
         log.info("reusing %d finished shards, writing %d", reused, len(todo))
     try:
+        with stats.stage("write") as write_stats, contextlib.closing(executor.map_unordered(commit, commits)) as each:
+            for result in each:
+                results[result.name] = result
+                write_stats.images += result.images
+                write_stats.bytes += result.bytes
         # closing(): on an interrupt the executor stops its workers before the clean-up below.
         written = contextlib.closing(executor.map_unordered(write_shard, todo))
         total = sum(len(t.samples) for t in todo)
@@ -507,7 +683,7 @@ def _write_shards(
                 write_stats.bytes += result.bytes
     except BaseException:
         # Only this slice's: other slices may be writing theirs into the same folder now.
-        remove_temporary(out, [t.name for t in todo])
+        remove_temporary(out, [t.name for t in todo] + [c.name for c in commits])
         raise
     return results, reused
 

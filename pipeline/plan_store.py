@@ -80,15 +80,7 @@ class Plan:
 
     def tasks(self, out: Location, options: Options = None) -> list[ShardTask]:
         """One write task per shard, sorted by name (``options``: the store's ``--storage-options``)."""
-        samples: dict[str, list[SampleSpec]] = {}
-        for shard, spec in zip(self.images["shard"].to_pylist(), _sample_specs(self.images), strict=True):
-            samples.setdefault(shard, []).append(spec)
-        done = (Path(STATE) / DONE).as_posix()
-        return [
-            ShardTask(name, str(out), tuple(s), self.source_format, self.resize, f"{done}/{name}.json",
-                      dict(options) if options else None)
-            for name, s in sorted(samples.items())
-        ]
+        return shard_tasks(self.images, self.source_format, self.resize, out, options)
 
     def source_spec(self) -> SourceSpec:
         """The source to read images from; an in-memory dataset source cannot be reopened from a plan."""
@@ -136,6 +128,24 @@ def _sample_specs(images: pa.Table) -> Iterator[SampleSpec]:
             values = [tuple(v or ()) for v in values]
         columns.append(values)
     return (SampleSpec(*row) for row in zip(*columns, strict=True))
+
+
+def shard_tasks(
+    images: pa.Table, source_format: str, resize: int | None, out: Location, options: Options = None
+) -> list[ShardTask]:
+    """One write task per shard of the planned ``images`` (see :meth:`Plan.tasks`), sorted by name."""
+    samples: dict[str, list[SampleSpec]] = {}
+    for shard, spec in zip(images["shard"].to_pylist(), _sample_specs(images), strict=True):
+        samples.setdefault(shard, []).append(spec)
+    return [
+        ShardTask(name, str(out), tuple(s), source_format, resize, done_key(name), dict(options) if options else None)
+        for name, s in sorted(samples.items())
+    ]
+
+
+def done_key(name: str) -> str:
+    """Where the done record of shard ``name`` goes, relative to ``OUT`` (POSIX separators)."""
+    return (Path(STATE) / DONE / f"{name}.json").as_posix()
 
 
 def state_dir(out: Location) -> Path | str:

@@ -54,34 +54,33 @@ class ProbeTask:
 
 def probe_chunk(reader: Reader, task: ProbeTask) -> list[dict[str, Any]]:
     """Probe each reference of the chunk; failures become rows with a reason."""
-    out = []
-    for (path, index), opened in zip(task.refs, reader.open_images(task.refs), strict=True):
-        row: dict[str, Any] = {"image_path": path, "image_index": index}
-        try:
-            if isinstance(opened, ImageUnavailable):
-                raise opened
-            data = opened
-            info = probe(
-                data,
-                formats=task.formats,
-                max_pixels=task.max_pixels,
-                decode=task.validate == "decode",
-                structure=task.validate == "structure",
-            )
-            if task.phash:
-                row["phash"] = _phash(data)
-        except (ImageUnavailable, BadImage) as e:
-            row.update(image_reason=e.reason, image_detail=str(e))
-        else:
-            row.update(
-                sha256=info.sha256,
-                n_bytes=info.n_bytes,
-                format=info.format,
-                width=info.width,
-                height=info.height,
-            )
-        out.append(row)
-    return out
+    opened = reader.open_images(task.refs)
+    return [probe_opened(path, index, data, task) for (path, index), data in zip(task.refs, opened, strict=True)]
+
+
+def probe_opened(
+    path: str | None, index: int | None, opened: bytes | ImageUnavailable, how: ProbeTask
+) -> dict[str, Any]:
+    """The ``PROBE_SCHEMA`` row of one reference, given what opening it gave (its bytes or why not);
+    ``how`` says how to probe (its ``refs`` are not used)."""
+    row: dict[str, Any] = {"image_path": path, "image_index": index}
+    try:
+        if isinstance(opened, ImageUnavailable):
+            raise opened
+        info = probe(
+            opened,
+            formats=how.formats,
+            max_pixels=how.max_pixels,
+            decode=how.validate == "decode",
+            structure=how.validate == "structure",
+        )
+        if how.phash:
+            row["phash"] = _phash(opened)
+    except (ImageUnavailable, BadImage) as e:
+        row.update(image_reason=e.reason, image_detail=str(e))
+    else:
+        row.update(sha256=info.sha256, n_bytes=info.n_bytes, format=info.format, width=info.width, height=info.height)
+    return row
 
 
 def _phash(data: bytes) -> int:
@@ -132,6 +131,11 @@ def probe_images(
     for part in executor.map_unordered(probe_chunk, tasks()):
         results.extend(part)
         on_progress(len(part))
-    table = pa.Table.from_pylist(results, schema=PROBE_SCHEMA)
-    # Completion order varies with workers; sort so everything after is deterministic.
+    return probe_table(results)
+
+
+def probe_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The ``PROBE_SCHEMA`` table of probe rows, sorted by reference: completion order varies with
+    workers, so everything after is deterministic."""
+    table = pa.Table.from_pylist(rows, schema=PROBE_SCHEMA)
     return table.sort_by([("image_path", "ascending"), ("image_index", "ascending")])

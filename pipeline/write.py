@@ -11,11 +11,12 @@ share nothing but the output folder, so a process pool, a Ray cluster or an inde
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -26,6 +27,8 @@ from .media import EXTENSIONS, resize
 from .readers import ImageUnavailable, Reader
 from .tarwriter import TarWriter
 
+#: What the probe found in an image: its sha256, format, width and height.
+Probed = tuple[str, str, int, int]
 #: Fixed member mtime (2020-01-01 UTC): same input, same bytes, whatever the clock says.
 MTIME = 1577836800
 TMP_MARK = ".tmp-"
@@ -116,16 +119,24 @@ class ShardResult:
 
 
 def sample_members(
-    spec: SampleSpec, data: bytes, digest: str, fmt: str, width: int, height: int, source_format: str
+    spec: SampleSpec,
+    source_sha256: str,
+    data: bytes,
+    digest: str,
+    fmt: str,
+    width: int,
+    height: int,
+    source_format: str,
 ) -> dict[str, bytes]:
-    """The members of one sample: image, JSON metadata, captions as text."""
+    """The members of one sample: image, JSON metadata, captions as text. ``source_sha256``: the
+    source image's hash; ``digest``, ``fmt``, ``width`` and ``height``: the stored image's."""
     ext = EXTENSIONS[fmt]
     source: dict[str, Any] = {
         "format": source_format,
         "row_ids": list(spec.row_ids),
         "ids": list(spec.source_ids),
         "file_name": spec.file_name,
-        "sha256": spec.sha256,
+        "sha256": source_sha256,
     }
     if spec.source_urls:
         source["urls"] = list(spec.source_urls)
@@ -163,20 +174,41 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     """
     if storage.is_url(task.out):
         return _write_to_store(reader, task)
-    out = Path(task.out)
-    tmp = out / f".{task.name}{TMP_MARK}{os.getpid()}"
-    try:
-        result = _write_tar(reader, task, tmp)
-        write_json_atomic(out / task.done, result.to_json())
-        os.replace(tmp, out / task.name)
-        fsync_dir(out)
-    except OSError as e:
-        if e.errno is None:  # a codec's error (Pillow raises OSError), not the output's
-            raise
-        raise OutputError(f"cannot write shard {task.name} in {out}: {e.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    tmp = temporary_path(task)
+    with output_error(task.name, task.out):
+        try:
+            result = write_tar(_stored_images(reader, task.samples), task, tmp)
+            commit_shard(Path(task.out), task.name, task.done, tmp, result)
+        finally:
+            tmp.unlink(missing_ok=True)
     return result
+
+
+def temporary_path(task: ShardTask) -> Path:
+    """Where this process writes the shard of a task with a local ``out`` before :func:`commit_shard`."""
+    return Path(task.out) / f".{task.name}{TMP_MARK}{os.getpid()}"
+
+
+def commit_shard(out: Path, name: str, done: str, tmp: Path, result: ShardResult, *, fsync: bool = False) -> None:
+    """Put the shard at ``tmp`` (fsynced now if ``fsync``, else already) under ``name`` in a local
+    ``out``, its done record (at ``done``, relative to ``out``) first."""
+    if fsync:
+        fsync_file(tmp)
+    write_json_atomic(out / done, result.to_json())
+    os.replace(tmp, out / name)
+    fsync_dir(out)
+
+
+@contextlib.contextmanager
+def output_error(name: str, out: str) -> Iterator[None]:
+    """An OS error on the output (full disk, read-only folder) as an :class:`OutputError` naming the shard;
+    a codec's (Pillow raises ``OSError`` without an errno) as it is."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OutputError(f"cannot write shard {name} in {out}: {e.strerror}") from None
 
 
 def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
@@ -185,7 +217,7 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
     with tempfile.TemporaryDirectory(prefix="capshard-shard-") as folder:
         tmp = Path(folder, task.name)
         try:
-            result = _write_tar(reader, task, tmp, durable=False)  # uploaded whole, then gone
+            result = write_tar(_stored_images(reader, task.samples), task, tmp, durable=False)  # uploaded, then gone
         except OSError as e:
             if e.errno is None:
                 raise
@@ -199,29 +231,40 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
     return result
 
 
-def _write_tar(reader: Reader, task: ShardTask, path: Path, *, durable: bool = True) -> ShardResult:
-    """Write the shard's tar to ``path`` (fsynced when ``durable``) and say what it holds."""
+def write_tar(
+    images: Iterable[tuple[SampleSpec, bytes, Probed]],
+    task: ShardTask,
+    path: Path,
+    *,
+    durable: bool = True,
+    fsync: bool = True,
+) -> ShardResult:
+    """Write the shard's tar to ``path`` from ``images``: each of the task's
+    samples, in order, with its image's bytes and what the probe found in them (which the plan holds
+    for a shard written after the probe); say what it holds. A ``durable`` tar has its bytes handed
+    to the disk as they are written, and is fsynced here unless ``fsync`` is false (then
+    :func:`commit_shard` does it)."""
     entries: list[StoredSample] = []
     captions = 0
     with open(path, "wb") as f:
         tar = TarWriter(f, mtime=MTIME, write_behind=durable)
-        for spec, data in _stored_images(reader, task.samples):
-            digest, fmt, width, height = spec.sha256, spec.format, spec.width, spec.height
+        for spec, data, (source_sha256, fmt, width, height) in images:
+            digest = source_sha256
             if task.resize is not None:
                 data, fmt, width, height = resize(data, task.resize)
                 digest = hashlib.sha256(data).hexdigest()
-            members = sample_members(spec, data, digest, fmt, width, height, task.source_format)
+            members = sample_members(spec, source_sha256, data, digest, fmt, width, height, task.source_format)
             for name in sorted(members):
                 tar.add(name, members[name])
             entries.append(StoredSample(spec.key, digest, width, height, EXTENSIONS[fmt]))
             captions += len(spec.captions)
         shard_sha, size = tar.close()
-        if durable:
+        if durable and fsync:
             os.fsync(f.fileno())
     return ShardResult(task.name, len(task.samples), captions, size, shard_sha, tuple(entries))
 
 
-def _stored_images(reader: Reader, samples: tuple[SampleSpec, ...]) -> Iterator[tuple[SampleSpec, bytes]]:
+def _stored_images(reader: Reader, samples: tuple[SampleSpec, ...]) -> Iterator[tuple[SampleSpec, bytes, Probed]]:
     """Each sample with the image bytes the probe hashed (fetched together: ``Reader.open_images``);
     the build fails if one vanished or changed since."""
     opened = reader.open_images([(spec.image_path, spec.image_index) for spec in samples])
@@ -233,7 +276,7 @@ def _stored_images(reader: Reader, samples: tuple[SampleSpec, ...]) -> Iterator[
             raise IntegrityError(
                 f"image of {spec.image_id} ({where}) changed since the build read it; rebuild with --overwrite"
             )
-        yield spec, data
+        yield spec, data, (spec.sha256, spec.format, spec.width, spec.height)
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -245,6 +288,15 @@ def file_sha256(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+def fsync_file(path: Path) -> None:
+    """Make the bytes written to the file at ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -26,12 +26,12 @@ import pathlib, sys, time
 import pipeline.write as w
 real, seen = w._stored_images, []
 def hang(reader, samples):
-    for spec, data in real(reader, samples):
-        seen.append(spec.key)
+    for image in real(reader, samples):
+        seen.append(image[0].key)
         if len(seen) == int(sys.argv[2]):
             pathlib.Path(sys.argv[1]).touch()
             time.sleep(3600)
-        yield spec, data
+        yield image
 w._stored_images = hang
 from pipeline.cli import main
 main(sys.argv[3:])

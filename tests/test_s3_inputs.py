@@ -134,6 +134,8 @@ def test_flickr_from_s3_matches_local_and_reruns_up_to_date(
     source, *options = args(prefix)
     assert _build(source, tmp_path / "remote", *options) == "built"
     _assert_same_build(tmp_path / "local", tmp_path / "remote")
+    assert _build(source, tmp_path / "one-pass", *options, "--one-pass") == "built"  # each object read once
+    _assert_same_build(tmp_path / "local", tmp_path / "one-pass")
     assert _build(source, tmp_path / "remote", *options) == "up_to_date"
     assert _build(source, tmp_path / "remote", *options, "--check-inputs", "content") == "up_to_date"
 

@@ -153,6 +153,12 @@ CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 )
 @source_options
 @options(*CONFIG_OPTIONS, _SAMPLE_OPTION, *NEAR_OPTIONS)
+@click.option(
+    "--one-pass",
+    is_flag=True,
+    help="Read each image once: probe it as its shard is written (a local --out, the process pool). "
+    "The same shards; but a build stopped before its plan is saved starts over instead of resuming.",
+)
 @json_option
 def build(source: str | None, out: str | Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
     """Build WebDataset shards from SOURCE, one sample per real image with all its captions.

@@ -1,0 +1,162 @@
+"""``build --one-pass`` (pipeline.write_ahead) probes and writes each image in one pass, and its
+files are those of the build that probes every image first, whatever the images turn out to be."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from synth import comparable, flickr_token_file, nlphuji_dataset, write_images
+
+from pipeline.build import build
+from pipeline.config import BuildConfig
+from pipeline.errors import BuildError
+from pipeline.readers import SourceSpec
+from pipeline.readers import base as reader_base
+
+N_IMAGES = 40
+PER_SHARD = 6
+
+
+def _source(
+    root: Path,
+    *,
+    truncated: tuple[int, ...] = (),
+    alike: tuple[tuple[int, int], ...] = (),
+    missing: tuple[int, ...] = (),
+) -> SourceSpec:
+    """A Flickr token file over N_IMAGES files: ``truncated`` ones cut in half, ``alike`` pairs
+    (i, j) where file i holds file j's picture, ``missing`` ones never written."""
+    names = [f"{1000 + i}_abc.jpg" for i in range(N_IMAGES)]
+    images = root / "images"
+    data = write_images(images, names)
+    for i in truncated:
+        (images / names[i]).write_bytes(data[names[i]][: len(data[names[i]]) // 2])
+    for i, j in alike:
+        (images / names[i]).write_bytes(data[names[j]])
+    for i in missing:
+        (images / names[i]).unlink()
+    token = root / "Flickr8k.token.txt"
+    flickr_token_file(token, names, captions_per_image=2)
+    return SourceSpec(path=str(token), images=images)
+
+
+def _config(out: Path, **options: object) -> BuildConfig:
+    return BuildConfig(out=out, **{"workers": 1, "max_images_per_shard": PER_SHARD, **options})  # type: ignore[arg-type]
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    """Every file of a finished build as builds of the same input must reproduce it."""
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    return {p.relative_to(out).as_posix(): comparable(p.name, p.read_bytes()) for p in files}
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each image file is read from now on (in this process: ``--workers 1``)."""
+    reads: Counter[str] = Counter()
+    real = reader_base.read_image_file
+
+    def counted(path: str, *args: object, **kwargs: object) -> bytes:
+        reads[Path(path).name] += 1
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reader_base, "read_image_file", counted)
+    return reads
+
+
+CASES = {
+    "every image usable": {},
+    "a truncated image": {"truncated": (17,)},
+    "one picture under two names": {"alike": ((25, 3),)},
+    "a missing file": {"missing": (30,)},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_files_are_those_of_the_build_that_probes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    spec = _source(tmp_path, **CASES[case])  # type: ignore[arg-type]
+    reads = _reads(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+        ahead = build(spec, _config(tmp_path / "ahead", one_pass=True))
+    kept = [r.getMessage() for r in caplog.records if "as their images were probed" in r.getMessage()]
+    read_ahead = dict(reads)
+    reads.clear()
+    first = build(spec, _config(tmp_path / "first"))
+
+    assert _files(ahead.out) == _files(first.out)
+    assert not list(ahead.out.glob(".*tmp*"))
+    shards = len(list(first.out.glob("*.tar")))
+    if case in ("every image usable", "a missing file"):  # the listing knows a missing file: the guess holds
+        present = [p.name for p in Path(spec.images).iterdir()]  # type: ignore[arg-type]
+        assert {read_ahead[n] for n in present} == {1} and {reads[n] for n in present} == {2}  # or probe, write
+        assert kept == [f"wrote {shards} of {shards} shards as their images were probed; writing the others again"]
+    else:  # the shards from the one the guess got wrong on are written again from the plan
+        assert len(kept) == 1 and not kept[0].startswith(f"wrote {shards} of")
+        assert sum(read_ahead.values()) < sum(reads.values()) + len(reads)
+
+
+def test_a_pool_of_workers_writes_the_same_files(tmp_path: Path) -> None:
+    spec = _source(tmp_path, truncated=(8,))
+    pool = build(spec, _config(tmp_path / "pool", workers=2, one_pass=True))
+    first = build(spec, _config(tmp_path / "first"))
+    assert _files(pool.out) == _files(first.out)
+
+
+def test_one_pass_is_not_part_of_the_build_identity(tmp_path: Path) -> None:
+    spec = _source(tmp_path)
+    one = build(spec, _config(tmp_path / "out", one_pass=True))
+    again = build(spec, _config(tmp_path / "out"))
+    assert (one.status, again.status) == ("built", "up_to_date")
+
+
+def test_a_source_of_images_that_are_not_files_is_probed_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = SourceSpec(dataset=nlphuji_dataset(12))
+    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
+        one = build(spec, _config(tmp_path / "one", one_pass=True))
+    assert "--one-pass: probing every image first (images that are not files)" in caplog.text
+    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first")).out)
+
+
+def test_a_build_over_the_reject_budget_leaves_no_shard_written_ahead(tmp_path: Path) -> None:
+    spec = _source(tmp_path, truncated=tuple(range(0, N_IMAGES, 2)))
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match=r"rows rejected .* over --max-reject-fraction"):
+        build(spec, _config(out, workers=2, one_pass=True))
+    assert not list(out.glob("*.tar")) and not list(out.glob(".*tmp*"))
+
+
+def test_a_build_killed_while_it_writes_ahead_starts_again_to_the_same_files(tmp_path: Path) -> None:
+    """Killed before its plan is saved, a build leaves only temporary shards: the next run removes
+    them, probes and writes again, and ends with the files of an uninterrupted run."""
+    names = [f"{1000 + i}_abc.jpg" for i in range(240)]
+    write_images(tmp_path / "images", names)
+    flickr_token_file(tmp_path / "Flickr8k.token.txt", names, captions_per_image=2)
+    args = ["build", "Flickr8k.token.txt", "--images", "images", "--max-images-per-shard", "4", "--workers", "1"]
+    run = [sys.executable, "-m", "pipeline", *args, "--one-pass"]
+    assert subprocess.run([*run[:-1], "--out", "clean"], cwd=tmp_path, capture_output=True).returncode == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*run, "--out", "killed"], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob(".*tmp*"))) < 5:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the build finished before it could be killed; make it bigger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(out.glob("*.tar")) and not (out / ".capshard" / "state.json").exists()
+
+    again = subprocess.run([*run, "--out", "killed"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "built" in again.stdout and not list(out.glob(".*tmp*"))
+    assert _files(out) == _files(tmp_path / "clean")
