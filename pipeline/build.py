@@ -464,7 +464,8 @@ def _plan(
         remove_temporary(config.out, [name for name, done in ahead.items() if name not in keep or done.result is None])
         ahead = {name: done for name, done in ahead.items() if name in keep and done.result is not None}
         shards = pc.count_distinct(planned.images["shard"]).as_py()
-        log.info("wrote %d of %d shards as their images were probed; writing the others again", len(ahead), shards)
+        again = f"; writing the other {shards - len(ahead)} again" if len(ahead) < shards else ""
+        log.info("wrote %d of %d shards as their images were probed%s", len(ahead), shards, again)
     hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
     known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
     return planned, known, ahead
@@ -574,8 +575,8 @@ def _probe_writing(
     """Probe every reference by writing the shards of ``tasks`` (the references in none of them are
     probed alone); the probe table, and what each shard task did."""
     how = ProbeTask((), config.image_formats, config.max_pixels, phash=config.hashes, validate=config.validate)
-    written = pa.array([s.image_path for t in tasks for s in t.samples], pa.string())
-    alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=written)))
+    in_shards = pa.array([s.image_path for t in tasks for s in t.samples], pa.string())
+    alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=in_shards)))
     rows = _probe(alone, reader, config, executor, progress, stats).to_pylist() if alone.num_rows else []
     ahead: dict[str, Ahead] = {}
     with output_errors(out):
@@ -584,7 +585,7 @@ def _probe_writing(
         each = contextlib.closing(executor.map_unordered(probe_and_write, [AheadTask(t, how) for t in tasks]))
         # The pass is both stages: it probes every image and writes every shard (counted when committed).
         with (
-            progress("writing shards", len(written)) as advance,
+            progress("writing shards", len(in_shards)) as advance,
             each as done_tasks,
             stats.stage("probe") as probe_stats,
             stats.stage("write"),
@@ -629,8 +630,9 @@ def _write_phase(
 ) -> Written:
     """*write*: the shards of slice ``part`` not already written (and unchanged); those written
     ``ahead`` (:mod:`.write_ahead`) are committed."""
+    ahead = ahead or {}
     names = part.of(plan.shards()) if ahead else []
-    early = {name: ahead[name] for name in names if ahead and name in ahead}
+    early = {name: ahead[name] for name in names if name in ahead}
     # The tasks of a plan's shards are its images as Python objects: not made when every shard is written.
     tasks = [] if early and len(early) == len(names) else part.of(plan.tasks(_shipped_out(out), opts))
     todo = [t for t in tasks if t.name not in early]
@@ -667,11 +669,13 @@ def _write_shards(
     if reused:
         log.info("reusing %d finished shards, writing %d", reused, len(todo))
     try:
-        with stats.stage("write") as write_stats, contextlib.closing(executor.map_unordered(commit, commits)) as each:
-            for result in each:
-                results[result.name] = result
-                write_stats.images += result.images
-                write_stats.bytes += result.bytes
+        if commits:
+            each_commit = contextlib.closing(executor.map_unordered(commit, commits))
+            with stats.stage("write") as write_stats, each_commit as committed:
+                for result in committed:
+                    results[result.name] = result
+                    write_stats.images += result.images
+                    write_stats.bytes += result.bytes
         # closing(): on an interrupt the executor stops its workers before the clean-up below.
         written = contextlib.closing(executor.map_unordered(write_shard, todo))
         total = sum(len(t.samples) for t in todo)
