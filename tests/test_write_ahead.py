@@ -111,6 +111,13 @@ def test_a_pool_of_workers_writes_the_same_files(tmp_path: Path) -> None:
     assert _files(pool.out) == _files(first.out)
 
 
+@pytest.mark.parametrize("options", [{"resize": 16}, {"validate": "decode"}], ids=["resize", "decode"])
+def test_with_resize_or_decoding_the_files_are_the_same(tmp_path: Path, options: dict[str, object]) -> None:
+    spec = _source(tmp_path, truncated=(30,))
+    one = build(spec, _config(tmp_path / "one", one_pass=True, **options))
+    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first", **options)).out)
+
+
 def test_one_pass_is_not_part_of_the_build_identity(tmp_path: Path) -> None:
     spec = _source(tmp_path)
     one = build(spec, _config(tmp_path / "out", one_pass=True))
