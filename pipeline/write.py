@@ -239,11 +239,10 @@ def write_tar(
     durable: bool = True,
     fsync: bool = True,
 ) -> ShardResult:
-    """Write the shard's tar to ``path`` from ``images``: each of the task's
-    samples, in order, with its image's bytes and what the probe found in them (which the plan holds
-    for a shard written after the probe); say what it holds. A ``durable`` tar has its bytes handed
-    to the disk as they are written, and is fsynced here unless ``fsync`` is false (then
-    :func:`commit_shard` does it)."""
+    """Write the shard's tar to ``path`` from ``images`` (each of the task's samples, in order, with
+    its image's bytes and what the probe found in them, which the plan holds for a shard written
+    after the probe) and say what it holds. A ``durable`` tar has its bytes handed to the disk as
+    they are written, and is fsynced here unless ``fsync`` is false (then :func:`commit_shard` does it)."""
     entries: list[StoredSample] = []
     captions = 0
     with open(path, "wb") as f:
@@ -300,12 +299,8 @@ def fsync_file(path: Path) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Make a rename in the folder ``path`` durable."""
+    fsync_file(path)
 
 
 def write_bytes_atomic(path: Path, payload: bytes) -> None:

@@ -90,7 +90,8 @@ class _Unusable(Exception):
 
 def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
     """Probe each image of the shard and write it, with the probed hash, format and size, into the
-    shard's temporary file (fsynced); the first unusable image stops the writing, the rest are probed."""
+    shard's temporary file (not fsynced: a worker would wait for the disk, which has caught up by
+    the time :func:`commit` fsyncs it); the first unusable image stops the writing, the rest are probed."""
     shard = task.shard
     opened = zip(shard.samples, reader.open_images([(s.image_path, s.image_index) for s in shard.samples]), strict=True)
     rows: list[dict[str, Any]] = []
@@ -106,7 +107,6 @@ def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
     tmp = temporary_path(shard)
     with output_error(shard.name, shard.out):
         try:
-            # Not fsynced here: a worker would wait for the disk; by the commit it has caught up.
             result = write_tar(probed(), shard, tmp, fsync=False)
         except _Unusable:
             tmp.unlink()

@@ -101,7 +101,7 @@ def test_the_files_are_those_of_the_build_that_probes_first(
         assert kept == [f"wrote {shards} of {shards} shards as their images were probed"]
     else:  # the shards from the one the guess got wrong on are written again from the plan
         assert len(kept) == 1 and kept[0].endswith(" again") and not kept[0].startswith(f"wrote {shards} of")
-        assert sum(read_ahead.values()) < sum(reads.values()) + len(reads)
+        assert max(read_ahead.values()) == 2  # the images of the shards written again, read again
 
 
 def test_a_pool_of_workers_writes_the_same_files(tmp_path: Path) -> None:
