@@ -453,7 +453,7 @@ def _plan(
     if guess is None or assumed is None:
         probed = _probe(refs, reader, config, executor, progress, stats)
     else:
-        probed, ahead = _probe_writing(refs, guess.tasks(assumed), reader, config, executor, progress, stats, guess.out)
+        probed, ahead = _probe_writing(refs, assumed, guess, reader, config, executor, progress, stats)
     try:
         planned = _resolved(rows, probed, reader, config, extra)
         keep = kept(assumed, planned.images, probed) if assumed is not None else set()
@@ -564,19 +564,20 @@ def _assumed_plan(
 
 def _probe_writing(
     refs: pa.Table,
-    tasks: list[ShardTask],
+    assumed: pa.Table,
+    guess: _Guess,
     reader: Reader,
     config: BuildConfig,
     executor: Executor,
     progress: Progress,
     stats: BuildStats,
-    out: Location,
 ) -> tuple[pa.Table, dict[str, Ahead]]:
-    """Probe every reference by writing the shards of ``tasks`` (the references in none of them are
-    probed alone); the probe table, and what each shard task did."""
+    """Probe every reference by writing the shards of the ``assumed`` plan's images (the references
+    in none of them are probed alone); the probe table, and what each shard task did."""
     how = ProbeTask((), config.image_formats, config.max_pixels, phash=config.hashes, validate=config.validate)
-    in_shards = pa.array([s.image_path for t in tasks for s in t.samples], pa.string())
+    in_shards = assumed["image_path"].combine_chunks()
     alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=in_shards)))
+    tasks, out = guess.tasks(assumed), guess.out
     rows = _probe(alone, reader, config, executor, progress, stats).to_pylist() if alone.num_rows else []
     ahead: dict[str, Ahead] = {}
     with output_errors(out):
