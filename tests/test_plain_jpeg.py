@@ -163,7 +163,7 @@ def test_damaged_jpegs_get_the_outcome_pillow_gives(
         at = int(where * ((header if near_header else len(data)) - 1))
         if kind == "cut":
             del data[max(at, 1) :]
-        elif kind == "flip" and at < len(data):
+        elif kind == "flip" and 0 <= at < len(data):
             data[at] = value
         elif kind == "insert":
             data[at:at] = bytes((value,))
