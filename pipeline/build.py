@@ -70,7 +70,8 @@ from .rows import read_rows
 from .stats import BuildStats
 from .storage import Location, Options, is_url, join, put_whole, read_bytes
 from .write import ShardResult, ShardTask, write_shard
-from .write_ahead import Ahead, AheadTask, Commit, assumed_probe, commit, kept, probe_and_write
+from .write_ahead import Ahead, AheadTask, Commit, assumed_probe, commit, discard, kept, probe_and_write, save_identity
+from .write_ahead import remove_temporary as remove_ahead_temporary
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -153,7 +154,9 @@ def build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progre
         assert executor is not None  # made whenever there is a plan
         written = _write_phase(planned.out, planned.plan, Slice(0, 1), executor, progress, opts, stats, planned.ahead)
         manifest = _finalize_phase(planned.out, planned.plan, opts, stats, _REWRITE_HINT, written.results)
-    return BuildResult(planned.out, "resumed" if planned.status == "kept" else "built", manifest, written.reused)
+    earlier = sum(done.reused for done in planned.ahead.values())  # written by a pass that was stopped
+    status = "resumed" if planned.status == "kept" or earlier else "built"
+    return BuildResult(planned.out, status, manifest, written.reused + earlier)
 
 
 def plan_build(spec: SourceSpec, config: BuildConfig, progress: Progress = _no_progress) -> Planned:
@@ -274,7 +277,7 @@ def _plan_phase(
         return Planned(out, "up_to_date", None, existing), None
     resumed = plan_store.status(out, opts) == "complete"
     executor.context = _worker_reader(reader, fmt, spec)
-    guess = _guess(config, listing, root, fmt) if write_ahead and not resumed else None
+    guess = _guess(config, listing, root, fmt, identity) if write_ahead and not resumed else None
     plan, ahead = _planned(rows, reader, spec, config, executor, progress, identity, listing, resumed, stats, guess)
     return Planned(out, "kept" if resumed else "planned", plan, ahead=ahead), executor
 
@@ -317,13 +320,9 @@ def _planned(
         resize=config.resize,
         source=plan_store.source_record(spec),
     )
-    try:
-        with output_errors(out):
-            _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
-            plan_store.save(out, plan, opts)
-    except BaseException:
-        remove_temporary(out, list(ahead))
-        raise
+    with output_errors(out):  # stopped here, the next run takes the shards written ahead as they are
+        _save_names(out, spec, config)  # before the plan is complete: a complete plan always has them
+        plan_store.save(out, plan, opts)
     return plan, ahead
 
 
@@ -458,10 +457,11 @@ def _plan(
         planned = _resolved(rows, probed, reader, config, extra)
         keep = kept(assumed, planned.images, probed) if assumed is not None else set()
     except BaseException:
-        remove_temporary(config.out, list(ahead))
+        if assumed is not None:
+            discard(config.out)  # the same input and options would stop here again
         raise
     if ahead:
-        remove_temporary(config.out, [name for name, done in ahead.items() if name not in keep or done.result is None])
+        discard(config.out, [name for name, done in ahead.items() if name not in keep or done.result is None])
         ahead = {name: done for name, done in ahead.items() if name in keep and done.result is not None}
         shards = pc.count_distinct(planned.images["shard"]).as_py()
         again = f"; writing the other {shards - len(ahead)} again" if len(ahead) < shards else ""
@@ -515,6 +515,8 @@ class _Guess:
     resize: int | None
     out: Location
     options: Options
+    #: The build's identity before the probe: a stopped pass is resumed by a run of the same.
+    identity: dict[str, Any]
 
     def assumed(self, refs: pa.Table) -> pa.Table | None:
         """The assumed probe of ``refs``; None unless every reference is a file path."""
@@ -527,10 +529,10 @@ class _Guess:
         return plan_store.shard_tasks(images, self.fmt, self.resize, _shipped_out(self.out), self.options)
 
 
-def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str) -> _Guess | None:
-    """How to write ahead (``--one-pass``), where this build can: a local ``out``, the process pool or
-    ``--workers 1``, and a plan that the probe's hashes change only when images are unusable or alike
-    (not ``--id content``, not the perceptual hashes of near-duplicate handling)."""
+def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str, identity: dict[str, Any]) -> _Guess | None:
+    """How to write ahead (one pass, the default), where this build can: a local ``out``, the process
+    pool or ``--workers 1``, and a plan that the probe's hashes change only when images are unusable or
+    alike (not ``--id content``, not the perceptual hashes of near-duplicate handling)."""
     why_not = [
         reason
         for reason, applies in (
@@ -542,9 +544,9 @@ def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str) -> _Gues
         if applies
     ]
     if why_not:
-        log.warning("--one-pass: probing every image first (%s)", ", ".join(why_not))
+        log.info("probing every image before writing any shard (%s)", ", ".join(why_not))
         return None
-    return _Guess(listing, root, fmt, config.resize, config.out, config.storage_options)
+    return _Guess(listing, root, fmt, config.resize, config.out, config.storage_options, identity)
 
 
 def _assumed_plan(
@@ -554,7 +556,7 @@ def _assumed_plan(
     cannot be made (the real plan then says why, from the real probe)."""
     assumed = guess.assumed(refs)
     if assumed is None:
-        log.warning("--one-pass: probing every image first (images that are not files)")
+        log.info("probing every image before writing any shard (images that are not files)")
         return None
     try:
         return _resolved(rows, assumed, reader, config, extra, budget=False).images
@@ -573,7 +575,8 @@ def _probe_writing(
     stats: BuildStats,
 ) -> tuple[pa.Table, dict[str, Ahead]]:
     """Probe every reference by writing the shards of the ``assumed`` plan's images (the references
-    in none of them are probed alone); the probe table, and what each shard task did."""
+    in none of them are probed alone); the probe table, and what each shard task did (or, for a pass
+    stopped before, had done: those shards are kept in ``OUT/.capshard/ahead/`` until the plan says)."""
     how = ProbeTask((), config.image_formats, config.max_pixels, phash=config.hashes, validate=config.validate)
     in_shards = assumed["image_path"].combine_chunks()
     alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=in_shards)))
@@ -582,9 +585,10 @@ def _probe_writing(
     ahead: dict[str, Ahead] = {}
     with output_errors(out):
         record(out, [t.name for t in tasks], config.storage_options)  # ours before they exist, as always
+        save_identity(out, guess.identity)
+    each = contextlib.closing(executor.map_unordered(probe_and_write, [AheadTask(t, how) for t in tasks]))
+    # The pass is both stages: it probes every image and writes every shard (counted when committed).
     try:
-        each = contextlib.closing(executor.map_unordered(probe_and_write, [AheadTask(t, how) for t in tasks]))
-        # The pass is both stages: it probes every image and writes every shard (counted when committed).
         with (
             progress("writing shards", len(in_shards)) as advance,
             each as done_tasks,
@@ -598,8 +602,17 @@ def _probe_writing(
                 probe_stats.images += len(done.rows)
                 probe_stats.bytes += sum(row.get("n_bytes") or 0 for row in done.rows)
     except BaseException:
-        remove_temporary(out, [t.name for t in tasks])  # the workers are stopped: nobody writes them now
+        # The workers are stopped (closing()); the shards they finished stay for the next run of this build.
+        remove_ahead_temporary(out)
         raise
+    earlier = sum(done.reused for done in ahead.values())
+    if earlier:
+        log.info(
+            "resuming the unfinished build in %s: %d of %d shards were written before it stopped",
+            out,
+            earlier,
+            len(tasks),
+        )
     return probe_table(rows), ahead
 
 

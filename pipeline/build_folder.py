@@ -18,9 +18,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import plan_store
+from . import plan_store, write_ahead
 from .config import BuildConfig
 from .errors import OutputError
+from .format import AHEAD
+from .identity import differences
 from .lock import claim, hold
 from .outputs import BUILD_FILES, clean, record, refuse_foreign, survey
 from .storage import Location, Options, is_url
@@ -70,6 +72,17 @@ def prepare_out(
                 )
         else:
             clean(folder, opts)
+    elif not is_url(out) and (ahead := write_ahead.saved_identity(out)) is not None:
+        # A one-pass build stopped before its plan: its shards written so far are kept for a run of the
+        # same build (pipeline.write_ahead), compared by the inputs' paths, sizes and mtimes.
+        refuse_foreign(folder)
+        diffs = [] if overwrite else differences(ahead, identity)
+        if diffs:
+            raise OutputError(
+                f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
+                "pass --overwrite to start over from the current input, or restore that input to finish it"
+            )
+        clean(folder, opts, keep=() if overwrite else (AHEAD,))
     else:
         clean(folder, opts)  # what a run killed while planning, or stopped by the reject budget, left
     with output_errors(out):

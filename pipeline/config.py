@@ -54,9 +54,10 @@ class BuildConfig:
     #: ``--ray-address`` (the CLI defaults it from ``RAY_ADDRESS``); None: Ray's own choice.
     ray_address: str | None = None
     overwrite: bool = False
-    #: ``--one-pass``: probe each image as its shard is written, reading it once (``build`` only; see
-    #: :mod:`pipeline.write_ahead`). The same bytes either way, so not an output option.
-    one_pass: bool = False
+    #: ``--one-pass`` (default; ``--two-pass``: probe every image first): probe each image as its shard
+    #: is written, reading it once (``build`` only, where it can; see :mod:`pipeline.write_ahead`).
+    #: The same bytes either way, so not an output option.
+    one_pass: bool = True
     check_inputs: str = "stat"
     name: str | None = None
     version: str | None = None

@@ -127,14 +127,18 @@ def refuse_foreign(folder: Folder) -> None:
     more = len(folder.foreign) - SHOWN
     listing = shown + (f" and {more} more" if more > 0 else "")
     if not set(folder.owned) - {LOCK}:
-        raise OutputError(f"{folder.out} is not empty and holds no capshard build ({listing}); "
-                          "choose an empty or new --out")
-    raise OutputError(f"{folder.out} holds files capshard did not write ({listing}); capshard neither "
-                      "replaces nor removes them: move them away or choose another --out")
+        raise OutputError(
+            f"{folder.out} is not empty and holds no capshard build ({listing}); choose an empty or new --out"
+        )
+    raise OutputError(
+        f"{folder.out} holds files capshard did not write ({listing}); capshard neither "
+        "replaces nor removes them: move them away or choose another --out"
+    )
 
 
-def clean(folder: Folder, options: Options = None) -> None:
-    """Remove every owned file of ``folder`` and capshard's state, nothing else.
+def clean(folder: Folder, options: Options = None, *, keep: tuple[str, ...] = ()) -> None:
+    """Remove every owned file of ``folder`` and capshard's state (but the entries ``keep`` names in
+    a local state folder), nothing else.
 
     The files about to go are written to the ledger first, and the manifest goes first:
     a clean-up cut short leaves no finished build and nothing unrecorded.
@@ -156,7 +160,17 @@ def clean(folder: Folder, options: Options = None) -> None:
     for name in sorted(files, key=lambda n: n != MANIFEST):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / HASH_PARTS, ignore_errors=True)  # an interrupted `capshard hash`'s parts
-    shutil.rmtree(out / STATE, ignore_errors=True)
+    state = out / STATE
+    if keep and state.is_dir() and not state.is_symlink():
+        for entry in state.iterdir():
+            if entry.name in keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(state, ignore_errors=True)
     fsync_dir(out)
 
 

@@ -16,11 +16,21 @@ hashes every image twice. Writing ahead reads it once:
 An unusable image, or a picture found under two names, changes the plan from its shard on:
 those shards are written twice, and the result is the bytes of the build that probes first.
 Only for file references (their sizes, which the plan's byte limit needs, are in the listing).
+
+The pass resumes: each task writes its shard under ``OUT/.capshard/ahead/`` (:data:`pipeline.format.AHEAD`)
+and then its record, ``NAME.json`` (a digest of the task, the probe rows, what it wrote). A task
+whose record is there, of the same task, with the shard it names unchanged (size and sha256), is
+not run again (:func:`written_before`); the build keeps that folder only for a run of the same
+identity (``identity.json`` in it, :func:`save_identity`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +39,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .format import AHEAD, STATE
 from .probe import PROBE_SCHEMA, ProbeTask, probe_opened
 from .readers import Reader
-from .write import Probed, SampleSpec, ShardResult, ShardTask, commit_shard, output_error, temporary_path, write_tar
+from .storage import Location
+from .write import (
+    TMP_MARK,
+    Probed,
+    SampleSpec,
+    ShardResult,
+    ShardTask,
+    commit_shard,
+    file_sha256,
+    output_error,
+    write_tar,
+)
 
 #: The reason the assumed probe gives a file the listing did not find (the real probe says why).
 ASSUMED_MISSING = "missing_image"
+#: In ``OUT/.capshard/ahead/``: the identity of the build whose pass wrote the rest.
+IDENTITY = "identity.json"
 
 
 def assumed_probe(refs: pa.Table, sizes: pa.Array) -> pa.Table:
@@ -72,26 +96,52 @@ class AheadTask:
     def name(self) -> str:
         return self.shard.name
 
+    def digest(self) -> str:
+        """What the task is, as its record names it: the sha256 of its ``repr`` (samples, output,
+        probe options)."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()
+
 
 @dataclass(frozen=True)
 class Ahead:
     """What :func:`probe_and_write` did: the probe rows of the shard's images, and the shard it
-    wrote at ``tmp`` (both None when one of the images was unusable: nothing is left then)."""
+    wrote at ``tmp`` (both None when one of the images was unusable: nothing is left then);
+    ``reused``: an earlier run of the pass did it (:func:`written_before`)."""
 
     name: str
     rows: list[dict[str, Any]]
     result: ShardResult | None
     tmp: str | None
+    reused: bool = False
 
 
 class _Unusable(Exception):
     """An image of the shard is not usable: the shard cannot be the plan's."""
 
 
+def ahead_dir(out: Location) -> Path:
+    """``OUT/.capshard/ahead/`` of a local ``out``."""
+    return Path(out, STATE, AHEAD)
+
+
+def shard_path(shard: ShardTask) -> Path:
+    """Where the pass writes ``shard`` (until it is committed under its name in ``OUT``)."""
+    return ahead_dir(shard.out) / shard.name
+
+
+def _record_path(shard: ShardTask) -> Path:
+    return ahead_dir(shard.out) / f"{shard.name}.json"
+
+
 def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
     """Probe each image of the shard and write it, with the probed hash, format and size, into the
-    shard's temporary file (not fsynced: a worker would wait for the disk, which has caught up by
-    the time :func:`commit` fsyncs it); the first unusable image stops the writing, the rest are probed."""
+    shard's file in ``OUT/.capshard/ahead/``, then its record (neither fsynced: a worker would wait
+    for the disk, which has caught up by the time :func:`commit` fsyncs the shard; a record is only
+    believed with its shard's bytes, :func:`written_before`); the first unusable image stops the
+    writing, the rest are probed. What an earlier run of the pass did is taken as it is."""
+    earlier = written_before(task)
+    if earlier is not None:
+        return earlier
     shard = task.shard
     opened = zip(shard.samples, reader.open_images([(s.image_path, s.image_index) for s in shard.samples]), strict=True)
     rows: list[dict[str, Any]] = []
@@ -104,18 +154,97 @@ def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
                 raise _Unusable
             yield spec, data, (row["sha256"], row["format"], row["width"], row["height"])
 
-    tmp = temporary_path(shard)
+    path = shard_path(shard)
+    tmp = _temporary(path)
     with output_error(shard.name, shard.out):
         try:
-            result = write_tar(probed(), shard, tmp, fsync=False)
+            result: ShardResult | None = write_tar(probed(), shard, tmp, fsync=False)
+            os.replace(tmp, path)
         except _Unusable:
             tmp.unlink()
             rows.extend(probe_opened(s.image_path, s.image_index, data, task.how) for s, data in opened)
-            return Ahead(shard.name, rows, None, None)
+            result = None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return Ahead(shard.name, rows, result, str(tmp))
+        record = {"task": task.digest(), "rows": rows, "result": None if result is None else result.to_json()}
+        _put(_record_path(shard), json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
+    return Ahead(shard.name, rows, result, None if result is None else str(path))
+
+
+def written_before(task: AheadTask) -> Ahead | None:
+    """What an earlier run of the pass left for ``task``: its record, if it is of this task and the
+    shard it names is there with the recorded size and sha256; else None (the task runs again)."""
+    try:
+        record = json.loads(_record_path(task.shard).read_bytes())
+        if record["task"] != task.digest():
+            return None
+        result = None if record["result"] is None else ShardResult.from_json(record["result"])
+        rows = list(record["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = shard_path(task.shard)
+    if result is not None:
+        try:
+            if file_sha256(path) != (result.sha256, result.bytes):
+                return None
+        except OSError:
+            return None
+    return Ahead(task.name, rows, result, None if result is None else str(path), reused=True)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def _put(path: Path, payload: bytes) -> None:
+    """``payload`` at ``path`` whole or not at all (a temporary name, then rename; no fsync)."""
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_identity(out: Location, identity: dict[str, Any]) -> None:
+    """Start (or go on with) a pass in a local ``out``: its folder, with the build's ``identity``
+    (before the probe: the inputs by path, size and mtime)."""
+    folder = ahead_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    _put(folder / IDENTITY, json.dumps(identity, sort_keys=True, default=str).encode())
+
+
+def saved_identity(out: Location) -> dict[str, Any] | None:
+    """The identity of the build whose pass left shards in a local ``out``; None if none (or unreadable)."""
+    try:
+        data = json.loads((ahead_dir(out) / IDENTITY).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def has_records(out: Location) -> bool:
+    """Whether a stopped pass left any shard's record in a local ``out``."""
+    return any(ahead_dir(out).glob("*.tar.json"))
+
+
+def remove_temporary(out: Location) -> None:
+    """Remove what the pass's workers were writing when they were stopped (nobody writes now)."""
+    for path in ahead_dir(out).glob(f".*{TMP_MARK}*"):
+        path.unlink(missing_ok=True)
+
+
+def discard(out: Location, names: Iterable[str] | None = None) -> None:
+    """Remove the shards written ahead in a local ``out`` (``names``; None: the whole pass) and their records."""
+    folder = ahead_dir(out)
+    if names is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+        (folder / f"{name}.json").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

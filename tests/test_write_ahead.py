@@ -1,8 +1,10 @@
-"""``build --one-pass`` (pipeline.write_ahead) probes and writes each image in one pass, and its
-files are those of the build that probes every image first, whatever the images turn out to be."""
+"""``build`` (``--one-pass``, the default; pipeline.write_ahead) probes and writes each image in one
+pass, and its files are those of the build that probes every image first (``--two-pass``), whatever
+the images turn out to be; a pass that was stopped goes on from the shards it wrote."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,9 +17,10 @@ from pathlib import Path
 import pytest
 from synth import comparable, flickr_token_file, nlphuji_dataset, write_images
 
+from pipeline import build as build_module
 from pipeline.build import build
 from pipeline.config import BuildConfig
-from pipeline.errors import BuildError
+from pipeline.errors import BuildError, OutputError
 from pipeline.readers import SourceSpec
 from pipeline.readers import base as reader_base
 
@@ -86,14 +89,14 @@ def test_the_files_are_those_of_the_build_that_probes_first(
     spec = _source(tmp_path, **CASES[case])  # type: ignore[arg-type]
     reads = _reads(monkeypatch)
     with caplog.at_level(logging.INFO, logger="pipeline.build"):
-        ahead = build(spec, _config(tmp_path / "ahead", one_pass=True))
+        ahead = build(spec, _config(tmp_path / "ahead"))
     kept = [r.getMessage() for r in caplog.records if "as their images were probed" in r.getMessage()]
     read_ahead = dict(reads)
     reads.clear()
-    first = build(spec, _config(tmp_path / "first"))
+    first = build(spec, _config(tmp_path / "first", one_pass=False))
 
     assert _files(ahead.out) == _files(first.out)
-    assert not list(ahead.out.glob(".*tmp*"))
+    assert not list(ahead.out.glob(".*tmp*")) and not (ahead.out / ".capshard").exists()
     shards = len(list(first.out.glob("*.tar")))
     if case in ("every image usable", "a missing file"):  # the listing knows a missing file: the guess holds
         present = [p.name for p in Path(spec.images).iterdir()]  # type: ignore[arg-type]
@@ -106,22 +109,22 @@ def test_the_files_are_those_of_the_build_that_probes_first(
 
 def test_a_pool_of_workers_writes_the_same_files(tmp_path: Path) -> None:
     spec = _source(tmp_path, truncated=(8,))
-    pool = build(spec, _config(tmp_path / "pool", workers=2, one_pass=True))
-    first = build(spec, _config(tmp_path / "first"))
+    pool = build(spec, _config(tmp_path / "pool", workers=2))
+    first = build(spec, _config(tmp_path / "first", one_pass=False))
     assert _files(pool.out) == _files(first.out)
 
 
 @pytest.mark.parametrize("options", [{"resize": 16}, {"validate": "decode"}], ids=["resize", "decode"])
 def test_with_resize_or_decoding_the_files_are_the_same(tmp_path: Path, options: dict[str, object]) -> None:
     spec = _source(tmp_path, truncated=(30,))
-    one = build(spec, _config(tmp_path / "one", one_pass=True, **options))
-    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first", **options)).out)
+    one = build(spec, _config(tmp_path / "one", **options))
+    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False, **options)).out)
 
 
 def test_one_pass_is_not_part_of_the_build_identity(tmp_path: Path) -> None:
     spec = _source(tmp_path)
-    one = build(spec, _config(tmp_path / "out", one_pass=True))
-    again = build(spec, _config(tmp_path / "out"))
+    one = build(spec, _config(tmp_path / "out"))
+    again = build(spec, _config(tmp_path / "out", one_pass=False))
     assert (one.status, again.status) == ("built", "up_to_date")
 
 
@@ -129,41 +132,116 @@ def test_a_source_of_images_that_are_not_files_is_probed_first(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = SourceSpec(dataset=nlphuji_dataset(12))
-    with caplog.at_level(logging.WARNING, logger="pipeline.build"):
-        one = build(spec, _config(tmp_path / "one", one_pass=True))
-    assert "--one-pass: probing every image first (images that are not files)" in caplog.text
-    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first")).out)
+    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+        one = build(spec, _config(tmp_path / "one"))
+    assert "probing every image before writing any shard (images that are not files)" in caplog.text
+    assert _files(one.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
 
 
 def test_a_build_over_the_reject_budget_leaves_no_shard_written_ahead(tmp_path: Path) -> None:
     spec = _source(tmp_path, truncated=tuple(range(0, N_IMAGES, 2)))
     out = tmp_path / "out"
     with pytest.raises(BuildError, match=r"rows rejected .* over --max-reject-fraction"):
-        build(spec, _config(out, workers=2, one_pass=True))
+        build(spec, _config(out, workers=2))
     assert not list(out.glob("*.tar")) and not list(out.glob(".*tmp*"))
+    assert not (out / ".capshard" / "ahead").exists()
 
 
-def test_a_build_killed_while_it_writes_ahead_starts_again_to_the_same_files(tmp_path: Path) -> None:
-    """Killed before its plan is saved, a build leaves only temporary shards: the next run removes
-    them, probes and writes again, and ends with the files of an uninterrupted run."""
+def _stopped_after(tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next build's pass stop (as on Ctrl-C) once ``tasks`` shards are written."""
+    real = build_module.probe_and_write
+    ran: list[str] = []
+
+    def stopping(reader: object, task: object) -> object:
+        if len(ran) == tasks:
+            raise KeyboardInterrupt
+        done = real(reader, task)  # type: ignore[arg-type]
+        ran.append(done.name)
+        return done
+
+    monkeypatch.setattr(build_module, "probe_and_write", stopping)
+
+
+def test_a_stopped_pass_goes_on_from_the_shards_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _source(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _stopped_after(3, patch)
+        with pytest.raises(KeyboardInterrupt):
+            build(spec, _config(out))
+    ahead = out / ".capshard" / "ahead"
+    written = sorted(p.name for p in ahead.glob("*.tar"))
+    assert len(written) == 3 and len(list(ahead.glob("*.tar.json"))) == 3 and not list(out.glob("*.tar"))
+    probed = [row["image_path"] for n in written for row in json.loads((ahead / f"{n}.json").read_text())["rows"]]
+    assert len(probed) == 3 * PER_SHARD
+
+    reads = _reads(monkeypatch)
+    again = build(spec, _config(out))
+    assert (again.status, again.reused_shards) == ("resumed", 3)
+    assert not any(reads[Path(p).name] for p in probed)  # the images of the shards kept: not read again
+    assert sum(reads.values()) == N_IMAGES - len(probed)  # the others: once
+    assert _files(out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
+
+
+def test_a_shard_that_changed_since_the_pass_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _source(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _stopped_after(2, patch)
+        with pytest.raises(KeyboardInterrupt):
+            build(spec, _config(out))
+    shards = sorted((out / ".capshard" / "ahead").glob("*.tar"))
+    data = bytearray(shards[0].read_bytes())
+    data[1000] ^= 0xFF  # a torn write, a disk error: the record no longer matches
+    shards[0].write_bytes(bytes(data))
+
+    again = build(spec, _config(out))
+    assert (again.status, again.reused_shards) == ("resumed", 1)
+    assert _files(out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
+
+
+def test_a_stopped_pass_of_another_build_is_refused_or_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _source(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _stopped_after(3, patch)
+        with pytest.raises(KeyboardInterrupt):
+            build(spec, _config(out))
+    with pytest.raises(OutputError, match=r"holds an unfinished build of different input or options \(seed: 0 -> 7\)"):
+        build(spec, _config(out, seed=7))
+    assert len(list((out / ".capshard" / "ahead").glob("*.tar"))) == 3  # refused: nothing touched
+    other = build(spec, _config(out, seed=7, overwrite=True))
+    assert (other.status, other.reused_shards) == ("built", 0)
+    assert _files(out) == _files(build(spec, _config(tmp_path / "first", seed=7, one_pass=False)).out)
+
+
+def test_a_build_killed_while_it_writes_ahead_resumes_to_the_same_files(tmp_path: Path) -> None:
+    """Killed (SIGKILL) before its plan is saved, a build leaves the shards it wrote ahead with their
+    records: the next run keeps them, probes and writes the rest, and ends with the files of an
+    uninterrupted run."""
     names = [f"{1000 + i}_abc.jpg" for i in range(240)]
     write_images(tmp_path / "images", names)
     flickr_token_file(tmp_path / "Flickr8k.token.txt", names, captions_per_image=2)
     args = ["build", "Flickr8k.token.txt", "--images", "images", "--max-images-per-shard", "4", "--workers", "1"]
-    run = [sys.executable, "-m", "pipeline", *args, "--one-pass"]
-    assert subprocess.run([*run[:-1], "--out", "clean"], cwd=tmp_path, capture_output=True).returncode == 0
+    run = [sys.executable, "-m", "pipeline", *args]
+    assert subprocess.run([*run, "--two-pass", "--out", "clean"], cwd=tmp_path, capture_output=True).returncode == 0
 
     out = tmp_path / "killed"
+    records = out / ".capshard" / "ahead"
     proc = subprocess.Popen([*run, "--out", "killed"], cwd=tmp_path, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob(".*tmp*"))) < 5:
+    while time.monotonic() < deadline and proc.poll() is None and len(list(records.glob("*.tar.json"))) < 5:
         time.sleep(0.01)
     assert proc.poll() is None, "the build finished before it could be killed; make it bigger"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list(out.glob("*.tar")) and not (out / ".capshard" / "state.json").exists()
 
-    again = subprocess.run([*run, "--out", "killed"], cwd=tmp_path, capture_output=True, text=True)
+    again = subprocess.run([*run[:3], "-v", *run[3:], "--out", "killed"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert "built" in again.stdout and not list(out.glob(".*tmp*"))
+    assert again.stdout.startswith("finished (resumed) killed")
+    assert " shards were written before it stopped" in again.stderr
+    assert not list(out.glob(".*tmp*")) and not (out / ".capshard").exists()
     assert _files(out) == _files(tmp_path / "clean")

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .. import write_ahead
 from ..build import BuildResult
 from ..build import build as run_build
 from ..config import LEAK_POLICIES, NEAR_LEAK_POLICIES, BuildConfig
@@ -154,10 +155,12 @@ CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
 @source_options
 @options(*CONFIG_OPTIONS, _SAMPLE_OPTION, *NEAR_OPTIONS)
 @click.option(
-    "--one-pass",
-    is_flag=True,
-    help="Read each image once: probe it as its shard is written (a local --out, the process pool). "
-    "The same shards; but a build stopped before its plan is saved starts over instead of resuming.",
+    "--one-pass/--two-pass",
+    default=True,
+    help="--one-pass reads each image once: it is probed as its shard is written, where the build allows "
+    "(a local --out, the process pool; not with --id content, --phash or --exclude-near). --two-pass probes "
+    "every image before writing any shard, reading each twice; faster only when many images are unusable "
+    "(the shards from the first unusable one on are written again). The same shards either way.",
 )
 @json_option
 def build(source: str | None, out: str | Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
@@ -243,8 +246,8 @@ def check_exclude_near(builds: tuple[Path, ...], out: Path | str) -> None:
 
 def remove_created_if_unused(created: list[Path]) -> None:
     """After a failed build: remove the folders it created (``--out`` first, then its parents),
-    as long as they hold nothing but capshard's own transient state. A saved plan (a re-run
-    resumes from it) or a rejects report keeps the folder.
+    as long as they hold nothing but capshard's own transient state. A saved plan or shards written
+    ahead of it (a re-run resumes from them) or a rejects report keeps the folder.
 
     ``--out`` is judged and removed under its lock: a build that lost the race for a folder
     it created must not remove the winner's state (another build may have started in it
@@ -257,6 +260,8 @@ def remove_created_if_unused(created: list[Path]) -> None:
             with hold(out, "build (clean-up after a failure)"):
                 entries = list(out.iterdir())
                 if any(not e.name.startswith(STATE) for e in entries) or (out / STATE / STATE_FILE).exists():
+                    return
+                if write_ahead.has_records(out):  # a one-pass build's shards: a re-run goes on from them
                     return
                 shutil.rmtree(out / STATE, ignore_errors=True)
         except (LockHeld, OSError):

@@ -26,6 +26,7 @@ from .manifest import (
     SplitEntry,
 )
 from .names import (
+    AHEAD,
     DONE,
     HASH_PARTS,
     INDEX,
@@ -46,6 +47,7 @@ from .names import (
 from .read import is_remote, loads_capped, manifest_url, parse_manifest, read_manifest, require_manifest
 
 __all__ = [
+    "AHEAD",
     "DONE",
     "FORMAT_VERSION",
     "HASH_PARTS",

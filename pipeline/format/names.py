@@ -19,6 +19,9 @@ STATE = ".capshard"
 STATE_FILE = "state.json"
 #: Inside ``STATE``: one ``NAME.json`` record per written shard.
 DONE = "done"
+#: Inside ``STATE``: the shards a one-pass build wrote as it probed their images, each with its
+#: ``NAME.json`` record, and ``identity.json``, the build they belong to (:mod:`pipeline.write_ahead`).
+AHEAD = "ahead"
 #: Inside ``STATE``: the names of every file the build created (:mod:`pipeline.outputs`).
 LEDGER = "ledger.txt"
 #: The build folder's lock file (:mod:`pipeline.lock`).
