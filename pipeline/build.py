@@ -70,7 +70,18 @@ from .rows import read_rows
 from .stats import BuildStats
 from .storage import Location, Options, is_url, join, put_whole, read_bytes
 from .write import ShardResult, ShardTask, write_shard
-from .write_ahead import Ahead, AheadTask, Commit, assumed_probe, commit, discard, kept, probe_and_write, save_identity
+from .write_ahead import (
+    Ahead,
+    AheadTask,
+    Bets,
+    Commit,
+    assumed_probe,
+    commit,
+    discard,
+    kept,
+    probe_and_write,
+    save_identity,
+)
 from .write_ahead import remove_temporary as remove_ahead_temporary
 
 log = logging.getLogger(__name__)
@@ -586,7 +597,12 @@ def _probe_writing(
     with output_errors(out):
         record(out, [t.name for t in tasks], config.storage_options)  # ours before they exist, as always
         save_identity(out, guess.identity)
-    each = contextlib.closing(executor.map_unordered(probe_and_write, [AheadTask(t, how) for t in tasks]))
+    bets = Bets()
+    split = {t.name: t.samples[0].split for t in tasks}
+    # Made as workers take them (the pool holds one task per worker): a split whose bet is lost is only probed.
+    each = contextlib.closing(
+        executor.map_unordered(probe_and_write, (AheadTask(t, how, bets.hold(split[t.name])) for t in tasks))
+    )
     # The pass is both stages: it probes every image and writes every shard (counted when committed).
     try:
         with (
@@ -601,6 +617,9 @@ def _probe_writing(
                 advance(len(done.rows))
                 probe_stats.images += len(done.rows)
                 probe_stats.bytes += sum(row.get("n_bytes") or 0 for row in done.rows)
+                lost = bets.settle(split[done.name], done.rows)
+                if lost is not None:
+                    log.info("%s: the plan changes; probing the images of its shards before writing them", lost)
     except BaseException:
         # The workers are stopped (closing()); the shards they finished stay for the next run of this build.
         remove_ahead_temporary(out)

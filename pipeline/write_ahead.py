@@ -87,19 +87,21 @@ def assumed_probe(refs: pa.Table, sizes: pa.Array) -> pa.Table:
 
 @dataclass(frozen=True)
 class AheadTask:
-    """One shard of the assumed plan, and how to probe its images (``how.refs`` is not used)."""
+    """One shard of the assumed plan, and how to probe its images (``how.refs`` is not used);
+    ``write``: write the shard as they are probed (else only probe them: see :class:`Bets`)."""
 
     shard: ShardTask
     how: ProbeTask
+    write: bool = True
 
     @property
     def name(self) -> str:
         return self.shard.name
 
     def digest(self) -> str:
-        """What the task is, as its record names it: the sha256 of its ``repr`` (samples, output,
-        probe options)."""
-        return hashlib.sha256(repr(self).encode()).hexdigest()
+        """What the task is, as its record names it: the sha256 of the ``repr`` of its shard
+        (samples, output) and probe options."""
+        return hashlib.sha256(repr((self.shard, self.how)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
     shard's file in ``OUT/.capshard/ahead/``, then its record (neither fsynced: a worker would wait
     for the disk, which has caught up by the time :func:`commit` fsyncs the shard; a record is only
     believed with its shard's bytes, :func:`written_before`); the first unusable image stops the
-    writing, the rest are probed. What an earlier run of the pass did is taken as it is."""
+    writing, the rest are probed (all of them are, with nothing written, for a task that does not
+    ``write``). What an earlier run of the pass did is taken as it is."""
     earlier = written_before(task)
     if earlier is not None:
         return earlier
@@ -158,10 +161,12 @@ def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
     tmp = _temporary(path)
     with output_error(shard.name, shard.out):
         try:
+            if not task.write:
+                raise _Unusable
             result: ShardResult | None = write_tar(probed(), shard, tmp, fsync=False)
             os.replace(tmp, path)
         except _Unusable:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
             rows.extend(probe_opened(s.image_path, s.image_index, data, task.how) for s, data in opened)
             result = None
         except BaseException:
@@ -245,6 +250,37 @@ def discard(out: Location, names: Iterable[str] | None = None) -> None:
     for name in names:
         (folder / name).unlink(missing_ok=True)
         (folder / f"{name}.json").unlink(missing_ok=True)
+
+
+class Bets:
+    """Whether the assumed plan of a split still holds as the pass's probe rows come in: the plan
+    shuffles a split as a whole, so one unusable image loses the bet on every shard of its split,
+    and a picture found under two names on every split. Once lost, the split's next shards are only
+    probed (:attr:`AheadTask.write` false); the plan still keeps whatever it holds unchanged (:func:`kept`)."""
+
+    def __init__(self) -> None:
+        self._lost: set[str] = set()
+        self._all_lost = False
+        self._seen: set[str] = set()
+
+    def hold(self, split: str) -> bool:
+        """Whether shards of ``split`` are still worth writing ahead."""
+        return not self._all_lost and split not in self._lost
+
+    def settle(self, split: str, rows: list[dict[str, Any]]) -> str | None:
+        """Take the probe rows of a task of ``split``; why the bet was lost by them, else None."""
+        if not self.hold(split):
+            return None
+        for row in rows:
+            if row.get("image_reason") is not None:
+                self._lost.add(split)
+                return f"{row['image_path']} is not a usable image ({row['image_reason']})"
+            if row["sha256"] in self._seen:
+                self._all_lost = True
+                self._seen.clear()
+                return f"{row['image_path']} holds the picture of another file"
+            self._seen.add(row["sha256"])
+        return None
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,13 @@ import pytest
 from synth import comparable, flickr_token_file, nlphuji_dataset, write_images
 
 from pipeline import build as build_module
+from pipeline import write_ahead
 from pipeline.build import build
 from pipeline.config import BuildConfig
 from pipeline.errors import BuildError, OutputError
 from pipeline.readers import SourceSpec
 from pipeline.readers import base as reader_base
+from pipeline.write import ShardTask
 
 N_IMAGES = 40
 PER_SHARD = 6
@@ -105,6 +107,29 @@ def test_the_files_are_those_of_the_build_that_probes_first(
     else:  # the shards from the one the guess got wrong on are written again from the plan
         assert len(kept) == 1 and kept[0].endswith(" again") and not kept[0].startswith(f"wrote {shards} of")
         assert max(read_ahead.values()) == 2  # the images of the shards written again, read again
+
+
+def test_once_the_plan_changes_the_rest_of_the_split_is_only_probed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unusable image changes the plan of its whole split (it is shuffled as a whole): the pass
+    stops writing that split's shards ahead, since the plan would have them written again."""
+    spec = _source(tmp_path, truncated=(5,))
+    started: list[str] = []
+    real = write_ahead.write_tar
+
+    def counted(images: object, task: ShardTask, *args: object, **kwargs: object) -> object:
+        started.append(task.name)
+        return real(images, task, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(write_ahead, "write_tar", counted)
+    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+        ahead = build(spec, _config(tmp_path / "ahead"))
+    shards = len(list(ahead.out.glob("*.tar")))
+    lost = [r.getMessage() for r in caplog.records if "the plan changes" in r.getMessage()]
+    assert len(lost) == 1 and "1005_abc.jpg is not a usable image (corrupt_image)" in lost[0]
+    assert started == sorted(started) and 0 < len(started) < shards  # in order (--workers 1), then no more
+    assert _files(ahead.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
 
 
 def test_a_pool_of_workers_writes_the_same_files(tmp_path: Path) -> None:
