@@ -74,7 +74,8 @@ def prepare_out(
             clean(folder, opts)
     elif not is_url(out) and (ahead := write_ahead.saved_identity(out)) is not None:
         # A one-pass build stopped before its plan: its shards written so far are kept for a run of the
-        # same build (pipeline.write_ahead), compared by the inputs' paths, sizes and mtimes.
+        # same build (pipeline.write_ahead), compared by the inputs' paths, sizes and mtimes. Under
+        # --check-inputs content it starts over: only reading every image again could check that pass.
         refuse_foreign(folder)
         diffs = [] if overwrite else differences(ahead, identity)
         if diffs:
@@ -82,7 +83,7 @@ def prepare_out(
                 f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
                 "pass --overwrite to start over from the current input, or restore that input to finish it"
             )
-        clean(folder, opts, keep=() if overwrite else (AHEAD,))
+        clean(folder, opts, keep=() if overwrite or config.check_inputs != "stat" else (AHEAD,))
     else:
         clean(folder, opts)  # what a run killed while planning, or stopped by the reject budget, left
     with output_errors(out):

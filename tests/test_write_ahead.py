@@ -225,6 +225,20 @@ def test_a_shard_that_changed_since_the_pass_is_written_again(tmp_path: Path, mo
     assert _files(out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
 
 
+def test_a_stopped_pass_is_not_taken_when_inputs_are_checked_by_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _source(tmp_path)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        _stopped_after(3, patch)
+        with pytest.raises(KeyboardInterrupt):
+            build(spec, _config(out))
+    again = build(spec, _config(out, check_inputs="content"))  # the pass trusted mtimes: start over
+    assert (again.status, again.reused_shards) == ("built", 0)
+    assert _files(out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
+
+
 def test_a_stopped_pass_of_another_build_is_refused_or_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
