@@ -234,6 +234,7 @@ def plot(rate: dict[str, float], title: str, path: Path) -> None:
     bars = ax.barh(labels, values, color=colours)
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
     ax.set_xscale("log")
+    ax.set_xlim(right=max(values) * 2)  # room for the largest bar's label
     ax.set_xlabel("images/s (log scale; higher is faster)")
     ax.set_title(title, fontsize=9)
     ax.tick_params(axis="y", labelsize=8)

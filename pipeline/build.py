@@ -467,9 +467,9 @@ def _plan(
     try:
         planned = _resolved(rows, probed, reader, config, extra)
         keep = kept(assumed, planned.images, probed) if assumed is not None else set()
-    except BaseException:
+    except CapshardError:
         if assumed is not None:
-            discard(config.out)  # the same input and options would stop here again
+            discard(config.out)  # the same input and options would stop here again (an interrupt keeps them)
         raise
     if ahead:
         discard(config.out, [name for name, done in ahead.items() if name not in keep or done.result is None])

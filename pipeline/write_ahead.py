@@ -13,8 +13,10 @@ hashes every image twice. Writing ahead reads it once:
    and size of each image, equal to the plan shard by shard) are committed as they are
    (:func:`commit`); the others are written again from the plan.
 
-An unusable image, or a picture found under two names, changes the plan from its shard on:
-those shards are written twice, and the result is the bytes of the build that probes first.
+An unusable image changes the plan of its whole split (the plan shuffles a split as a whole),
+a picture found under two names that of every split: the shards written ahead until then are
+written again from the plan, and the pass only probes the shards of a split it has lost
+(:class:`Bets`); the result is the bytes of the build that probes first.
 Only for file references (their sizes, which the plan's byte limit needs, are in the listing).
 
 The pass resumes: each task writes its shard under ``OUT/.capshard/ahead/`` (:data:`pipeline.format.AHEAD`)

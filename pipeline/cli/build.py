@@ -159,8 +159,8 @@ CONFIG_FIELDS = frozenset(f.name for f in fields(BuildConfig) if f.init)
     default=True,
     help="--one-pass reads each image once: it is probed as its shard is written, where the build allows "
     "(a local --out, the process pool; not with --id content, --phash or --exclude-near). --two-pass probes "
-    "every image before writing any shard, reading each twice; faster only when many images are unusable "
-    "(the shards from the first unusable one on are written again). The same shards either way.",
+    "every image before writing any shard, reading each twice (as the split plan and write commands do). "
+    "The same shards either way.",
 )
 @json_option
 def build(source: str | None, out: str | Path | None, fmt: str, sample_images: int, as_json: bool, **opts: Any) -> None:
