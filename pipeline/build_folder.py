@@ -66,10 +66,7 @@ def prepare_out(
         if not overwrite:
             diffs = differs(saved, plan_store.saved_listing(out, opts))
             if diffs:
-                raise OutputError(
-                    f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
-                    "pass --overwrite to start over from the current input, or restore that input to finish it"
-                )
+                raise _unfinished(out, diffs)
         else:
             clean(folder, opts)
     elif not is_url(out) and (ahead := write_ahead.saved_identity(out)) is not None:
@@ -79,10 +76,7 @@ def prepare_out(
         refuse_foreign(folder)
         diffs = [] if overwrite else differences(ahead, identity)
         if diffs:
-            raise OutputError(
-                f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
-                "pass --overwrite to start over from the current input, or restore that input to finish it"
-            )
+            raise _unfinished(out, diffs)
         clean(folder, opts, keep=() if overwrite or config.check_inputs != "stat" else (AHEAD,))
     else:
         clean(folder, opts)  # what a run killed while planning, or stopped by the reject budget, left
@@ -90,6 +84,13 @@ def prepare_out(
         remove_temporary(out, None)
         record(out, BUILD_FILES, opts)
     return None
+
+
+def _unfinished(out: Location, diffs: list[str]) -> OutputError:
+    return OutputError(
+        f"{out} holds an unfinished build of different input or options ({'; '.join(diffs)}); "
+        "pass --overwrite to start over from the current input, or restore that input to finish it"
+    )
 
 
 def take_out(

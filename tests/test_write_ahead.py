@@ -187,13 +187,18 @@ def _stopped_after(tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build_module, "probe_and_write", stopping)
 
 
+def _stop_pass(spec: SourceSpec, out: Path, tasks: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build into ``out`` and stop the pass (as on Ctrl-C) once ``tasks`` shards are written."""
+    with monkeypatch.context() as patch:
+        _stopped_after(tasks, patch)
+        with pytest.raises(KeyboardInterrupt):
+            build(spec, _config(out))
+
+
 def test_a_stopped_pass_goes_on_from_the_shards_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _source(tmp_path)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _stopped_after(3, patch)
-        with pytest.raises(KeyboardInterrupt):
-            build(spec, _config(out))
+    _stop_pass(spec, out, 3, monkeypatch)
     ahead = out / ".capshard" / "ahead"
     written = sorted(p.name for p in ahead.glob("*.tar"))
     assert len(written) == 3 and len(list(ahead.glob("*.tar.json"))) == 3 and not list(out.glob("*.tar"))
@@ -211,10 +216,7 @@ def test_a_stopped_pass_goes_on_from_the_shards_it_wrote(tmp_path: Path, monkeyp
 def test_a_shard_that_changed_since_the_pass_is_written_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = _source(tmp_path)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _stopped_after(2, patch)
-        with pytest.raises(KeyboardInterrupt):
-            build(spec, _config(out))
+    _stop_pass(spec, out, 2, monkeypatch)
     shards = sorted((out / ".capshard" / "ahead").glob("*.tar"))
     data = bytearray(shards[0].read_bytes())
     data[1000] ^= 0xFF  # a torn write, a disk error: the record no longer matches
@@ -230,10 +232,7 @@ def test_a_stopped_pass_is_not_taken_when_inputs_are_checked_by_content(
 ) -> None:
     spec = _source(tmp_path)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _stopped_after(3, patch)
-        with pytest.raises(KeyboardInterrupt):
-            build(spec, _config(out))
+    _stop_pass(spec, out, 3, monkeypatch)
     again = build(spec, _config(out, check_inputs="content"))  # the pass trusted mtimes: start over
     assert (again.status, again.reused_shards) == ("built", 0)
     assert _files(out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
@@ -244,10 +243,7 @@ def test_a_stopped_pass_of_another_build_is_refused_or_replaced(
 ) -> None:
     spec = _source(tmp_path)
     out = tmp_path / "out"
-    with monkeypatch.context() as patch:
-        _stopped_after(3, patch)
-        with pytest.raises(KeyboardInterrupt):
-            build(spec, _config(out))
+    _stop_pass(spec, out, 3, monkeypatch)
     with pytest.raises(OutputError, match=r"holds an unfinished build of different input or options \(seed: 0 -> 7\)"):
         build(spec, _config(out, seed=7))
     assert len(list((out / ".capshard" / "ahead").glob("*.tar"))) == 3  # refused: nothing touched
