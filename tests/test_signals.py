@@ -78,7 +78,7 @@ def start_and_wait_for_writes(root: Path, out: str, passes: str) -> subprocess.P
         done = writing = root / out / ".capshard" / "ahead"
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        if done.is_dir() and len(list(done.glob("*.json"))) >= 3 and list(writing.glob(".*.tmp-*")):
+        if done.is_dir() and len(list(done.glob("*.tar.json"))) >= 3 and list(writing.glob(".*.tmp-*")):
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the build ended before it could be interrupted; make it bigger"
