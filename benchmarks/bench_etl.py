@@ -7,15 +7,17 @@ interleave every method (so the load of a shared machine falls on all of them al
 - ``tar cf`` of the images and the token file, and the same followed by ``sync`` of the tar
   (on disk, as capshard's fsynced shards are);
 - the floor of a verified, durable build in 2 processes and in 1: each image read and hashed
-  twice (probe, write check), written into a tar stream hashed as written, one fsync per
-  shard; no serial part but the start, so its 2-process / 1-process ratio is the most that
-  this work gains from a second core on the machine (beside capshard's ``--workers 2`` /
-  ``--workers 1``);
+  once (as the default one-pass build does), written into a tar stream hashed as written, one
+  fsync per shard; no serial part but the start (its 2-process / 1-process ratio, beside
+  capshard's ``--workers 2`` / ``--workers 1``);
 - a hand-written single-process ``webdataset.ShardWriter`` loop (jpg + txt + json);
 - LitData ``optimize`` with 2 workers, when ``litdata`` imports (optional);
 - ``capshard build`` passthrough with ``--workers 1`` and ``--workers 2``;
 - a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
 - ``capshard build --resize 256 --workers 2``;
+- ``--workers 2`` / ``--workers 1`` taken apart: the pass (the manifest's ``stats``) and the
+  rest of the build, and how short the rest would have to be for 1.8; with ``--scale-images N``
+  also on N images of their own;
 - resolution at ``--resolve-rows`` caption rows (1M and 10M by default; references and
   hashes only, the code path of ``build``), each run in a fresh process, ``--rounds`` interleaved
   rounds: ``bench_resolve.py``.
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import json
 import os
 import platform
 import random
@@ -289,6 +292,14 @@ def main() -> None:
         default=[1_000_000, 10_000_000],
         help="Caption-row counts for the resolution part (none: skip it).",
     )
+    ap.add_argument(
+        "--scale-images",
+        type=int,
+        metavar="N",
+        help="Also time capshard `--workers 1` and `--workers 2` on N images of their own (e.g. 40000: "
+        "about 4 GB and 3 more minutes), to see `--workers 2` / `--workers 1` with less of the build's "
+        "one-off work per image.",
+    )
     args = ap.parse_args()
     if args.plot_only:
         rate, data = rates_from_report(args.out)
@@ -359,17 +370,27 @@ def main() -> None:
                 t, token, images, o, "--resize", "256", "--workers", "2"
             )
         run(["tar", "cf", os.devnull, "-C", str(root), "images"], root)  # warm the page cache for everyone
-        times: dict[str, list[float]] = {m: [] for m in methods}
+        times: dict[str, list[float]] = {m: [] for m in [START, *methods]}
+        passes: dict[str, list[float]] = {W1: [], W2: []}
         for r in range(args.rounds):
+            times[START].append(run([py, "-c", "import pyarrow.compute"], root))
             for i, (method, cmd) in enumerate(methods.items()):
                 out = root / f"out-{r}-{i}"
                 os.sync()  # nobody pays for the writeback of the method before
                 times[method].append(run(cmd(out), root))  # type: ignore[operator]
+                if method in passes:
+                    passes[method].append(pass_seconds(out))
                 shutil.rmtree(out, ignore_errors=True)
                 Path(str(out) + ".tar").unlink(missing_ok=True)
                 print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
+        start = times.pop(START)
+        if args.scale_images:
+            scaled = scale_rounds(root / "scale", args.scale_images, args.rounds)
     rate = {m: args.images / statistics.median(t) for m, t in times.items()}
     report = render(args, rate, times, mean_kb, litdata, trees)
+    report += render_scaling(args.images, times, passes, start)
+    if args.scale_images:
+        report += render_scaling(args.scale_images, *scaled, start)
     resolved = resolution(args.resolve_rows, args.rounds)
     report += render_targets(rate, resolved)
     if resolved:
@@ -423,7 +444,8 @@ def render(
         f"- with `--two-pass` (every image probed before the shards are written, so read twice): "
         f"`--workers 2 --two-pass` / hand-written loop {rate[TWO_PASS.format(2)] / rate[HAND]:.2f}, "
         f"`--workers 2` (one pass) / `--workers 2 --two-pass` {w2 / rate[TWO_PASS.format(2)]:.2f}, "
-        f"`--workers 2 --two-pass` / `--workers 1 --two-pass` {rate[TWO_PASS.format(2)] / rate[TWO_PASS.format(1)]:.2f}",
+        "`--workers 2 --two-pass` / `--workers 1 --two-pass` "
+        f"{rate[TWO_PASS.format(2)] / rate[TWO_PASS.format(1)]:.2f}",
         f"- capshard `--resize 256 --workers 2` / Pillow loop: {resized / pil:.2f}",
     ]
     for label, _ in trees[1:]:
@@ -441,6 +463,72 @@ LIT = "LitData `optimize`, 2 workers"
 TAR = "`tar cf` of the same files"
 PIL_LOOP = "Pillow loop: draft + resize 256 + JPEG q95, 2 processes"
 RESIZED = "capshard `--resize 256 --workers 2`"
+
+
+START = "start"  # a Python that starts and imports pyarrow, timed once per round (not a method)
+
+
+def pass_seconds(out: Path) -> float:
+    """The one pass of the build in ``out`` (every image probed and written as it is read): the
+    manifest's ``stats.probe.seconds``."""
+    return json.loads((out / "manifest.json").read_text())["stats"]["probe"]["seconds"]
+
+
+def scale_rounds(root: Path, n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``--workers 1`` and ``--workers 2`` on ``n`` images of their own, interleaved: each round's
+    seconds and pass seconds."""
+    token, images = make_dataset(root, n)
+    run(["tar", "cf", os.devnull, "-C", str(root), "images"], root)
+    times: dict[str, list[float]] = {W1: [], W2: []}
+    passes: dict[str, list[float]] = {W1: [], W2: []}
+    for r in range(rounds):
+        for method, workers in ((W1, "1"), (W2, "2")):
+            out = root / f"out-{r}-{workers}"
+            os.sync()
+            times[method].append(run(capshard(REPO, token, images, out, "--workers", workers), root))
+            passes[method].append(pass_seconds(out))
+            shutil.rmtree(out)
+            print(f"round {r + 1}: {n:,} images: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
+    shutil.rmtree(root)
+    return times, passes
+
+
+def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list[float]], start: list[float]) -> str:
+    """``--workers 2`` / ``--workers 1`` taken apart: the pass (every image read, checked and written,
+    the part a second worker shares) and the rest (start, reading the captions, planning, commit,
+    exit); and how short the rest would have to be for a ratio of 1.8 with this run's pass."""
+    wall = {w: statistics.median(times[w]) for w in (W1, W2)}
+    run_pass = {w: statistics.median(passes[w]) for w in (W1, W2)}
+    rest = {w: wall[w] - run_pass[w] for w in (W1, W2)}
+    allowed = (run_pass[W1] - 1.8 * run_pass[W2]) / 0.8
+    each = {w: ", ".join(f"{t:.2f}" for t in passes[w]) for w in (W1, W2)}
+    started = statistics.median(start)
+    lines = [
+        "",
+        f"## `--workers 2` / `--workers 1` on {n:,} images: the pass and the rest",
+        "",
+        "A second worker shares the pass (each image read, hashed, checked and written into its shard: "
+        "the manifest's `stats.probe.seconds`); the rest of a build (Python's start and imports, reading "
+        "the captions, listing the images, planning, the commit of the shards, the index and manifest, "
+        f"exit) is done once whatever the workers. Medians of {len(passes[W1])} interleaved rounds.",
+        "",
+        "| seconds | `--workers 1` | `--workers 2` | 1 / 2 |",
+        "| --- | ---: | ---: | ---: |",
+        f"| whole build | {wall[W1]:.2f} | {wall[W2]:.2f} | {wall[W1] / wall[W2]:.2f} |",
+        f"| the pass (rounds: {each[W1]} / {each[W2]}) | {run_pass[W1]:.2f} | {run_pass[W2]:.2f} "
+        f"| {run_pass[W1] / run_pass[W2]:.2f} |",
+        f"| the rest | {rest[W1]:.2f} | {rest[W2]:.2f} | |",
+        "",
+        "- For `--workers 2` / `--workers 1` ≥ 1.8 with this pass, the rest may take at most "
+        + (
+            f"(pass₁ − 1.8 × pass₂) / 0.8 = **{allowed:.2f} s** in each build"
+            if allowed > 0
+            else "**nothing**: the pass itself gains less than 1.8 from the second worker"
+        )
+        + f'; a Python process that only starts and imports pyarrow (`python -c "import pyarrow.compute"`, '
+        f"the reader's library) takes {started:.2f} s here (median of the rounds).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def resolution(sizes: list[int], rounds: int) -> list[dict]:
