@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from multiprocessing import connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from .errors import BuildError, CapshardError, OutputError, UsageError
 from .runtime import tune_image_worker
@@ -227,7 +227,7 @@ def _describe(task: Any) -> str:
 
 def _worker_main(parent: int, preload: tuple[str, ...], conn: Connection) -> None:
     """A worker: set up once, import ``preload``, then take a ``("context", context)`` message and
-    run ``("task", fn, task)`` messages until ``None`` or a closed pipe."""
+    run ``("task", fn, task)`` messages until ``None`` or a closed pipe; then :func:`_leave`."""
     _init_worker(parent)
     for module in preload:
         importlib.import_module(module)
@@ -236,9 +236,9 @@ def _worker_main(parent: int, preload: tuple[str, ...], conn: Connection) -> Non
         try:
             message = conn.recv()
         except EOFError:
-            return
+            _leave()
         if message is None:
-            return
+            _leave()
         if message[0] == "context":
             context = message[1]
             continue
@@ -252,6 +252,19 @@ def _worker_main(parent: int, preload: tuple[str, ...], conn: Connection) -> Non
         except Exception as exc:  # an unpicklable result or exception
             error = BuildError(f"a worker's reply for {_describe(task)} cannot be sent: {exc}")
             conn.send((False, (error, "")))
+
+
+def _leave() -> NoReturn:
+    """End a worker whose work is done, without Python's shutdown.
+
+    Every result went down the pipe and every file a task wrote is closed; what is left for the
+    interpreter to do at exit is tearing down modules and freeing the memory a worker keeps for
+    its images (:func:`pipeline.runtime.tune_image_worker`), which the parent, joining its workers
+    at the end of every build, waited for: 0.06-0.08 s of a ``--workers 2`` build of 10,000 photos."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 class _RemoteTraceback(Exception):
@@ -334,8 +347,9 @@ class RayExecutor:
                     task = next(todo, _IDLE)
                     if task is _IDLE:
                         break
-                    where = remote.options(max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED),
-                                           scheduling_strategy=next(dealt))
+                    where = remote.options(
+                        max_retries=RAY_RETRIES, retry_exceptions=list(RAY_RETRIED), scheduling_strategy=next(dealt)
+                    )
                     pending[where.remote(fn, context_ref, task)] = task
                 if not pending:
                     break

@@ -230,3 +230,22 @@ def test_a_pool_started_and_closed_without_a_map_exits() -> None:
     assert not multiprocessing.active_children()
     # Not waited for while they import: they were given no work, so they are stopped.
     assert len(workers) == 2 and all(w.exitcode == -signal.SIGKILL for w in workers)
+
+
+def test_workers_end_with_exit_code_0_and_what_they_printed_is_not_lost() -> None:
+    # A worker ends without Python's shutdown (os._exit), so it flushes its output first: with
+    # stdout a pipe (block-buffered, PYTHONUNBUFFERED unset) nothing printed in a task is lost.
+    script = (
+        "import multiprocessing, sys\n"
+        "from pipeline.executors import make_executor\n"
+        "executor = make_executor('process', 2)\n"
+        "list(executor.map_unordered(print, range(6)))\n"  # print(context, task) in a worker
+        "workers = multiprocessing.active_children()\n"
+        "executor.close()\n"
+        "sys.stderr.write(repr(sorted(w.exitcode for w in workers)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.splitlines()) == [f"None {i}" for i in range(6)]
+    assert done.stderr.endswith("[0, 0]")
