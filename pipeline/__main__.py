@@ -1,5 +1,5 @@
 """``python -m pipeline`` runs the ``capshard`` command."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

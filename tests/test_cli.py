@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -86,6 +87,38 @@ def test_failed_build_exits_1_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     line = _one_line_error(capshard("build", "captions.token", "--images", "empty", "--out", "o", cwd=tmp_path), 1)
     assert "20 of 20 rows rejected" in line and "Is --images the right folder?" in line
+
+
+#: ``python -m pipeline`` (the module run as ``__main__``, as the command runs it) with an exit
+#: handler of its own that says, as Python ends, whether the objects alive then were frozen.
+FROZEN_AT_EXIT = """
+import atexit, gc, runpy, sys
+atexit.register(lambda: print(f"frozen at exit: {gc.get_freeze_count() > 0}", file=sys.stderr))
+sys.argv[0] = "capshard"
+runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_command_ends_without_a_last_collection_and_keeps_its_exit_code_and_output(tmp_path: Path) -> None:
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", FROZEN_AT_EXIT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+
+    built = command("build", "--sample-images", "3", "--workers", "2", "--out", "o")
+    assert built.returncode == 0, built.stderr
+    assert "built o: 3 images" in built.stdout
+    assert built.stderr.endswith("frozen at exit: True\n")  # after the exit handlers registered before it
+    failed = command("build", "--id", "guess", "--out", "x")
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines()[-2:] == [
+        "capshard: error: --id must be one of auto, content, filename or column:NAME, not 'guess'",
+        "frozen at exit: True",
+    ]
+    # The installed command is the same function.
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    assert "capshard = pipeline.cli:run" in setup["options.entry_points"]["console_scripts"]
 
 
 def test_help_lists_every_command_without_importing_them(tmp_path: Path) -> None:
