@@ -19,9 +19,11 @@ interleave every method (so the load of a shared machine falls on all of them al
 - a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
 - ``capshard build --resize 256 --workers 2``;
 - ``--workers 2`` / ``--workers 1`` taken apart: the pass (the manifest's ``stats``) and the
-  rest of the build, how short the rest would have to be for 1.8, and the most any build with
-  this pass, or with one that scaled perfectly, could reach with a rest of only the least start
-  (Python, pyarrow, pandas); with ``--scale-images N`` also on N images of their own;
+  rest of the build, how short the rest would have to be for 1.8, the most a build with this
+  pass, or with one that scaled perfectly, could reach with a rest of only the least start
+  (Python, pyarrow, pandas), and the most any build as fast with one worker could reach with
+  all but that start split perfectly over two; with ``--scale-images N`` also on N images of
+  their own;
 - resolution at ``--resolve-rows`` caption rows (1M and 10M by default; references and
   hashes only, the code path of ``build``), each run in a fresh process, ``--slow-rounds``
   interleaved rounds: ``bench_resolve.py``.
@@ -663,7 +665,7 @@ def render_targets(rate: dict[str, float], resolved: list[dict], most: float) ->
     ]
     lines += [
         f"| {label} | {value:,.2f} | {target} | {'yes' if met else '**no**'}"
-        + (f"{OUT_OF_REACH.format(most)}" if not met and label == WORKERS_RATIO and most < 1.8 else "")
+        + (OUT_OF_REACH.format(most) if not met and label == WORKERS_RATIO and most < 1.8 else "")
         + " |"
         for label, value, target, met in rows
     ]

@@ -108,7 +108,7 @@ def test_the_command_ends_without_a_last_collection_and_keeps_its_exit_code_and_
     built = command("build", "--sample-images", "3", "--workers", "2", "--out", "o")
     assert built.returncode == 0, built.stderr
     assert "built o: 3 images" in built.stdout
-    assert built.stderr.endswith("frozen at exit: True\n")  # after the exit handlers registered before it
+    assert built.stderr.endswith("frozen at exit: True\n")  # registered first, it runs after the command's own
     failed = command("build", "--id", "guess", "--out", "x")
     assert failed.returncode == 2
     assert failed.stderr.splitlines()[-2:] == [

@@ -137,8 +137,8 @@ def run() -> None:
 
     What is still alive then (the modules of pyarrow, pandas and NumPy, a build's tables) is
     frozen (``gc.freeze``) so that Python's shutdown does not walk it all in a last garbage
-    collection it has no use for: 0.15-0.24 s at the end of every ``capshard build`` of
-    10,000 photos, 0.02-0.04 s frozen (benchmarks/results/etl_analysis.md). The exit
+    collection it has no use for: 0.15-0.24 s at the end of a ``capshard build`` of 10,000
+    photos, 0.03-0.07 s frozen (benchmarks/results/etl_analysis.md). The exit
     handlers still run (logging's flush, multiprocessing's join), and so do the finalizers of
     whatever the modules' teardown frees; only garbage held in reference cycles is left to the
     kernel, as every file the command wrote is closed by then. Not in :func:`main`, which a
