@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
@@ -317,7 +318,7 @@ def main() -> None:
         type=int,
         metavar="N",
         help="Also time capshard `--workers 1` and `--workers 2` on N images of their own (e.g. 40000: "
-        "about 4 GB and 4 more minutes), to see `--workers 2` / `--workers 1` with less of the build's "
+        "about 4 GB and 5 more minutes), to see `--workers 2` / `--workers 1` with less of the build's "
         "one-off work per image.",
     )
     args = ap.parse_args()
@@ -399,13 +400,7 @@ def main() -> None:
             for i, (method, cmd) in enumerate(methods.items()):
                 if r >= (args.slow_rounds if "--resize" in method or method == PIL_LOOP else args.rounds):
                     continue
-                out = root / f"out-{r}-{i}"
-                os.sync()  # nobody pays for the writeback of the method before
-                times[method].append(run(cmd(out), root))  # type: ignore[operator]
-                if method in passes:
-                    passes[method].append(pass_seconds(out))
-                shutil.rmtree(out, ignore_errors=True)
-                Path(str(out) + ".tar").unlink(missing_ok=True)
+                timed(method, cmd, root / f"out-{r}-{i}", root, times, passes)  # type: ignore[arg-type]
                 print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
         start = times.pop(START)
         if args.scale_images:
@@ -509,6 +504,24 @@ def pass_io(images: Path, out: Path, procs: str) -> list[str]:
     return [sys.executable, "-c", FLOOR, str(images), str(out), procs, "no-fsync"]
 
 
+def timed(
+    method: str,
+    cmd: Callable[[Path], list[str]],
+    out: Path,
+    root: Path,
+    times: dict[str, list[float]],
+    passes: dict[str, list[float]],
+) -> None:
+    """One round of ``method`` writing to ``out``: its seconds into ``times``, a capshard build's pass
+    into ``passes`` (where it has a list); then its output is removed."""
+    os.sync()  # nobody pays for the writeback of the method before
+    times[method].append(run(cmd(out), root))
+    if method in passes:
+        passes[method].append(pass_seconds(out))
+    shutil.rmtree(out, ignore_errors=True)
+    Path(str(out) + ".tar").unlink(missing_ok=True)
+
+
 def pass_seconds(out: Path) -> float:
     """The one pass of the build in ``out`` (every image probed and written as it is read): the
     manifest's ``stats.probe.seconds``."""
@@ -530,12 +543,7 @@ def scale_rounds(root: Path, n: int, rounds: int) -> tuple[dict[str, list[float]
     passes: dict[str, list[float]] = {W1: [], W2: []}
     for r in range(rounds):
         for i, (method, cmd) in enumerate(methods.items()):
-            out = root / f"out-{r}-{i}"
-            os.sync()
-            times[method].append(run(cmd(out), root))
-            if method in passes:
-                passes[method].append(pass_seconds(out))
-            shutil.rmtree(out)
+            timed(method, cmd, root / f"out-{r}-{i}", root, times, passes)
             print(f"round {r + 1}: {n:,} images: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
     shutil.rmtree(root)
     return times, passes
