@@ -653,9 +653,13 @@ def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list
         "plans, writes and commits its shards on its own core, with no coordination at all: "
         f"{split:.2f} s (rounds: {split_each}), build₁ / that = **{split_ratio:.2f}**. That is the most a "
         "second core gives this work on this machine, whatever the design of `--workers 2` (each half "
-        "only pays the build's few fixed costs, a lock, a plan and a manifest, once more); what it falls "
-        "short of the model is what two busy processes cost each other here (memory bandwidth, page "
-        "cache, disk)"
+        "only pays the build's few fixed costs, a lock, a plan and a manifest, once more)"
+        + (
+            "; what it falls short of the model is what two busy processes cost each other here (memory "
+            "bandwidth, page cache, disk)"
+            if split_ratio < most
+            else "; as much as the model allows, within the spread of the rounds"
+        )
         + (
             f": **at this size 1.8 is out of reach here**; `--workers 2` reached {wall[W1] / wall[W2]:.2f}."
             if split_ratio < 1.8
