@@ -13,16 +13,16 @@ reach for work of that kind here (``bench_etl.py`` measures the whole build spli
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import report_head
 
 
 def python_loop(n: int) -> None:
@@ -76,15 +76,12 @@ def main() -> None:
             for procs in (1, 2):
                 seconds[name][procs].append(timed(fn, units, procs))
             print(f"round {r + 1}: {name}: {seconds[name][1][-1]:.2f} / {seconds[name][2][-1]:.2f} s", file=sys.stderr)
-    load = os.getloadavg()
     lines = [
         "# A second core on this machine",
         "",
-        "Command: `python benchmarks/bench_cores.py " + " ".join(sys.argv[1:]) + "`",
+        report_head.command("bench_cores.py"),
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        *report_head.when_and_where(),
         f"- {args.rounds} interleaved rounds; the same total work in 1 process and in 2 (half each)",
         "",
         "| work | 1 process, s (median) | 2 processes, s (median) | 1 / 2 per round | 1 / 2 (medians) |",
@@ -94,11 +91,11 @@ def main() -> None:
         one, two = statistics.median(by[1]), statistics.median(by[2])
         each = ", ".join(f"{a / b:.2f}" for a, b in zip(by[1], by[2], strict=True))
         lines.append(f"| {name} | {one:.2f} | {two:.2f} | {each} | **{one / two:.2f}** |")
-    report = "\n".join(lines) + "\n"
-    print(report)
+    text = "\n".join(lines) + "\n"
+    print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":
