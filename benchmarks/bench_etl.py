@@ -321,9 +321,9 @@ def main() -> None:
         "--scale-images",
         type=int,
         metavar="N",
-        help="Also time capshard `--workers 1` and `--workers 2` on N images of their own (e.g. 40000: "
-        "about 4 GB and 6 more minutes), to see `--workers 2` / `--workers 1` with less of the build's "
-        "one-off work per image.",
+        help="Also time capshard `--workers 1`, `--workers 2` and the perfect split on N images of their own "
+        "(e.g. 40000: about 4 GB and 6 more minutes), to see `--workers 2` / `--workers 1` with less of the "
+        "build's one-off work per image.",
     )
     args = ap.parse_args()
     if args.plot_only:
