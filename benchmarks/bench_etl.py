@@ -593,9 +593,11 @@ def scale_rounds(root: Path, n: int, rounds: int) -> tuple[dict[str, list[float]
 def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list[float]], start: list[float]) -> str:
     """``--workers 2`` / ``--workers 1`` taken apart: the pass (every image read, checked and written,
     the part a second worker shares) and the rest (start, reading the captions, planning, commit,
-    exit); how short the rest would have to be for a ratio of 1.8 with this run's pass; the ratio
-    with a rest of only the least start (:data:`START_CODE`), with this pass and with one a second
-    worker halved; and what a second process gains for the pass's I/O alone."""
+    exit), beside those of the perfect split (:data:`SPLIT`); how short the rest would have to be
+    for a ratio of 1.8 with this run's pass; the ratio with a rest of only the least start
+    (:data:`START_CODE`), with this pass and with one a second worker halved; the model of a
+    perfect split (all but that start halved, 2 × build₁ / (build₁ + start)) against the measured
+    one; and what a second process gains for the pass's I/O alone."""
     wall = {w: statistics.median(times[w]) for w in (W1, W2, SPLIT)}
     run_pass = {w: statistics.median(passes[w]) for w in (W1, W2, SPLIT)}
     rest = {w: wall[w] - run_pass[w] for w in (W1, W2, SPLIT)}
@@ -604,8 +606,8 @@ def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list
     started = statistics.median(start)
     io = {m: statistics.median(times[m]) for m in (PASS_IO_1_LABEL, PASS_IO_LABEL)}
     one, two = io[PASS_IO_1_LABEL], io[PASS_IO_LABEL]
-    most = ceiling(times, start)
-    split, split_ratio = statistics.median(times[SPLIT]), split_gain(times)
+    most = 2 * wall[W1] / (wall[W1] + started)
+    split_ratio = wall[W1] / wall[SPLIT]
     split_each = ", ".join(f"{t:.2f}" for t in times[SPLIT])
     best = (run_pass[W1] + started) / (run_pass[W2] + started)
     ideal = (run_pass[W1] + started) / (run_pass[W1] / 2 + started)
@@ -647,7 +649,7 @@ def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list
         "- **The whole build split perfectly in two, measured:** two `--workers 1` builds of half the images "
         "each (with all their captions), run at once, so that each process starts, reads its captions, "
         "plans, writes and commits its shards on its own core, with no coordination at all: "
-        f"{split:.2f} s (rounds: {split_each}), build₁ / that = **{split_ratio:.2f}**. That is the most a "
+        f"{wall[SPLIT]:.2f} s (rounds: {split_each}), build₁ / that = **{split_ratio:.2f}**. That is the most a "
         "second core gives this work on this machine, whatever the design of `--workers 2` (each half "
         "only pays the build's few fixed costs, a lock, a plan and a manifest, once more)"
         + (
@@ -688,14 +690,6 @@ def resolution(sizes: list[int], rounds: int) -> list[dict]:
         }
         for each in runs.values()
     ]
-
-
-def ceiling(times: dict[str, list[float]], start: list[float]) -> float:
-    """The most ``--workers 2`` / ``--workers 1`` could be for a build whose ``--workers 1`` takes this
-    run's time: everything but the least start (which comes before any work can be shared: the
-    pass needs the plan, the plan pyarrow) split perfectly over two workers, 2 × build₁ / (build₁ + start)."""
-    one, started = statistics.median(times[W1]), statistics.median(start)
-    return 2 * one / (one + started)
 
 
 def split_gain(times: dict[str, list[float]]) -> float:
