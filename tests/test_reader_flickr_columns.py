@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import SourceError
 from pipeline.readers.base import SourceSpec
@@ -78,3 +80,29 @@ def test_real_files_agree(real_data: Path, tmp_path: Path) -> None:
         columnar, row_by_row = _read(reader, columnar=True), _read(reader, columnar=False)
         assert isinstance(columnar[0], list) and len(columnar[0]) > 40_000
         assert columnar == row_by_row
+
+
+#: Token-file lines: well formed (either separator), blank by Python's or only RE2's idea of space.
+_LINES = st.one_of(
+    st.builds(
+        "{}#{}{}{}".format,
+        st.sampled_from(["a.jpg", "b.png", "d#1", "é.jpg"]),
+        st.integers(0, 12),
+        st.sampled_from(["\t", " "]),
+        st.text(alphabet=" \t\xa0\u2028ab.é#\r", max_size=6),
+    ),
+    st.sampled_from(["", " ", "\xa0", "\t", "\u2028 ", "\x0b"]),
+)
+_FILES = st.lists(st.tuples(_LINES, st.sampled_from(["\n", "\r\n", "\r\r\n"])), max_size=12).map(
+    lambda lines: "".join(line + end for line, end in lines)
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_FILES)
+def test_columnar_and_row_paths_agree_on_any_token_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "any.token.txt"
+    path.write_bytes(text.encode())
+    (tmp_path / "images").mkdir(exist_ok=True)
+    reader = FlickrReader(SourceSpec(path=str(path), images=tmp_path / "images"))
+    assert _read(reader, columnar=True) == _read(reader, columnar=False)
