@@ -374,8 +374,9 @@ def _finalize_phase(
 ) -> dict[str, Any]:
     """*finalize*: every planned shard must be in ``out`` with the size and sha256 of its done record
     (checked here, on the driver: :func:`.finalize.check_shards`; ``hashed``: the shards this run
-    wrote or re-hashed, not read again); then :func:`_finish`."""
-    records = {name: plan_store.done_record(out, name, opts) for name in plan.shards()}
+    wrote or re-hashed, whose records it wrote or read and whose bytes are not read again); then :func:`_finish`."""
+    hashed = hashed or {}
+    records = {name: hashed.get(name) or plan_store.done_record(out, name, opts) for name in plan.shards()}
     results = {name: done for name, done in records.items() if done is not None}
     check_shards(out, plan.shards(), results, opts, hint, hashed)
     return _finish(out, plan, results, *_load_names(out, plan, opts), opts, stats)
@@ -536,8 +537,8 @@ class _Guess:
         shown = pa.array([shown_path(p, self.root) for p in refs["image_path"].to_pylist()], pa.string())
         return assumed_probe(refs, self.listing["size"].take(pc.index_in(shown, self.listing["path"])))
 
-    def tasks(self, images: pa.Table) -> list[ShardTask]:
-        return plan_store.shard_tasks(images, self.fmt, self.resize, _shipped_out(self.out), self.options)
+    def shards(self, images: pa.Table) -> list[plan_store.PlannedShard]:
+        return plan_store.planned_shards(images, self.fmt, self.resize, _shipped_out(self.out), self.options)
 
 
 def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str, identity: dict[str, Any]) -> _Guess | None:
@@ -591,17 +592,17 @@ def _probe_writing(
     how = ProbeTask((), config.image_formats, config.max_pixels, phash=config.hashes, validate=config.validate)
     in_shards = assumed["image_path"].combine_chunks()
     alone = refs.filter(pc.invert(pc.is_in(refs["image_path"], value_set=in_shards)))
-    tasks, out = guess.tasks(assumed), guess.out
+    shards, out = guess.shards(assumed), guess.out  # each made into its task by the worker that takes it
     rows = _probe(alone, reader, config, executor, progress, stats).to_pylist() if alone.num_rows else []
     ahead: dict[str, Ahead] = {}
     with output_errors(out):
-        record(out, [t.name for t in tasks], config.storage_options)  # ours before they exist, as always
+        record(out, [s.name for s in shards], config.storage_options)  # ours before they exist, as always
         save_identity(out, guess.identity)
     bets = Bets()
-    split = {t.name: t.samples[0].split for t in tasks}
+    split = {s.name: s.split for s in shards}
     # Made as workers take them (the pool holds one task per worker): a split whose bet is lost is only probed.
     each = contextlib.closing(
-        executor.map_unordered(probe_and_write, (AheadTask(t, how, bets.hold(split[t.name])) for t in tasks))
+        executor.map_unordered(probe_and_write, (AheadTask(s, how, bets.hold(s.split)) for s in shards))
     )
     # The pass is both stages: it probes every image and writes every shard (counted when committed).
     try:
@@ -630,7 +631,7 @@ def _probe_writing(
             "resuming the unfinished build in %s: %d of %d shards were written before it stopped",
             out,
             earlier,
-            len(tasks),
+            len(shards),
         )
     return probe_table(rows), ahead
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -191,16 +192,20 @@ def summary(listing: pa.Table) -> dict[str, Any]:
 
 
 def _digest(listing: pa.Table, check: str) -> str | None:
+    """sha256 of one line per file: its path and the check's columns, ``\\0``-separated (a null as
+    nothing), ``\\n``-ended; the lines are built by Arrow and hashed from its buffer in one call."""
     cols = CHECK_COLUMNS[check]
-    if check == "content" and any(
-        s is not None and h is None
-        for s, h in zip(listing["size"].to_pylist(), listing["sha256"].to_pylist(), strict=True)
-    ):
+    if check == "content" and pc.any(pc.and_(pc.is_valid(listing["size"]), pc.is_null(listing["sha256"]))).as_py():
         return None
+    fields = [pc.fill_null(pc.cast(listing[c], pa.string()), "") for c in ("path", *cols)]
+    lines = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, "\0"), "", "\n")
     h = hashlib.sha256()
-    values = [listing["path"].to_pylist(), *(listing[c].to_pylist() for c in cols)]
-    for row in zip(*values, strict=True):
-        h.update(("\0".join("" if v is None else str(v) for v in row) + "\n").encode("utf-8", "surrogateescape"))
+    for chunk in lines.chunks:
+        offsets = chunk.buffers()[1]
+        if chunk.buffers()[2] is None or offsets is None:
+            continue
+        first, last = np.frombuffer(offsets, np.int32, len(chunk) + 1, chunk.offset * 4)[[0, -1]]
+        h.update(memoryview(chunk.buffers()[2])[first:last])
     return "sha256:" + h.hexdigest()
 
 

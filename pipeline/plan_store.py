@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -141,6 +142,45 @@ def shard_tasks(
         ShardTask(name, str(out), tuple(s), source_format, resize, done_key(name), dict(options) if options else None)
         for name, s in sorted(samples.items())
     ]
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    """One shard of a plan as its rows: the plan's columns of its images, in a table of their own
+    (cheap to send to a worker, where :meth:`task` makes the shard's :class:`ShardTask`, the same
+    as :func:`shard_tasks` makes from the whole plan)."""
+
+    name: str
+    split: str
+    rows: pa.Table
+    source_format: str
+    resize: int | None
+    out: str
+    options: dict[str, Any] | None = None
+
+    def task(self) -> ShardTask:
+        return shard_tasks(self.rows, self.source_format, self.resize, self.out, self.options)[0]
+
+
+def planned_shards(
+    images: pa.Table, source_format: str, resize: int | None, out: Location, options: Options = None
+) -> list[PlannedShard]:
+    """Each shard of the planned ``images`` (whose rows come shard by shard) as a :class:`PlannedShard`,
+    sorted by name: what :func:`shard_tasks` gives, with the Python objects made by whoever runs them."""
+    wanted = [f.name for f in dataclasses.fields(SampleSpec) if f.name in images.column_names]
+    columns = images.select([*wanted, "shard"])
+    names = columns["shard"].to_pylist()
+    starts = [row for row in range(len(names)) if row == 0 or names[row] != names[row - 1]]
+    ends = [*starts[1:], len(names)] if starts else []
+    shipped = dict(options) if options else None
+    shards = []
+    for start, end in zip(starts, ends, strict=True):
+        rows = columns.take(np.arange(start, end))  # a copy: a slice would pickle the whole plan's buffers
+        split = rows["split"][0].as_py()
+        shards.append(PlannedShard(names[start], split, rows, source_format, resize, str(out), shipped))
+    if len({s.name for s in shards}) != len(shards):
+        raise ValueError("the plan's rows do not come shard by shard")
+    return sorted(shards, key=lambda s: s.name)
 
 
 def done_key(name: str) -> str:

@@ -28,6 +28,7 @@ identity (``identity.json`` in it, :func:`save_identity`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .format import AHEAD, STATE
+from .plan_store import PlannedShard
 from .probe import PROBE_SCHEMA, ProbeTask, probe_opened
 from .readers import Reader
 from .storage import Location
@@ -92,13 +94,18 @@ class AheadTask:
     """One shard of the assumed plan, and how to probe its images (``how.refs`` is not used);
     ``write``: write the shard as they are probed (else only probe them: see :class:`Bets`)."""
 
-    shard: ShardTask
+    planned: PlannedShard
     how: ProbeTask
     write: bool = True
 
     @property
     def name(self) -> str:
-        return self.shard.name
+        return self.planned.name
+
+    @functools.cached_property
+    def shard(self) -> ShardTask:
+        """The shard's write task, made where the task runs (the parent sends the plan's rows)."""
+        return self.planned.task()
 
     def digest(self) -> str:
         """What the task is, as its record names it: the sha256 of the ``repr`` of its shard

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from synth import image_bytes, write_images
 
 from pipeline.identity import default_version, differences, input_check, make_identity
-from pipeline.inputs import InputChanges, compare, hash_all, scan, shown_path, summary
+from pipeline.inputs import INPUTS_SCHEMA, InputChanges, compare, hash_all, scan, shown_path, summary
 
 
 def identity(**changes: object) -> dict[str, object]:
@@ -138,3 +142,39 @@ def test_default_version_follows_annotations_and_image_bytes() -> None:
     assert v != default_version(identity(inputs={"images": 3, "stat": "sha256:s", "content": "sha256:other"}))
     assert v != default_version(identity(fingerprint="sha256:bb"))
     assert v == default_version(identity(inputs={"images": 3, "stat": "sha256:touched", "content": "sha256:c"}))
+
+
+def _digest_line_by_line(rows: list[dict[str, object]], columns: tuple[str, ...]) -> str:
+    """The listing digest as written down: one line per file, its fields ``\\0``-separated, a null as nothing."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(("\0".join("" if row[c] is None else str(row[c]) for c in columns) + "\n").encode())
+    return "sha256:" + h.hexdigest()
+
+
+_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=6)
+_ROWS = st.lists(
+    st.fixed_dictionaries(
+        {
+            "path": _TEXT,
+            "size": st.none() | st.integers(0, 2**40),
+            "mtime_ns": st.none() | st.integers(-(2**62), 2**62),
+            "etag": st.none() | _TEXT,
+            "sha256": st.none() | _TEXT,
+        }
+    ),
+    max_size=8,
+)
+
+
+@settings(deadline=None)  # the first example pays pyarrow's first compute call
+@given(_ROWS, st.integers(1, 3))
+def test_listing_digests_are_the_line_by_line_sha256(rows: list[dict[str, object]], chunks: int) -> None:
+    table = pa.Table.from_pylist(rows, schema=INPUTS_SCHEMA)
+    cut = len(rows) // chunks
+    listing = pa.concat_tables([table.slice(0, cut), table.slice(cut)])  # sliced chunks, as a real listing may hold
+    digests = summary(listing)
+    assert digests["images"] == len(rows)
+    assert digests["stat"] == _digest_line_by_line(rows, ("path", "size", "mtime_ns", "etag"))
+    unhashed = any(row["size"] is not None and row["sha256"] is None for row in rows)
+    assert digests["content"] == (None if unhashed else _digest_line_by_line(rows, ("path", "size", "sha256")))

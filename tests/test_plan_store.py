@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,21 @@ def test_a_saved_plan_loads_back_whole_from_a_moved_folder(tmp_path: Path, monke
     assert {t.out for t in tasks} == {str(tmp_path / "moved")}
     assert tasks[0].done == ".capshard/done/train-000000.tar.json"
     assert sum(len(t.samples) for t in tasks) == 12
+
+
+def test_planned_shards_sent_to_workers_make_the_plans_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = source(tmp_path)
+    plan_only(spec, tmp_path / "out", monkeypatch)
+    plan = plan_store.load(tmp_path / "out")
+    shards = plan_store.planned_shards(plan.images, plan.source_format, plan.resize, tmp_path / "out")
+    sent = [pickle.loads(pickle.dumps(s)) for s in shards]  # as the process pool sends them
+    assert [s.task() for s in sent] == plan.tasks(tmp_path / "out")
+    assert [s.name for s in shards] == plan.shards() and {s.split for s in shards} == {"train"}
+    assert [s.rows.num_rows for s in shards] == [4, 4, 4]
+    # Each carries its own rows only, not the buffers of the whole plan (which a slice would pickle).
+    whole = plan.images.select(shards[0].rows.column_names).get_total_buffer_size()
+    assert all(s.rows.get_total_buffer_size() < whole / 2 for s in shards)
+    assert plan_store.planned_shards(plan.images.slice(0, 0), "flickr", None, tmp_path) == []
 
 
 def test_shards_written_by_other_processes_from_the_plan_finish_to_identical_bytes(
