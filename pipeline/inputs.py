@@ -204,7 +204,8 @@ def _digest(listing: pa.Table, check: str) -> str | None:
         offsets = chunk.buffers()[1]
         if chunk.buffers()[2] is None or offsets is None:
             continue
-        first, last = np.frombuffer(offsets, np.int32, len(chunk) + 1, chunk.offset * 4)[[0, -1]]
+        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        first, last = np.frombuffer(offsets, width, len(chunk) + 1, chunk.offset * np.dtype(width).itemsize)[[0, -1]]
         h.update(memoryview(chunk.buffers()[2])[first:last])
     return "sha256:" + h.hexdigest()
 
