@@ -169,18 +169,25 @@ def planned_shards(
     sorted by name: what :func:`shard_tasks` gives, with the Python objects made by whoever runs them."""
     wanted = [f.name for f in dataclasses.fields(SampleSpec) if f.name in images.column_names]
     columns = images.select([*wanted, "shard"])
-    names = columns["shard"].to_pylist()
-    starts = [row for row in range(len(names)) if row == 0 or names[row] != names[row - 1]]
-    ends = [*starts[1:], len(names)] if starts else []
     shipped = dict(options) if options else None
     shards = []
-    for start, end in zip(starts, ends, strict=True):
-        rows = columns.take(np.arange(start, end))  # a copy: a slice would pickle the whole plan's buffers
-        split = rows["split"][0].as_py()
-        shards.append(PlannedShard(names[start], split, rows, source_format, resize, str(out), shipped))
-    if len({s.name for s in shards}) != len(shards):
-        raise ValueError("the plan's rows do not come shard by shard")
-    return sorted(shards, key=lambda s: s.name)
+    for name, (start, length) in sorted(shard_runs(columns["shard"]).items()):
+        rows = columns.take(np.arange(start, start + length))  # a copy: a slice would pickle the whole plan's buffers
+        shards.append(PlannedShard(name, rows["split"][0].as_py(), rows, source_format, resize, str(out), shipped))
+    return shards
+
+
+def shard_runs(shards: pa.ChunkedArray) -> dict[str, tuple[int, int]]:
+    """Each shard's first row and row count in a plan's ``shard`` column, whose rows come shard by shard."""
+    runs: dict[str, tuple[int, int]] = {}
+    last = None
+    for row, name in enumerate(shards.to_pylist()):
+        if name != last and name in runs:
+            raise ValueError(f"the plan's rows of shard {name} are not together")
+        start, length = runs.get(name, (row, 0))
+        runs[name] = (start, length + 1)
+        last = name
+    return runs
 
 
 def done_key(name: str) -> str:

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .format import AHEAD, STATE
-from .plan_store import PlannedShard
+from .plan_store import PlannedShard, shard_runs
 from .probe import PROBE_SCHEMA, ProbeTask, probe_opened
 from .readers import Reader
 from .storage import Location
@@ -319,7 +319,7 @@ def kept(assumed: pa.Table, planned: pa.Table, probed: pa.Table) -> set[str]:
         assumed = assumed.set_column(assumed.schema.get_field_index(column), column, probed[column].take(at))
     if assumed.equals(planned):
         return set(assumed["shard"].to_pylist())
-    mine, theirs = _runs(assumed["shard"]), _runs(planned["shard"])
+    mine, theirs = shard_runs(assumed["shard"]), shard_runs(planned["shard"])
     return {
         name
         for name, (start, length) in mine.items()
@@ -327,12 +327,3 @@ def kept(assumed: pa.Table, planned: pa.Table, probed: pa.Table) -> set[str]:
         and theirs[name][1] == length
         and assumed.slice(start, length).equals(planned.slice(theirs[name][0], length))
     }
-
-
-def _runs(shards: pa.ChunkedArray) -> dict[str, tuple[int, int]]:
-    """Each shard's first row and row count (a plan's rows come in shard order)."""
-    runs: dict[str, tuple[int, int]] = {}
-    for row, name in enumerate(shards.to_pylist()):
-        start, length = runs.get(name, (row, 0))
-        runs[name] = (start, length + 1)
-    return runs
