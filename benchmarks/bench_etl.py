@@ -4,20 +4,13 @@ Generates a Flickr-style dataset (photo-like 500x375 JPEGs at quality 90, about 
 textured and noisy, 5 captions each) and times, on the same files, in rounds that
 interleave every method (so the load of a shared machine falls on all of them alike):
 
-- ``tar cf`` of the images and the token file, and the same followed by ``sync`` of the tar
-  (on disk, as capshard's fsynced shards are);
-- the floor of a verified, durable build in 2 processes and in 1: each image read and hashed
-  once (as the default one-pass build does), written into a tar stream hashed as written, one
-  fsync per shard; no serial part but the start (its 2-process / 1-process ratio, beside
-  capshard's ``--workers 2`` / ``--workers 1``);
-- the same loop without the fsyncs, in 2 processes and in 1: the I/O of capshard's pass (each
-  image read and hashed, written into a tar stream hashed as written; the shards are fsynced at
-  the commit), and what a second process gains for it on this machine;
+- ``tar cf`` of the images and the token file;
 - a hand-written single-process ``webdataset.ShardWriter`` loop (jpg + txt + json);
 - LitData ``optimize`` with 2 workers, when ``litdata`` imports (optional);
 - ``capshard build`` passthrough with ``--workers 1`` and ``--workers 2``;
-- a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95;
-- ``capshard build --resize 256 --workers 2``;
+- a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95, and
+  ``capshard build --resize 256 --workers 2``, both on the first ``--resize-images`` of the
+  images (3,000 by default, with their captions; 0: all of them);
 - the whole build split perfectly in two: ``capshard build --workers 1`` on each half of the
   images (with their captions) at once, two processes with no coordination at all, the most
   any ``--workers 2`` could gain from a second core for this work on this machine (its pass,
@@ -31,6 +24,19 @@ interleave every method (so the load of a shared machine falls on all of them al
 - resolution at ``--resolve-rows`` caption rows (1M and 10M by default; references and
   hashes only, the code path of ``build``), each run in a fresh process, ``--slow-rounds``
   interleaved rounds: ``bench_resolve.py``.
+
+``--explain`` adds, to the same rounds, the methods that explain the figures rather than
+compete with capshard (about 3 more minutes):
+
+- ``tar cf`` followed by ``sync`` of the tar (on disk, as capshard's fsynced shards are);
+- the floor of a verified, durable build in 2 processes and in 1: each image read and hashed
+  once (as the default one-pass build does), written into a tar stream hashed as written, one
+  fsync per shard; no serial part but the start (its 2-process / 1-process ratio, beside
+  capshard's ``--workers 2`` / ``--workers 1``);
+- the same loop without the fsyncs, in 2 processes and in 1: the I/O of capshard's pass (each
+  image read and hashed, written into a tar stream hashed as written; the shards are fsynced at
+  the commit), and what a second process gains for it on this machine;
+- ``capshard build --two-pass`` (every image read twice) with 1 and 2 workers.
 
 Every method runs as its own process (imports included, as a user would run it). The page
 cache is written back (``sync``, not timed) before every method, so none pays for the disk
@@ -237,6 +243,11 @@ def capshard(tree: Path, token: Path, images: Path, out: Path, *extra: str) -> l
     ]
 
 
+def build(tree: Path, token: Path, images: Path, *extra: str) -> Callable[[Path], list[str]]:
+    """The command of :func:`capshard` for an output folder still to be named."""
+    return lambda out: capshard(tree, token, images, out, *extra)
+
+
 def plot(rate: dict[str, float], title: str, path: Path) -> None:
     """A horizontal bar chart of images/s per method (matplotlib: the ``plot`` extra)."""
     import matplotlib
@@ -293,6 +304,20 @@ def main() -> None:
         help="Rounds of the resize pair (about 20 s each) and of the resolution runs.",
     )
     ap.add_argument(
+        "--resize-images",
+        type=int,
+        default=3_000,
+        metavar="N",
+        help="The resize pair (Pillow loop, `--resize 256`) runs on the first N images, with their captions "
+        "(0: all; all 10,000 take about 3 more minutes).",
+    )
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="Also time `tar cf` + `sync`, the floor of a durable build and the pass's I/O alone (1 and 2 "
+        "processes each) and `--two-pass` (1 and 2 workers): about 3 more minutes.",
+    )
+    ap.add_argument(
         "--compare",
         action="append",
         default=[],
@@ -330,93 +355,69 @@ def main() -> None:
         rate, data = rates_from_report(args.out)
         plot(rate, data, args.out.with_suffix(".png"))
         return
+    began = time.perf_counter()
     trees = [("", REPO)] + [(f" [{n}]", Path(p)) for n, p in (c.split("=", 1) for c in args.compare)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         token, images = make_dataset(root, args.images)
         mean_kb = sum(p.stat().st_size for p in images.iterdir()) / args.images / 1000
+        resize_token, resize_images = subset(token, images, root / "resize", args.resize_images)
         py = sys.executable
-        methods: dict[str, object] = {
-            "`tar cf` of the same files": lambda o: [
-                "tar",
-                "cf",
-                str(o) + ".tar",
-                "-C",
-                str(root),
-                "images",
-                token.name,
-            ],
-            TAR_SYNC: lambda o: [
-                "sh",
-                "-c",
-                'tar cf "$0" -C "$1" images "$2" && sync "$0"',
-                str(o) + ".tar",
-                str(root),
-                token.name,
-            ],
-            FLOOR_LABEL: lambda o: [py, "-c", FLOOR, str(images), str(o), "2", "fsync"],
-            FLOOR_1_LABEL: lambda o: [py, "-c", FLOOR, str(images), str(o), "1", "fsync"],
-            PASS_IO_LABEL: lambda o: pass_io(images, o, "2"),
-            PASS_IO_1_LABEL: lambda o: pass_io(images, o, "1"),
-            "hand-written single-process `webdataset.ShardWriter` loop": lambda o: [
-                py,
-                "-c",
-                HAND_WRITTEN,
-                str(token),
-                str(images),
-                str(o),
-            ],
+        methods: dict[str, Callable[[Path], list[str]]] = {
+            TAR: lambda o: ["tar", "cf", str(o) + ".tar", "-C", str(root), "images", token.name],
         }
+        if args.explain:
+            methods |= {
+                TAR_SYNC: lambda o: [
+                    "sh",
+                    "-c",
+                    'tar cf "$0" -C "$1" images "$2" && sync "$0"',
+                    str(o) + ".tar",
+                    str(root),
+                    token.name,
+                ],
+                FLOOR_LABEL: lambda o: [py, "-c", FLOOR, str(images), str(o), "2", "fsync"],
+                FLOOR_1_LABEL: lambda o: [py, "-c", FLOOR, str(images), str(o), "1", "fsync"],
+                PASS_IO_LABEL: lambda o: pass_io(images, o, "2"),
+                PASS_IO_1_LABEL: lambda o: pass_io(images, o, "1"),
+            }
+        methods[HAND] = lambda o: [py, "-c", HAND_WRITTEN, str(token), str(images), str(o)]
         litdata = has_litdata(args.litdata_python)
         if litdata:
-            methods["LitData `optimize`, 2 workers"] = lambda o: [
-                args.litdata_python,
-                "-c",
-                LITDATA,
-                str(token),
-                str(images),
-                str(o),
-            ]
+            methods[LIT] = lambda o: [args.litdata_python, "-c", LITDATA, str(token), str(images), str(o)]
         for label, tree in trees:
             for w in ("1", "2"):
-                methods[f"capshard `--workers {w}`{label}"] = lambda o, t=tree, w=w: capshard(
-                    t, token, images, o, "--workers", w
-                )
+                methods[f"capshard `--workers {w}`{label}"] = build(tree, token, images, "--workers", w)
         parts = halves(token)
         methods[SPLIT] = lambda o: split_build(REPO, parts, images, o)
-        for w in ("1", "2"):
-            methods[TWO_PASS.format(w)] = lambda o, w=w: capshard(REPO, token, images, o, "--workers", w, "--two-pass")
-        methods["Pillow loop: draft + resize 256 + JPEG q95, 2 processes"] = lambda o: [
-            py,
-            "-c",
-            PILLOW_RESIZE,
-            str(images),
-            str(o),
-            "2",
-        ]
+        if args.explain:
+            for w in ("1", "2"):
+                methods[TWO_PASS.format(w)] = build(REPO, token, images, "--workers", w, "--two-pass")
+        methods[PIL_LOOP] = lambda o: [py, "-c", PILLOW_RESIZE, str(resize_images), str(o), "2"]
         for label, tree in trees:
-            methods[f"capshard `--resize 256 --workers 2`{label}"] = lambda o, t=tree: capshard(
-                t, token, images, o, "--resize", "256", "--workers", "2"
-            )
+            methods[RESIZED + label] = build(tree, resize_token, resize_images, "--resize", "256", "--workers", "2")
+        resized = sum(1 for _ in resize_images.iterdir())
+        slow = {PIL_LOOP} | {RESIZED + label for label, _ in trees}  # --slow-rounds, on the subset
+        counts = {m: resized if m in slow else args.images for m in methods}
         run(["tar", "cf", os.devnull, "-C", str(root), "images"], root)  # warm the page cache for everyone
         times: dict[str, list[float]] = {m: [] for m in [START, *methods]}
         passes: dict[str, list[float]] = {W1: [], W2: [], SPLIT: []}
         for r in range(max(args.rounds, args.slow_rounds)):
             times[START].append(run([py, "-c", START_CODE], root))
             for i, (method, cmd) in enumerate(methods.items()):
-                if r >= (args.slow_rounds if "--resize" in method or method == PIL_LOOP else args.rounds):
+                if r >= (args.slow_rounds if method in slow else args.rounds):
                     continue
-                timed(method, cmd, root / f"out-{r}-{i}", root, times, passes)  # type: ignore[arg-type]
+                timed(method, cmd, root / f"out-{r}-{i}", root, times, passes)
                 print(f"round {r + 1}: {method}: {times[method][-1]:.2f} s", file=sys.stderr)
         start = times.pop(START)
         if args.scale_images:
-            scaled = scale_rounds(root / "scale", args.scale_images, args.rounds)
-    rate = {m: args.images / statistics.median(t) for m, t in times.items()}
-    report = render(args, rate, times, mean_kb, litdata, trees)
+            scaled = scale_rounds(root / "scale", args.scale_images, args.rounds, args.explain)
+    resolved = resolution(args.resolve_rows, args.slow_rounds)
+    rate = {m: counts[m] / statistics.median(t) for m, t in times.items()}
+    report = render(args, rate, times, mean_kb, litdata, trees, resized, time.perf_counter() - began)
     report += render_scaling(args.images, times, passes, start)
     if args.scale_images:
         report += render_scaling(args.scale_images, *scaled, start)
-    resolved = resolution(args.resolve_rows, args.slow_rounds)
     splits = {args.images: split_gain(times)} | (
         {args.scale_images: split_gain(scaled[0])} if args.scale_images else {}
     )
@@ -438,10 +439,12 @@ def render(
     mean_kb: float,
     litdata: bool,
     trees: list[tuple[str, Path]],
+    resize_n: int,
+    seconds: float,
 ) -> str:
-    w2 = rate["capshard `--workers 2`"]
-    resized = rate["capshard `--resize 256 --workers 2`"]
-    pil = rate["Pillow loop: draft + resize 256 + JPEG q95, 2 processes"]
+    w2 = rate[W2]
+    resized = rate[RESIZED]
+    pil = rate[PIL_LOOP]
     lines = [
         "# ETL benchmark",
         "",
@@ -451,9 +454,11 @@ def render(
         "runs before this one: [etl_analysis.md](etl_analysis.md).",
         "",
         *report_head.when_and_where(),
-        f"- data: {args.images} photo-like {SIZE[0]}x{SIZE[1]} JPEGs at q90 (mean {mean_kb:.0f} KB), 5 captions each",
+        f"- data: {args.images} photo-like {SIZE[0]}x{SIZE[1]} JPEGs at q90 (mean {mean_kb:.0f} KB), 5 captions each; "
+        f"the resize pair on the first {resize_n:,} of them",
         f"- medians of {args.rounds} interleaved rounds ({args.slow_rounds} for the resize pair and the "
         "resolution); every method is one process tree started fresh",
+        f"- the whole benchmark took {seconds // 60:.0f} min {seconds % 60:.0f} s (making the images included)",
         "",
         "| method | images/s | seconds per round | capshard `--workers 2` vs it |",
         "| --- | ---: | --- | ---: |",
@@ -467,17 +472,24 @@ def render(
     lines += [
         "",
         f"- capshard `--workers 2` / `--workers 1`: {w2 / rate[W1]:.2f}; the perfect split / `--workers 1`: "
-        f"{rate[SPLIT] / rate[W1]:.2f}; the floor's 2 processes / "
-        f"1 process: {rate[FLOOR_LABEL] / rate[FLOOR_1_LABEL]:.2f}",
-        f"- with `--two-pass` (every image probed before the shards are written, so read twice): "
-        f"`--workers 2 --two-pass` / hand-written loop {rate[TWO_PASS.format(2)] / rate[HAND]:.2f}, "
-        f"`--workers 2` (one pass) / `--workers 2 --two-pass` {w2 / rate[TWO_PASS.format(2)]:.2f}, "
-        "`--workers 2 --two-pass` / `--workers 1 --two-pass` "
-        f"{rate[TWO_PASS.format(2)] / rate[TWO_PASS.format(1)]:.2f}",
-        f"- capshard `--resize 256 --workers 2` / Pillow loop: {resized / pil:.2f}",
+        f"{rate[SPLIT] / rate[W1]:.2f}"
+        + (
+            f"; the floor's 2 processes / 1 process: {rate[FLOOR_LABEL] / rate[FLOOR_1_LABEL]:.2f}"
+            if FLOOR_LABEL in rate
+            else ""
+        ),
     ]
+    if TWO_PASS.format(2) in rate:
+        lines.append(
+            f"- with `--two-pass` (every image probed before the shards are written, so read twice): "
+            f"`--workers 2 --two-pass` / hand-written loop {rate[TWO_PASS.format(2)] / rate[HAND]:.2f}, "
+            f"`--workers 2` (one pass) / `--workers 2 --two-pass` {w2 / rate[TWO_PASS.format(2)]:.2f}, "
+            "`--workers 2 --two-pass` / `--workers 1 --two-pass` "
+            f"{rate[TWO_PASS.format(2)] / rate[TWO_PASS.format(1)]:.2f}"
+        )
+    lines.append(f"- capshard `--resize 256 --workers 2` / Pillow loop: {resized / pil:.2f}")
     for label, _ in trees[1:]:
-        for m in ("capshard `--workers 1`", "capshard `--workers 2`", "capshard `--resize 256 --workers 2`"):
+        for m in (W1, W2, RESIZED):
             lines.append(f"- {m}: this checkout / {label.strip(' []')}: {rate[m] / rate[m + label]:.2f}")
     if not litdata:
         lines += ["", "LitData: not installed in this environment (`import litdata` failed), so not measured."]
@@ -521,6 +533,22 @@ def halves(token: Path) -> tuple[Path, Path]:
     for path, part in zip(paths, parts, strict=True):
         path.write_text("".join(part))
     return paths
+
+
+def subset(token: Path, images: Path, out: Path, n: int) -> tuple[Path, Path]:
+    """The first ``n`` images of ``images`` (by name; 0: all) as a dataset of their own in ``out``:
+    a folder of hard links to the same files and the caption lines of those images."""
+    if n <= 0:
+        return token, images
+    names = sorted(p.name for p in images.iterdir())[:n]
+    chosen = set(names)
+    (out / "images").mkdir(parents=True)
+    for name in names:
+        os.link(images / name, out / "images" / name)
+    lines = token.read_text().splitlines(keepends=True)
+    part = out / token.name
+    part.write_text("".join(line for line in lines if line.split("#", 1)[0] in chosen))
+    return part, out / "images"
 
 
 def split_build(tree: Path, parts: tuple[Path, Path], images: Path, out: Path) -> list[str]:
@@ -567,19 +595,23 @@ def pass_seconds(out: Path) -> float:
     return max(json.loads(m.read_text())["stats"]["probe"]["seconds"] for m in manifests)
 
 
-def scale_rounds(root: Path, n: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """``--workers 1``, ``--workers 2`` and the perfect split on ``n`` images of their own, with the
-    pass's I/O alone, interleaved: each round's seconds and the builds' pass seconds."""
+def scale_rounds(
+    root: Path, n: int, rounds: int, explain: bool
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``--workers 1``, ``--workers 2`` and the perfect split on ``n`` images of their own (with
+    ``explain``, also the pass's I/O alone), interleaved: each round's seconds and the builds' pass
+    seconds."""
     token, images = make_dataset(root, n)
     parts = halves(token)
     run(["tar", "cf", os.devnull, "-C", str(root), "images"], root)
-    methods = {
-        W1: lambda o: capshard(REPO, token, images, o, "--workers", "1"),
-        W2: lambda o: capshard(REPO, token, images, o, "--workers", "2"),
+    methods: dict[str, Callable[[Path], list[str]]] = {
+        W1: build(REPO, token, images, "--workers", "1"),
+        W2: build(REPO, token, images, "--workers", "2"),
         SPLIT: lambda o: split_build(REPO, parts, images, o),
-        PASS_IO_1_LABEL: lambda o: pass_io(images, o, "1"),
-        PASS_IO_LABEL: lambda o: pass_io(images, o, "2"),
     }
+    if explain:
+        methods[PASS_IO_1_LABEL] = lambda o: pass_io(images, o, "1")
+        methods[PASS_IO_LABEL] = lambda o: pass_io(images, o, "2")
     times: dict[str, list[float]] = {m: [] for m in methods}
     passes: dict[str, list[float]] = {W1: [], W2: [], SPLIT: []}
     for r in range(rounds):
@@ -604,8 +636,6 @@ def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list
     allowed = (run_pass[W1] - 1.8 * run_pass[W2]) / 0.8
     each = {w: ", ".join(f"{t:.2f}" for t in passes[w]) for w in (W1, W2)}
     started = statistics.median(start)
-    io = {m: statistics.median(times[m]) for m in (PASS_IO_1_LABEL, PASS_IO_LABEL)}
-    one, two = io[PASS_IO_1_LABEL], io[PASS_IO_LABEL]
     most = 2 * wall[W1] / (wall[W1] + started)
     split_ratio = wall[W1] / wall[SPLIT]
     split_each = ", ".join(f"{t:.2f}" for t in times[SPLIT])
@@ -663,11 +693,15 @@ def render_scaling(n: int, times: dict[str, list[float]], passes: dict[str, list
             if split_ratio < 1.8
             else f". `--workers 2` reached {wall[W1] / wall[W2]:.2f}: the gap is its serial part (the rest above)."
         ),
-        f"- The pass's I/O alone (each image read and hashed, written into a tar stream hashed as written, "
-        "no fsync; no serial part but Python's start and a `multiprocessing.Pool`): "
-        f"1 process {one:.2f} s, 2 processes {two:.2f} s: a second process gains **{one / two:.2f}** "
-        "for this work on this machine.",
     ]
+    if PASS_IO_LABEL in times:
+        one, two = statistics.median(times[PASS_IO_1_LABEL]), statistics.median(times[PASS_IO_LABEL])
+        lines.append(
+            "- The pass's I/O alone (each image read and hashed, written into a tar stream hashed as written, "
+            "no fsync; no serial part but Python's start and a `multiprocessing.Pool`): "
+            f"1 process {one:.2f} s, 2 processes {two:.2f} s: a second process gains **{one / two:.2f}** "
+            "for this work on this machine."
+        )
     return "\n".join(lines) + "\n"
 
 
