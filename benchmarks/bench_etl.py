@@ -10,7 +10,8 @@ interleave every method (so the load of a shared machine falls on all of them al
 - ``capshard build`` passthrough with ``--workers 1`` and ``--workers 2``;
 - a Pillow loop in 2 processes: ``draft`` + resize to 256 + JPEG q95, and
   ``capshard build --resize 256 --workers 2``, both on the first ``--resize-images`` of the
-  images (3,000 by default, with their captions; 0: all of them);
+  images (4,000 by default, with their captions; 0: all of them): four shards of 1,000,
+  two for each worker, as the 10,000 images are ten;
 - the whole build split perfectly in two: ``capshard build --workers 1`` on each half of the
   images (with their captions) at once, two processes with no coordination at all, the most
   any ``--workers 2`` could gain from a second core for this work on this machine (its pass,
@@ -306,10 +307,11 @@ def main() -> None:
     ap.add_argument(
         "--resize-images",
         type=int,
-        default=3_000,
+        default=4_000,
         metavar="N",
         help="The resize pair (Pillow loop, `--resize 256`) runs on the first N images, with their captions "
-        "(0: all; all 10,000 take about 3 more minutes).",
+        "(0: all; all 10,000 take about 2 more minutes). Keep N a multiple of 2,000: a shard of 1,000 is "
+        "one worker's task, and 2 workers given 3 shards wait for the third.",
     )
     ap.add_argument(
         "--explain",
