@@ -430,7 +430,10 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
-        title = f"{args.images} photo-like JPEGs, medians of {args.rounds} rounds ({args.slow_rounds} for resize)"
+        title = (
+            f"{args.images} photo-like JPEGs, medians of {args.rounds} rounds "
+            f"(resize: {args.slow_rounds}, on the first {resized:,})"
+        )
         plot(rate, title, args.out.with_suffix(".png"))
 
 
