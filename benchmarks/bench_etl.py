@@ -807,11 +807,15 @@ def render_resolution(results: list[dict]) -> str:
     first = results[0]
     for r in results:
         each = ", ".join(f"{e['cpu_s']:.1f}" for e in r.get("rounds", [r]))
-        vs = {k: (r[k] / r["rows"]) / (first[k] / first["rows"]) for k in ("cpu_s", "user_s", "system_s")}
+        # "–" where the first size took no measurable time of that kind (a few thousand rows)
+        vs = {
+            k: f"{(r[k] / r['rows']) / (first[k] / first['rows']):.2f}" if first[k] > 0 else "–"
+            for k in ("cpu_s", "user_s", "system_s")
+        }
         lines.append(
             f"| {r['rows']:,} | {r['images']:,} | {r['seconds']:.1f} | {r['cpu_s']:.1f} ({r['user_s']:.1f} + "
             f"{r['system_s']:.1f}) | {each} | {r['peak_rss_mib']:,} | {r['rss_after_generate_mib']:,} | "
-            f"{vs['cpu_s']:.2f} ({vs['user_s']:.2f}, {vs['system_s']:.2f}) |"
+            f"{vs['cpu_s']} ({vs['user_s']}, {vs['system_s']}) |"
         )
     return "\n".join(lines) + "\n"
 

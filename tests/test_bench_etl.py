@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks" / "bench_etl.py"
 
@@ -67,7 +69,7 @@ def test_documented_command_times_what_the_targets_compare(tmp_path: Path) -> No
     # (within the rounding of the report: images/s to 1, seconds to 0.1)
     for method, (rate, seconds) in table.items():
         n = 8 if "resize" in method else 24
-        assert abs(rate * seconds - n) <= 0.05 * rate + 0.5 * seconds + 0.01 * n, method
+        assert abs(rate * seconds - n) <= 0.05 * rate + 0.5 * seconds + 0.2, method
     targets = report.split("## Targets (issue #9), this run", 1)[1]
     for figure in (
         "passthrough `--workers 2` / hand-written loop",
@@ -90,3 +92,19 @@ def test_explain_adds_the_rows_that_explain(tmp_path: Path) -> None:
     assert "## `--workers 2` / `--workers 1` on 16 images: the pass and the rest" in report
     assert report.count("- The pass's I/O alone") == 2  # at 24 images and at 16
     assert "## Resolution at scale" not in report
+
+
+def test_resolution_table_of_a_size_too_small_to_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first size whose run took no measurable system time (a few thousand rows; CI saw it):
+    its per-row column says so instead of dividing by zero."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench_etl
+
+    small = {"rows": 2000, "images": 400, "seconds": 0.1, "peak_rss_mib": 120, "rss_after_generate_mib": 110}
+    results = [
+        {**small, "cpu_s": 0.1, "user_s": 0.1, "system_s": 0.0},
+        {**small, "rows": 4000, "images": 800, "cpu_s": 0.3, "user_s": 0.2, "system_s": 0.1},
+    ]
+    table = bench_etl.render_resolution(results)
+    assert "| 1.00 (1.00, –) |" in table
+    assert "| 1.50 (1.00, –) |" in table
