@@ -527,17 +527,18 @@ SPLIT = "capshard `--workers 1` on each half of the images at once (a perfect sp
 def halves(token: Path) -> tuple[Path, Path]:
     """``token`` cut in two beside it: the caption lines of the first half of its images (by name)
     and those of the rest, so that each half is a dataset of its own with every caption of its images."""
-    lines = token.read_text().splitlines(keepends=True)
-    names = sorted({line.split("#", 1)[0] for line in lines})
+    names = sorted({line.split("#", 1)[0] for line in token.read_text().splitlines()})
     first = set(names[: len(names) // 2])
-    parts = (
-        [line for line in lines if line.split("#", 1)[0] in first],
-        [line for line in lines if line.split("#", 1)[0] not in first],
-    )
     paths = (token.with_name("half-0.token.txt"), token.with_name("half-1.token.txt"))
-    for path, part in zip(paths, parts, strict=True):
-        path.write_text("".join(part))
+    caption_lines(token, first, paths[0])
+    caption_lines(token, set(names) - first, paths[1])
     return paths
+
+
+def caption_lines(token: Path, names: set[str], path: Path) -> None:
+    """The lines of ``token`` whose image is one of ``names``, written to ``path``."""
+    lines = token.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if line.split("#", 1)[0] in names))
 
 
 def subset(token: Path, images: Path, out: Path, n: int) -> tuple[Path, Path]:
@@ -546,14 +547,11 @@ def subset(token: Path, images: Path, out: Path, n: int) -> tuple[Path, Path]:
     if n <= 0:
         return token, images
     names = sorted(p.name for p in images.iterdir())[:n]
-    chosen = set(names)
     (out / "images").mkdir(parents=True)
     for name in names:
         os.link(images / name, out / "images" / name)
-    lines = token.read_text().splitlines(keepends=True)
-    part = out / token.name
-    part.write_text("".join(line for line in lines if line.split("#", 1)[0] in chosen))
-    return part, out / "images"
+    caption_lines(token, set(names), out / token.name)
+    return out / token.name, out / "images"
 
 
 def split_build(tree: Path, parts: tuple[Path, Path], images: Path, out: Path) -> list[str]:
