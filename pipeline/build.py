@@ -59,7 +59,7 @@ from .finalize import (
 )
 from .format import STATE
 from .identity import default_version, input_check, make_identity
-from .inputs import absolute_path, image_root, referenced_paths, scan, shown_path, summary, with_hashes
+from .inputs import absolute_paths, image_root, referenced_paths, scan, shown_paths, summary, with_hashes
 from .lock import hold
 from .outputs import check_location, record, survey
 from .plan import plan_shards
@@ -427,15 +427,12 @@ def _read(reader: Reader) -> pa.Table:
     return rows
 
 
-def _known_hashes(listing: pa.Table | None, root: str) -> dict[str, str]:
-    """Absolute path → sha256 from a saved listing."""
+def _known_hashes(listing: pa.Table | None, root: str) -> pa.Table | None:
+    """The absolute path (``image_path``) and ``sha256`` of each hashed file of a saved listing."""
     if listing is None:
-        return {}
-    return {
-        absolute_path(p, root): h
-        for p, h in zip(listing["path"].to_pylist(), listing["sha256"].to_pylist(), strict=True)
-        if h is not None
-    }
+        return None
+    hashed = listing.filter(pc.is_valid(listing["sha256"]))
+    return pa.table({"image_path": absolute_paths(hashed["path"], root), "sha256": hashed["sha256"]})
 
 
 def _plan(
@@ -446,7 +443,7 @@ def _plan(
     progress: Progress,
     stats: BuildStats,
     guess: _Guess | None = None,
-) -> tuple[Resolution, dict[str, str], dict[str, Ahead]]:
+) -> tuple[Resolution, pa.Table, dict[str, Ahead]]:
     """probe → resolve → plan (the resolution's images with ``shard`` and ``position``), with the
     reject budget checked before writing; also the sha256 the probe found for each image path.
 
@@ -479,8 +476,7 @@ def _plan(
         again = f"; writing the other {shards - len(ahead)} again" if len(ahead) < shards else ""
         log.info("wrote %d of %d shards as their images were probed%s", len(ahead), shards, again)
     hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
-    known = dict(zip(hashed["image_path"].to_pylist(), hashed["sha256"].to_pylist(), strict=True))
-    return planned, known, ahead
+    return planned, hashed.select(["image_path", "sha256"]), ahead
 
 
 def _resolved(
@@ -534,7 +530,7 @@ class _Guess:
         """The assumed probe of ``refs``; None unless every reference is a file path."""
         if refs.num_rows == 0 or refs["image_path"].null_count or refs["image_index"].null_count != refs.num_rows:
             return None
-        shown = pa.array([shown_path(p, self.root) for p in refs["image_path"].to_pylist()], pa.string())
+        shown = shown_paths(refs["image_path"], self.root)
         return assumed_probe(refs, self.listing["size"].take(pc.index_in(shown, self.listing["path"])))
 
     def shards(self, images: pa.Table) -> list[plan_store.PlannedShard]:

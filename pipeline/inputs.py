@@ -72,44 +72,48 @@ def _url_root(url: str) -> str:
     return url.rstrip("/")
 
 
-def shown_path(path: str, root: str) -> str:
-    """``path`` relative to ``root`` (POSIX separators) when inside it (a URL below a URL
-    prefix too); other URLs and outside paths as given."""
-    if "://" in path:
-        prefix = root + "/"
-        return path[len(prefix) :] if "://" in root and path.startswith(prefix) else path
-    prefix = root.rstrip(os.sep) + os.sep
-    if path.startswith(prefix):  # the readers give normalised absolute paths: no relpath needed
-        rel = path[len(prefix) :]
-        return rel if os.sep == "/" else rel.replace(os.sep, "/")
-    return path
+def shown_paths(paths: pa.Array | pa.ChunkedArray, root: str) -> pa.Array:
+    """Each of ``paths`` relative to ``root`` (POSIX separators) when inside it (a URL below a URL
+    prefix too); other URLs and outside paths as given. The readers give normalised absolute
+    paths, so this only cuts the root's prefix; in Arrow (per path in Python, 0.1 s for 40,000)."""
+    paths = paths.combine_chunks() if isinstance(paths, pa.ChunkedArray) else paths
+    url_root = "://" in root
+    prefix = root + "/" if url_root else root.rstrip(os.sep) + os.sep
+    inside = pc.starts_with(paths, prefix)
+    if not url_root:  # a URL is shown as it is unless the root is a URL prefix
+        inside = pc.and_(inside, pc.invert(pc.match_substring(paths, "://")))
+    return pc.if_else(inside, pc.utf8_slice_codeunits(paths, len(prefix)), paths)
 
 
-def absolute_path(shown: str, root: str) -> str:
-    """The path ``shown_path`` was made from."""
-    if "://" in shown or os.path.isabs(shown):
-        return shown
-    return f"{root}/{shown}" if "://" in root else os.path.join(root, shown)
+def absolute_paths(shown: pa.Array | pa.ChunkedArray, root: str) -> pa.Array:
+    """The paths :func:`shown_paths` made ``shown`` from: below ``root`` unless already absolute or a URL."""
+    shown = shown.combine_chunks() if isinstance(shown, pa.ChunkedArray) else shown
+    whole = pc.or_(pc.match_substring(shown, "://"), pc.starts_with(shown, "/"))
+    # As os.path.join(root, shown); a URL root has no "/" at its end (image_root strips it).
+    prefix = root if root == "" or root.endswith("/") else root + "/"
+    return pc.if_else(whole, shown, pc.binary_join_element_wise(prefix, shown, ""))
 
 
-def referenced_paths(rows: pa.Table) -> list[str]:
+def referenced_paths(rows: pa.Table) -> pa.Array:
     """The distinct image paths of the caption rows."""
-    return pc.unique(rows["image_path"].drop_null()).to_pylist()
+    return pc.unique(rows["image_path"].drop_null())
 
 
-def scan(paths: list[str], root: str, *, content: bool = False, options: Options = None) -> pa.Table:
+def scan(paths: pa.Array | list[str], root: str, *, content: bool = False, options: Options = None) -> pa.Table:
     """The listing of ``paths`` (absolute or URLs, read with the ``--storage-options``
     ``options``) as they are now, sorted by shown path."""
-    rows = sorted(((shown_path(p, root), p) for p in paths), key=lambda r: r[0])
-    out: dict[str, list[Any]] = {name: [] for name in INPUTS_SCHEMA.names}
-    for shown, path in rows:
+    given = paths.cast(pa.string()) if isinstance(paths, pa.Array) else pa.array(paths, pa.string())
+    shown = shown_paths(given, root)
+    order = pc.sort_indices(shown)
+    shown, paths = shown.take(order), given.take(order).to_pylist()
+    out: dict[str, list[Any]] = {name: [] for name in ("size", "mtime_ns", "etag", "sha256")}
+    for path in paths:
         size, mtime, etag = _url_stat(path, options) if "://" in path else _file_stat(path)
-        out["path"].append(shown)
         out["size"].append(size)
         out["mtime_ns"].append(mtime)
         out["etag"].append(etag)
         out["sha256"].append(content_sha256(path, root or None, options) if content and size is not None else None)
-    return pa.table(out, schema=INPUTS_SCHEMA)
+    return pa.table({"path": shown, **out}, schema=INPUTS_SCHEMA)
 
 
 def _file_stat(path: str) -> tuple[int | None, int | None, str | None]:
@@ -164,18 +168,19 @@ def content_sha256(path: str, root: str | None = None, options: Options = None) 
     return h.hexdigest()
 
 
-def with_hashes(listing: pa.Table, known: dict[str, str], root: str, options: Options = None) -> pa.Table:
-    """``listing`` with every existing file's sha256: from ``known`` (absolute path → the probe's
-    sha256), else read here (images the probe rejected are few)."""
-    shas = []
-    for shown, size, sha in zip(
-        listing["path"].to_pylist(), listing["size"].to_pylist(), listing["sha256"].to_pylist(), strict=True
-    ):
-        path = absolute_path(shown, root)
-        if sha is None and size is not None:
-            sha = known.get(path) or content_sha256(path, root or None, options) or UNREADABLE
-        shas.append(sha)
-    return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", pa.array(shas, pa.string()))
+def with_hashes(listing: pa.Table, known: pa.Table | None, root: str, options: Options = None) -> pa.Table:
+    """``listing`` with every existing file's sha256: from ``known`` (``image_path``, the absolute path,
+    and the probe's ``sha256``), else read here (images the probe rejected are few)."""
+    sha = listing["sha256"].combine_chunks()
+    absolute = absolute_paths(listing["path"], root)
+    if known is not None and known.num_rows:
+        found = known["sha256"].take(pc.index_in(absolute, value_set=known["image_path"]))
+        sha = pc.coalesce(sha, pc.if_else(pc.is_valid(listing["size"]), found, pa.scalar(None, pa.string())))
+    unread = np.flatnonzero(pc.and_(pc.is_null(sha), pc.is_valid(listing["size"])).to_numpy(zero_copy_only=False))
+    if len(unread):
+        read = [content_sha256(p, root or None, options) or UNREADABLE for p in absolute.take(unread).to_pylist()]
+        sha = pc.replace_with_mask(sha, pa.array(np.isin(np.arange(len(sha)), unread)), pa.array(read, pa.string()))
+    return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", sha)
 
 
 def hash_all(listing: pa.Table, root: str, options: Options = None) -> pa.Table:
@@ -183,7 +188,7 @@ def hash_all(listing: pa.Table, root: str, options: Options = None) -> pa.Table:
     cleared = listing.set_column(
         listing.schema.get_field_index("sha256"), "sha256", pa.nulls(listing.num_rows, pa.string())
     )
-    return with_hashes(cleared, {}, root, options)
+    return with_hashes(cleared, None, root, options)
 
 
 def summary(listing: pa.Table) -> dict[str, Any]:

@@ -44,16 +44,17 @@ def plan_shards(images: pa.Table, config: BuildConfig) -> pa.Table:
         rng = np.random.default_rng([config.seed, zlib.crc32(split.encode())])
         part = part.take(pa.array(rng.permutation(part.num_rows)))
         sizes = estimated_bytes(part)
-        shards, positions = [], []
+        numbers, positions = [], []
         number, count, used = 0, 0, 0
         for size in sizes.tolist():
             if count and (count >= config.max_images_per_shard or used + size > config.max_shard_bytes):
                 number, count, used = number + 1, 0, 0
-            shards.append(shard_name(split, number))
+            numbers.append(number)
             positions.append(count)
             count += 1
             used += size
-        part = part.append_column("shard", pa.array(shards, pa.string()))
+        names = pa.array([shard_name(split, k) for k in range(number + 1)], pa.string())
+        part = part.append_column("shard", names.take(pa.array(numbers, pa.int64())))
         parts.append(part.append_column("position", pa.array(positions, pa.int64())))
     if not parts:
         return images.append_column("shard", pa.array([], pa.string())).append_column(

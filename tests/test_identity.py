@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from synth import image_bytes, write_images
 
 from pipeline.identity import default_version, differences, input_check, make_identity
-from pipeline.inputs import INPUTS_SCHEMA, InputChanges, compare, hash_all, scan, shown_path, summary
+from pipeline.inputs import (
+    INPUTS_SCHEMA,
+    InputChanges,
+    absolute_paths,
+    compare,
+    hash_all,
+    scan,
+    shown_paths,
+    summary,
+)
 
 
 def identity(**changes: object) -> dict[str, object]:
@@ -116,9 +125,37 @@ def test_input_check_hashes_only_for_content(tmp_path: Path) -> None:
 
 
 def test_paths_outside_the_root_and_urls_are_shown_whole(tmp_path: Path) -> None:
-    assert shown_path(str(tmp_path / "x" / "a.jpg"), str(tmp_path)) == "x/a.jpg"
-    assert shown_path("/elsewhere/a.jpg", str(tmp_path)) == "/elsewhere/a.jpg"
-    assert shown_path("s3://bucket/a.jpg", str(tmp_path)) == "s3://bucket/a.jpg"
+    # A path with "://" is a URL, shown whole unless the root is a URL prefix it is under.
+    url_like = f"{tmp_path}/s3://a.jpg"
+    paths = [str(tmp_path / "x" / "a.jpg"), "/elsewhere/a.jpg", "s3://bucket/a.jpg", f"{tmp_path}x/b.jpg", url_like]
+    shown = shown_paths(pa.array(paths), str(tmp_path))
+    assert shown.to_pylist() == ["x/a.jpg", "/elsewhere/a.jpg", "s3://bucket/a.jpg", f"{tmp_path}x/b.jpg", url_like]
+    assert absolute_paths(shown, str(tmp_path)).to_pylist() == paths
+
+
+def test_urls_below_a_url_root_are_shown_relative() -> None:
+    paths = ["s3://bucket/imgs/x/a.jpg", "s3://bucket/other/a.jpg", "/local/a.jpg"]
+    shown = shown_paths(pa.array(paths), "s3://bucket/imgs")
+    assert shown.to_pylist() == ["x/a.jpg", "s3://bucket/other/a.jpg", "/local/a.jpg"]
+    assert absolute_paths(shown, "s3://bucket/imgs").to_pylist() == paths
+
+
+_PARTS = st.lists(st.sampled_from(["a", "é", "b.jpg", "s3:", "x y"]), min_size=1, max_size=4)
+
+
+@given(
+    st.lists(st.one_of(_PARTS.map(lambda p: "/" + "/".join(p)), _PARTS.map(lambda p: "s3://" + "/".join(p)))),
+    st.sampled_from(["/", "/a", "/a/", "/a/é", "s3://a", "s3://a/b"]),
+)
+def test_shown_paths_go_back_to_the_paths(paths: list[str], root: str) -> None:
+    # The rule, path by path: below the root (a local root for local paths, a URL prefix for URLs), the
+    # rest of the path; else the path. Going back gives every path as it was.
+    prefix = root + "/" if "://" in root else root.rstrip("/") + "/"
+    shown = shown_paths(pa.array(paths, pa.string()), root)
+    assert shown.to_pylist() == [
+        p[len(prefix) :] if p.startswith(prefix) and ("://" in root or "://" not in p) else p for p in paths
+    ]
+    assert absolute_paths(shown, root).to_pylist() == paths
 
 
 def test_object_store_urls_are_listed_by_fsspec_info() -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pipeline.errors import SourceError
 from pipeline.readers.base import SourceSpec
 from pipeline.readers.flickr import FlickrReader
+from pipeline.readers.flickr_columns import _split_lines
 from pipeline.schema import CAPTION_ROWS, batches_from_rows
 
 FILES = {
@@ -106,3 +107,9 @@ def test_columnar_and_row_paths_agree_on_any_token_file(tmp_path: Path, text: st
     (tmp_path / "images").mkdir(exist_ok=True)
     reader = FlickrReader(SourceSpec(path=str(path), images=tmp_path / "images"))
     assert _read(reader, columnar=True) == _read(reader, columnar=False)
+
+
+@given(st.text(alphabet="ab\r\n\t é日\x00", max_size=40))
+def test_lines_are_cut_as_python_cuts_them(text: str) -> None:
+    # Every line of the file, the last one too (empty after a final newline), less one "\r" at its end.
+    assert _split_lines(text.encode()).to_pylist() == [line.removesuffix("\r") for line in text.split("\n")]
