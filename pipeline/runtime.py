@@ -8,7 +8,7 @@ benchmarks/results/etl_analysis.md):
   per core that spins while it waits: about 0.09 s of CPU per process (the command and each
   worker), taken from the cores the build runs on. capshard's only linear algebra is the
   32x32 DCT of ``--phash``. Set before NumPy loads, and only where the user has not set
-  ``OPENBLAS_NUM_THREADS`` themselves; spawned workers inherit it.
+  ``OPENBLAS_NUM_THREADS`` themselves; workers inherit it.
 - **Fewer garbage collections.** A build allocates many small objects that are never
   cyclic garbage (rows of a plan, probe results, tar headers), and with Python's default
   threshold (700) every few thousand of them trigger a collection that walks everything
