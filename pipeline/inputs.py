@@ -82,7 +82,10 @@ def shown_paths(paths: pa.Array | pa.ChunkedArray, root: str) -> pa.Array:
     inside = pc.starts_with(paths, prefix)
     if not url_root:  # a URL is shown as it is unless the root is a URL prefix
         inside = pc.and_(inside, pc.invert(pc.match_substring(paths, "://")))
-    return pc.if_else(inside, pc.utf8_slice_codeunits(paths, len(prefix)), paths)
+    rel = pc.utf8_slice_codeunits(paths, len(prefix))
+    if os.sep != "/":
+        rel = pc.replace_substring(rel, os.sep, "/")
+    return pc.if_else(inside, rel, paths)
 
 
 def absolute_paths(shown: pa.Array | pa.ChunkedArray, root: str) -> pa.Array:
@@ -179,7 +182,9 @@ def with_hashes(listing: pa.Table, known: pa.Table | None, root: str, options: O
     unread = np.flatnonzero(pc.and_(pc.is_null(sha), pc.is_valid(listing["size"])).to_numpy(zero_copy_only=False))
     if len(unread):
         read = [content_sha256(p, root or None, options) or UNREADABLE for p in absolute.take(unread).to_pylist()]
-        sha = pc.replace_with_mask(sha, pa.array(np.isin(np.arange(len(sha)), unread)), pa.array(read, pa.string()))
+        mask = np.zeros(len(sha), dtype=bool)
+        mask[unread] = True
+        sha = pc.replace_with_mask(sha, pa.array(mask), pa.array(read, pa.string()))
     return listing.set_column(listing.schema.get_field_index("sha256"), "sha256", sha)
 
 
