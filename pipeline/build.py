@@ -77,6 +77,7 @@ from .write_ahead import (
     Commit,
     assumed_probe,
     commit,
+    confirmed,
     discard,
     kept,
     probe_and_write,
@@ -461,10 +462,10 @@ def _plan(
     if guess is None or assumed is None:
         probed = _probe(refs, reader, config, executor, progress, stats)
     else:
-        probed, ahead = _probe_writing(refs, assumed, guess, reader, config, executor, progress, stats)
+        probed, ahead = _probe_writing(refs, assumed.images, guess, reader, config, executor, progress, stats)
     try:
-        planned = _resolved(rows, probed, reader, config, extra)
-        keep = kept(assumed, planned.images, probed) if assumed is not None else set()
+        planned = _real_plan(rows, probed, assumed, reader, config, extra)
+        keep = kept(assumed.images, planned.images, probed) if assumed is not None else set()
     except CapshardError:
         if assumed is not None:
             discard(config.out)  # the same input and options would stop here again (an interrupt keeps them)
@@ -477,6 +478,20 @@ def _plan(
         log.info("wrote %d of %d shards as their images were probed%s", len(ahead), shards, again)
     hashed = probed.filter(pc.and_(pc.is_valid(probed["image_path"]), pc.is_valid(probed["sha256"])))
     return planned, hashed.select(["image_path", "sha256"]), ahead
+
+
+def _real_plan(
+    rows: pa.Table, probed: pa.Table, assumed: _Assumed | None, reader: Reader, config: BuildConfig, extra: Any
+) -> Resolution:
+    """The plan of the real probe: the ``assumed`` one with the probed hashes, sizes, formats and
+    dimensions where the probe found what it assumed (:func:`.write_ahead.confirmed`), else
+    resolved anew (:func:`_resolved`); the reject budget checked either way."""
+    resolution = None if assumed is None else confirmed(assumed.resolution, assumed.probe, probed)
+    if resolution is None:
+        return _resolved(rows, probed, reader, config, extra)
+    log.debug("the probe found what the plan assumed: the plan is the assumed one, with the images' hashes")
+    _check_reject_budget(resolution, config)
+    return resolution
 
 
 def _resolved(
@@ -557,17 +572,29 @@ def _guess(config: BuildConfig, listing: pa.Table, root: str, fmt: str, identity
     return _Guess(listing, root, fmt, config.resize, config.out, config.storage_options, identity)
 
 
+@dataclass(frozen=True)
+class _Assumed:
+    """The guess's assumed probe and the plan made from it (its reject budget not checked)."""
+
+    probe: pa.Table
+    resolution: Resolution
+
+    @property
+    def images(self) -> pa.Table:
+        return self.resolution.images
+
+
 def _assumed_plan(
     guess: _Guess, refs: pa.Table, rows: pa.Table, reader: Reader, config: BuildConfig, extra: Any
-) -> pa.Table | None:
-    """The planned images on the guess's assumption; None where it does not apply or that plan
-    cannot be made (the real plan then says why, from the real probe)."""
-    assumed = guess.assumed(refs)
-    if assumed is None:
+) -> _Assumed | None:
+    """The plan on the guess's assumption; None where it does not apply or that plan cannot be
+    made (the real plan then says why, from the real probe)."""
+    probe = guess.assumed(refs)
+    if probe is None:
         log.info("probing every image before writing any shard (images that are not files)")
         return None
     try:
-        return _resolved(rows, assumed, reader, config, extra, budget=False).images
+        return _Assumed(probe, _resolved(rows, probe, reader, config, extra, budget=False))
     except CapshardError:
         return None
 

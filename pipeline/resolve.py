@@ -51,12 +51,19 @@ _KEY_BAD = re.compile(cols.KEY_BAD)
 
 @dataclass(frozen=True)
 class Resolution:
-    """What *resolve* produces: images, rejected rows and the report."""
+    """What *resolve* produces: images, rejected rows and the report.
+
+    ``ids_from_hashes``: some image id was made from the value of a content hash (``--id content``;
+    under ``--id auto`` an image with no name, a name that several contents carry, or an id made
+    unique by its hash), not from the source's names alone. Otherwise the resolution depends on the
+    probe only through which images are usable and which are alike, and takes each image's hash,
+    size, format and dimensions from it as they are (:func:`pipeline.write_ahead.confirmed`)."""
 
     images: pa.Table
     rejects: pa.Table
     report: ResolutionReport
     n_rows: int
+    ids_from_hashes: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class _Naming:
     conflicts: int = 0
     duplicate_content: int = 0
     notes: tuple[str, ...] = ()
+    #: Some id was made from a hash's value (:attr:`Resolution.ids_from_hashes`).
+    from_hashes: bool = False
 
 
 def ref_key(table: pa.Table) -> pa.Array:
@@ -127,6 +136,7 @@ def resolve(
     del keep
     cols.release()
     image_ids, several_captions_expected = naming.ids, multi_caption or naming.duplicate_content > 0
+    ids_from_hashes = naming.from_hashes
     del naming
     by_id = _images_by_id(identity, image_ids)
     image_id = cols.take(image_ids, by_id)  # the output's first column
@@ -142,7 +152,9 @@ def resolve(
     _check_single_captions(images, several_captions_expected)
     images = _keyed(images)
     cols.release()
-    return Resolution(images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows)
+    return Resolution(
+        images=images, rejects=_reject_table(rejects), report=report, n_rows=n_rows, ids_from_hashes=ids_from_hashes
+    )
 
 
 def _identified(
@@ -222,10 +234,7 @@ def _row_rejects(
         return []
     rows = pa.table(
         {
-            **{
-                c: cols.take(rows[c], at)
-                for c in ("row_id", "reject", "split", "image_path", "image_index")
-            },
+            **{c: cols.take(rows[c], at) for c in ("row_id", "reject", "split", "image_path", "image_index")},
             "location": cols.locations(rows, at),
             "caption": cols.take(caption, at, cols.trim),
             "image_reason": cols.take(probed["image_reason"], pos[at]),
@@ -305,7 +314,8 @@ def _name_by_content(
 
     ids = pc.binary_join_element_wise("sha256-", pc.utf8_slice_codeunits(shas, 0, 16), "")
     if strategy != "auto":
-        return _Naming(_unique_ids(pc.if_else(pa.array(present), ids, pa.scalar(None, pa.string())), shas))
+        ids, _ = _unique_ids(pc.if_else(pa.array(present), ids, pa.scalar(None, pa.string())), shas)
+        return _Naming(ids, from_hashes=bool(present.any()))
     single = np.flatnonzero(names_per_sha == 1)
     named_id = cols.take(names, the_name[single])
     suffixed = pc.binary_join_element_wise(named_id, pc.utf8_slice_codeunits(cols.take(shas, single), 0, 8), "~")
@@ -321,7 +331,11 @@ def _name_by_content(
             f"(e.g. {', '.join(sorted(conflicted_names)[:5])})",
         )
     ids = pc.if_else(pa.array(present), ids, pa.scalar(None, pa.string()))
-    return _Naming(_unique_ids(ids, shas), merged_ids=merged_ids, conflicts=len(conflicted_names), notes=notes)
+    ids, suffixed_any = _unique_ids(ids, shas)
+    # Named by a hash: a present content with no name ("sha256-…"), a name on several contents
+    # (id~sha8, merged or not), an id that several contents share (id~hash of the content's hash).
+    from_hashes = bool((present & (names_per_sha == 0)).any() or conflicted.any() or suffixed_any)
+    return _Naming(ids, merged_ids=merged_ids, conflicts=len(conflicted_names), notes=notes, from_hashes=from_hashes)
 
 
 def _merged_ids(
@@ -379,18 +393,19 @@ def _put(values: pa.Array, at: np.ndarray, replacements: pa.Array) -> pa.Array:
     return pc.replace_with_mask(values, pa.array(mask), cols.take(replacements, np.argsort(at)))
 
 
-def _unique_ids(ids: pa.Array, identities: pa.Array) -> pa.Array:
-    """Make image ids unique: an id shared by several identities gets a hash suffix on each."""
+def _unique_ids(ids: pa.Array, identities: pa.Array) -> tuple[pa.Array, bool]:
+    """Make image ids unique: an id shared by several identities gets a hash suffix on each; also
+    whether any did."""
     counts = pc.value_counts(ids.drop_null())
     shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     if len(shared) == 0:
-        return ids
+        return ids, False
     at = np.flatnonzero(cols.as_numpy(pc.fill_null(pc.is_in(ids, value_set=shared), False)))
     fixed = [
         f"{v}~{hashlib.sha256(k.encode()).hexdigest()[:8]}"
         for v, k in zip(cols.take(ids, at).to_pylist(), cols.take(identities, at).to_pylist(), strict=True)
     ]
-    return _put(ids, at, pa.array(fixed, pa.string()))
+    return _put(ids, at, pa.array(fixed, pa.string())), True
 
 
 def _trusted_ids(names: pa.Array, name: np.ndarray, sha: np.ndarray) -> _Naming:

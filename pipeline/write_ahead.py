@@ -8,8 +8,11 @@ hashes every image twice. Writing ahead reads it once:
    file the inputs listing found is taken for a usable image of its own content;
 2. each shard task probes its images as it writes them (:func:`probe_and_write`), to a
    temporary name, and sends back the probe's rows with what it wrote;
-3. the plan is made from those probe rows, as always; the shards written ahead that it
-   plans with the same content (:func:`kept`: the assumed plan, with the probed hash, format
+3. the plan is made from those probe rows: where they found what was assumed (every file a
+   usable image of its own, of the listing's size), it is the assumed plan with the probed
+   hash, format, size and dimensions of each image, without resolving the captions again
+   (:func:`confirmed`); else it is resolved from them, as always. The shards written ahead that
+   it plans with the same content (:func:`kept`: the assumed plan, with the probed hash, format
    and size of each image, equal to the plan shard by shard) are committed as they are
    (:func:`commit`); the others are written again from the plan.
 
@@ -28,6 +31,7 @@ identity (``identity.json`` in it, :func:`save_identity`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -46,6 +50,7 @@ from .format import AHEAD, STATE
 from .plan_store import PlannedShard, shard_runs
 from .probe import PROBE_SCHEMA, ProbeTask, probe_opened
 from .readers import Reader
+from .resolve import Resolution
 from .storage import Location
 from .write import (
     TMP_MARK,
@@ -311,12 +316,53 @@ def commit(_reader: Reader, task: Commit) -> ShardResult:
     return task.result
 
 
+#: The columns of a plan's images that the probe of their files gives them (as they are).
+PROBED_COLUMNS = ("sha256", "n_bytes", "format", "width", "height")
+
+
+#: Probe columns null for a usable image of a build that writes ahead.
+_UNSET_WHEN_USABLE = ("image_reason", "image_detail", "phash")
+
+
+def confirmed(assumed: Resolution, guessed: pa.Table, probed: pa.Table) -> Resolution | None:
+    """The resolution of the real probe (``probed``), made from the one of the assumed probe
+    (``guessed``, :func:`assumed_probe`) without resolving again, where the probe found what was
+    assumed; else None (the caller resolves the real probe).
+
+    It found what was assumed when it probed the same references, found each file a usable image
+    (the assumed probe found every one), the listing's size for each, and no two files alike, and
+    when the assumed plan named no image by the value of its hash (:attr:`Resolution.ids_from_hashes`).
+    The resolution then sees the same usable images and the same partition of them by content, and
+    so makes the same images, rejects and report; it takes each image's hash, size, format and
+    dimensions from the probe, which is all the real probe changes; with the same sizes the plan
+    puts the images in the same shards. (A build that writes ahead computes no perceptual hash.)
+    """
+    n = probed.num_rows
+    if (
+        assumed.ids_from_hashes
+        or not probed["image_path"].equals(guessed["image_path"])
+        or not probed["image_index"].equals(guessed["image_index"])
+        or any(table[c].null_count != n for table in (guessed, probed) for c in _UNSET_WHEN_USABLE)
+        or probed["sha256"].null_count
+        or pc.count_distinct(probed["sha256"]).as_py() != n
+        or not probed["n_bytes"].equals(guessed["n_bytes"])
+    ):
+        return None
+    return dataclasses.replace(assumed, images=_with_probed(assumed.images, probed))
+
+
+def _with_probed(images: pa.Table, probed: pa.Table) -> pa.Table:
+    """``images`` (one file each) with the :data:`PROBED_COLUMNS` of their files in ``probed``."""
+    at = pc.index_in(images["image_path"], probed["image_path"])
+    for column in PROBED_COLUMNS:
+        images = images.set_column(images.schema.get_field_index(column), column, probed[column].take(at))
+    return images
+
+
 def kept(assumed: pa.Table, planned: pa.Table, probed: pa.Table) -> set[str]:
     """The shards of the ``assumed`` plan's images that the real one (``planned``) holds unchanged
     once each image has the ``probed`` hash, format, size and dimensions of its file."""
-    at = pc.index_in(assumed["image_path"], probed["image_path"])
-    for column in ("sha256", "n_bytes", "format", "width", "height"):
-        assumed = assumed.set_column(assumed.schema.get_field_index(column), column, probed[column].take(at))
+    assumed = _with_probed(assumed, probed)
     if assumed.equals(planned):
         return set(assumed["shard"].to_pylist())
     mine, theirs = shard_runs(assumed["shard"]), shard_runs(planned["shard"])

@@ -109,6 +109,27 @@ def test_the_files_are_those_of_the_build_that_probes_first(
         assert max(read_ahead.values()) == 2  # the images of the shards written again, read again
 
 
+@pytest.mark.parametrize(("case", "resolutions"), [("every image usable", 1), ("a truncated image", 2)])
+def test_a_pass_that_finds_what_the_plan_assumed_resolves_the_captions_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, resolutions: int
+) -> None:
+    """The plan assumed is the plan (with the images' hashes) when the pass found it so; else the
+    captions are resolved again, from what it found."""
+    spec = _source(tmp_path, **CASES[case])  # type: ignore[arg-type]
+    calls: list[int] = []
+    real = build_module.resolve
+
+    def counted(rows: object, probed: object, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(rows, probed, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(build_module, "resolve", counted)
+    ahead = build(spec, _config(tmp_path / "ahead"))
+    assert len(calls) == resolutions
+    monkeypatch.undo()
+    assert _files(ahead.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
+
+
 def test_once_the_plan_changes_the_rest_of_the_split_is_only_probed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
