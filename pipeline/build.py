@@ -69,7 +69,7 @@ from .resolve import Resolution, resolve
 from .rows import read_rows
 from .stats import BuildStats
 from .storage import Location, Options, is_url, join, put_whole, read_bytes
-from .write import ShardResult, ShardTask, write_shard
+from .write import ShardResult, ShardTask, json_bytes, write_shard
 from .write_ahead import (
     Ahead,
     AheadTask,
@@ -347,7 +347,7 @@ def _save_names(out: Location, spec: SourceSpec, config: BuildConfig) -> None:
 
     Not part of the build's identity: a re-run with another ``--name`` finishes under the new name."""
     names = {"name": _name(spec, config), "version": config.version}
-    put_whole(join(out, STATE, NAMES), plan_store.json_bytes(names), config.storage_options)
+    put_whole(join(out, STATE, NAMES), json_bytes(names), config.storage_options)
 
 
 def _load_names(out: Location, plan: plan_store.Plan, options: Options) -> tuple[str, str]:
@@ -710,11 +710,12 @@ def _write_shards(
     unchanged); the results by name."""
     results: dict[str, ShardResult] = {}
     shipped = str(_shipped_out(out))
-    commits = [
-        Commit(shipped, name, plan_store.done_key(name), early.tmp, early.result)
-        for name, early in sorted(ahead.items())
-        if early.tmp is not None and early.result is not None
-    ]
+    early_results: dict[str, ShardResult] = {}  # of the shards written ahead: commits give their names
+    commits = []
+    for name, early in sorted(ahead.items()):
+        if early.result is not None and early.tmp is not None and early.record is not None:
+            early_results[name] = early.result
+            commits.append(Commit(shipped, name, plan_store.done_key(name), early.tmp, early.record))
     todo = []
     for task in tasks:
         done = plan_store.finished(out, task.name, opts)
@@ -729,8 +730,8 @@ def _write_shards(
         if commits:
             each_commit = contextlib.closing(executor.map_unordered(commit, commits))
             with stats.stage("write") as write_stats, each_commit as committed:
-                for result in committed:
-                    results[result.name] = result
+                for name in committed:
+                    result = results[name] = early_results[name]
                     write_stats.images += result.images
                     write_stats.bytes += result.bytes
         # closing(): on an interrupt the executor stops its workers before the clean-up below.

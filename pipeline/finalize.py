@@ -32,7 +32,7 @@ from .format import (
     SplitEntry,
 )
 from .storage import Location, Options
-from .write import ShardResult
+from .write import ShardResult, json_bytes
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -188,7 +188,7 @@ def write_manifest(out: Location, manifest: dict[str, Any], options: Options = N
 
 def _put_json(where: str, data: Any, options: Options) -> None:
     """As :func:`pipeline.write.write_json_atomic` writes it: indented, key-sorted, UTF-8."""
-    storage.put_whole(where, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(), options)
+    storage.put_whole(where, json_bytes(data), options)
 
 
 def _put_parquet(where: str, table: pa.Table, options: Options) -> None:

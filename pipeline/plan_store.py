@@ -42,7 +42,7 @@ from .outputs import record
 from .readers import CaptionSource, SourceSpec
 from .rejects import REJECT_SCHEMA
 from .storage import Location, Options
-from .write import SampleSpec, ShardResult, ShardTask
+from .write import SampleSpec, ShardResult, ShardTask, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +325,6 @@ def remove_state(out: Location, options: Options = None) -> None:
         return
     state = storage.join(out, STATE)
     storage.remove([storage.join(state, key) for key in storage.list_prefix(state, options)], options)
-
-
-def json_bytes(data: Any) -> bytes:
-    """``data`` as :func:`pipeline.write.write_json_atomic` writes it: indented, key-sorted, UTF-8."""
-    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 def _put_table(where: Location, table: pa.Table, options: Options) -> None:

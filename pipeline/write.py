@@ -178,7 +178,7 @@ def write_shard(reader: Reader, task: ShardTask) -> ShardResult:
     with output_error(task.name, task.out):
         try:
             result = write_tar(_stored_images(reader, task.samples), task, tmp)
-            commit_shard(Path(task.out), task.name, task.done, tmp, result)
+            commit_shard(Path(task.out), task.name, task.done, tmp, done_record(result))
         finally:
             tmp.unlink(missing_ok=True)
     return result
@@ -189,14 +189,24 @@ def temporary_path(task: ShardTask) -> Path:
     return Path(task.out) / f".{task.name}{TMP_MARK}{os.getpid()}"
 
 
-def commit_shard(out: Path, name: str, done: str, tmp: Path, result: ShardResult, *, fsync: bool = False) -> None:
+def commit_shard(out: Path, name: str, done: str, tmp: Path, record: bytes, *, fsync: bool = False) -> None:
     """Put the shard at ``tmp`` (fsynced now if ``fsync``, else already) under ``name`` in a local
-    ``out``, its done record (at ``done``, relative to ``out``) first."""
+    ``out``, its done ``record`` (:func:`done_record`, at ``done``, relative to ``out``) first."""
     if fsync:
         fsync_file(tmp)
-    write_json_atomic(out / done, result.to_json())
+    write_bytes_atomic(out / done, record)
     os.replace(tmp, out / name)
     fsync_dir(out)
+
+
+def done_record(result: ShardResult) -> bytes:
+    """The done record of a shard: its result as :func:`write_json_atomic` writes it."""
+    return json_bytes(result.to_json())
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as indented, key-sorted JSON (UTF-8, a final newline)."""
+    return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 @contextlib.contextmanager
@@ -327,4 +337,4 @@ def write_atomic(path: Path, fill: Callable[[BinaryIO], object]) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(data))

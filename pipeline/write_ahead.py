@@ -59,7 +59,9 @@ from .write import (
     ShardResult,
     ShardTask,
     commit_shard,
+    done_record,
     file_sha256,
+    json_bytes,
     output_error,
     write_tar,
 )
@@ -121,13 +123,15 @@ class AheadTask:
 @dataclass(frozen=True)
 class Ahead:
     """What :func:`probe_and_write` did: the probe rows of the shard's images, and the shard it
-    wrote at ``tmp`` (both None when one of the images was unusable: nothing is left then);
-    ``reused``: an earlier run of the pass did it (:func:`written_before`)."""
+    wrote at ``tmp``, with its done record's bytes (:func:`pipeline.write.done_record`, made by the
+    worker that wrote it: the commit only writes them) (those three None when one of the images was
+    unusable: nothing is left then); ``reused``: an earlier run of the pass did it (:func:`written_before`)."""
 
     name: str
     rows: list[dict[str, Any]]
     result: ShardResult | None
     tmp: str | None
+    record: bytes | None = None
     reused: bool = False
 
 
@@ -186,9 +190,12 @@ def probe_and_write(reader: Reader, task: AheadTask) -> Ahead:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        record = {"task": task.digest(), "rows": rows, "result": None if result is None else result.to_json()}
+        as_json = None if result is None else result.to_json()
+        record = {"task": task.digest(), "rows": rows, "result": as_json}
         _put(_record_path(shard), json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
-    return Ahead(shard.name, rows, result, None if result is None else str(path))
+    if result is None:
+        return Ahead(shard.name, rows, None, None)
+    return Ahead(shard.name, rows, result, str(path), json_bytes(as_json))
 
 
 def written_before(task: AheadTask) -> Ahead | None:
@@ -209,7 +216,9 @@ def written_before(task: AheadTask) -> Ahead | None:
                 return None
         except OSError:
             return None
-    return Ahead(task.name, rows, result, None if result is None else str(path), reused=True)
+    if result is None:
+        return Ahead(task.name, rows, None, None, reused=True)
+    return Ahead(task.name, rows, result, str(path), done_record(result), reused=True)
 
 
 def _temporary(path: Path) -> Path:
@@ -299,21 +308,24 @@ class Bets:
 
 @dataclass(frozen=True)
 class Commit:
-    """A shard written ahead at ``tmp``, to be put under its ``name`` in ``out`` with its done record
-    (at ``done``, relative to ``out``)."""
+    """A shard written ahead at ``tmp``, to be put under its ``name`` in ``out`` with its done ``record``
+    (:attr:`Ahead.record`, at ``done``, relative to ``out``)."""
 
     out: str
     name: str
     done: str
     tmp: str
-    result: ShardResult
+    record: bytes
 
 
-def commit(_reader: Reader, task: Commit) -> ShardResult:
-    """:func:`pipeline.write.commit_shard` of a shard written ahead (an executor task)."""
+def commit(_reader: Reader, task: Commit) -> str:
+    """:func:`pipeline.write.commit_shard` of a shard written ahead (an executor task); its name.
+
+    The task holds paths and the record's bytes, not the shard's result (a thousand samples to
+    pickle to the worker and back, and to serialize there, for each shard)."""
     with output_error(task.name, task.out):
-        commit_shard(Path(task.out), task.name, task.done, Path(task.tmp), task.result, fsync=True)
-    return task.result
+        commit_shard(Path(task.out), task.name, task.done, Path(task.tmp), task.record, fsync=True)
+    return task.name
 
 
 #: The columns of a plan's images that the probe of their files gives them (as they are).

@@ -130,6 +130,28 @@ def test_a_pass_that_finds_what_the_plan_assumed_resolves_the_captions_once(
     assert _files(ahead.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
 
 
+def test_a_build_stopped_after_its_commits_takes_the_committed_shards_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shard committed from the pass has its done record (written by the commit from the bytes
+    its worker made): the next run of the build reuses it rather than writing it again."""
+    spec = _source(tmp_path)
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_finalize_phase", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build(spec, _config(tmp_path / "out"))
+    monkeypatch.undo()
+    committed = sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
+    assert len(committed) == -(-N_IMAGES // PER_SHARD)
+    with caplog.at_level(logging.INFO, logger="pipeline.build"):
+        again = build(spec, _config(tmp_path / "out"))
+    assert f"reusing {len(committed)} finished shards, writing 0" in caplog.text
+    assert _files(again.out) == _files(build(spec, _config(tmp_path / "first", one_pass=False)).out)
+
+
 def test_once_the_plan_changes_the_rest_of_the_split_is_only_probed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
