@@ -66,8 +66,8 @@ def _probed(guessed: pa.Table, found: list[dict[str, Any]]) -> pa.Table:
     ):
         what = found[i % len(found)]
         usable = what["reason"] is None
-        # An unusable file keeps its hash and size where ``kept`` says (not from probe_opened; a rule
-        # that took a hash for a usable image would be wrong the day it does).
+        # An unusable file keeps its hash and size where ``kept`` says so: probe_opened gives none
+        # today, and confirmed must not take a hashed file for a usable one the day it does.
         hashed = usable or what["kept"]
         rows.append(
             {
