@@ -10,8 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 PIPELINE = ROOT / "pipeline"
 MAX_FUNCTION_LINES = 60
-#: Private names of other modules that are public API all the same.
-PUBLIC_PRIVATES = {"os._exit"}
+#: Private names of other modules that are public API all the same, and the one step of the
+#: interpreter's shutdown that has no public name (``cli.run``: the exit handlers, before ``os._exit``).
+PUBLIC_PRIVATES = {"os._exit", "atexit._run_exitfuncs"}
 
 
 def modules() -> Iterator[tuple[str, ast.Module]]:

@@ -91,30 +91,44 @@ def test_failed_build_exits_1_in_one_line(tmp_path: Path) -> None:
 
 #: ``python -m pipeline`` (the module run as ``__main__``, as the command runs it) with an exit
 #: handler of its own that says, as Python ends, whether the objects alive then were frozen.
-FROZEN_AT_EXIT = """
-import atexit, gc, runpy, sys
-atexit.register(lambda: print(f"frozen at exit: {gc.get_freeze_count() > 0}", file=sys.stderr))
+AT_EXIT = """
+import atexit, ctypes, runpy, sys, threading, time
+atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
+if sys.argv[1] == "--abort-at-exit":  # a library whose C++ teardown aborts, as Arrow's thread pools can
+    del sys.argv[1]
+    libc = ctypes.CDLL(None)
+    libc.__cxa_atexit(ctypes.cast(libc.abort, ctypes.c_void_p), None, None)
+elif sys.argv[1] == "--with-a-thread":
+    del sys.argv[1]
+    threading.Thread(target=lambda: (time.sleep(0.5), print("the thread ended", file=sys.stderr))).start()
 sys.argv[0] = "capshard"
 runpy.run_module("pipeline", run_name="__main__", alter_sys=True)
 """
 
 
-def test_the_command_ends_without_a_last_collection_and_keeps_its_exit_code_and_output(tmp_path: Path) -> None:
+def test_the_command_ends_after_its_exit_handlers_with_its_exit_code_and_output(tmp_path: Path) -> None:
+    """``capshard`` runs the exit handlers and flushes its output, then ends without Python's teardown
+    and the C++ destructors after it (which can abort a process that has done its work); with a
+    thread of Python's still running, as Python would (it waits for the thread)."""
+
     def command(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", FROZEN_AT_EXIT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+            [sys.executable, "-c", AT_EXIT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
         )
 
-    built = command("build", "--sample-images", "3", "--workers", "2", "--out", "o")
+    built = command("--abort-at-exit", "build", "--sample-images", "3", "--workers", "2", "--out", "o")
     assert built.returncode == 0, built.stderr
     assert "built o: 3 images" in built.stdout
-    assert built.stderr.endswith("frozen at exit: True\n")  # registered first, it runs after the command's own
-    failed = command("build", "--id", "guess", "--out", "x")
+    assert built.stderr.endswith("exit handlers ran\n")  # registered first, it runs after the command's own
+    failed = command("--abort-at-exit", "build", "--id", "guess", "--out", "x")
     assert failed.returncode == 2
     assert failed.stderr.splitlines()[-2:] == [
         "capshard: error: --id must be one of auto, content, filename or column:NAME, not 'guess'",
-        "frozen at exit: True",
+        "exit handlers ran",
     ]
+    waited = command("--with-a-thread", "--version")
+    assert waited.returncode == 0 and waited.stdout.startswith("capshard, version")
+    assert waited.stderr.splitlines() == ["the thread ended", "exit handlers ran"]
     # The installed command is the same function.
     setup = configparser.ConfigParser()
     setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")

@@ -8,12 +8,16 @@ without a traceback: 2 for usage, 1 for a failed job.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
 import click
 
@@ -132,19 +136,36 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
 
 
-def run() -> None:
+def run() -> NoReturn:
     """The ``capshard`` command and ``python -m pipeline``: :func:`main`, after which the process ends.
 
-    What is still alive then (the modules of pyarrow, pandas and NumPy, a build's tables) is
-    frozen (``gc.freeze``) so that Python's shutdown does not walk it all in a last garbage
-    collection it has no use for: 0.15-0.24 s at the end of a ``capshard build`` of 10,000
-    photos, 0.03-0.07 s frozen (benchmarks/results/etl_analysis.md). The exit
-    handlers still run (logging's flush, multiprocessing's join), and so do the finalizers of
-    whatever the modules' teardown frees; only garbage held in reference cycles is left to the
-    kernel, as every file the command wrote is closed by then. Not in :func:`main`, which a
-    caller may run many times in one process.
+    It ends as Python would, but for the last step: the exit handlers run (logging's flush,
+    multiprocessing's, Ray's, fsspec's), the standard streams are flushed, then ``os._exit``
+    with the command's exit code. What that skips is the teardown of the modules and the C++
+    static destructors of the libraries loaded: Arrow's thread pools among them, whose teardown
+    can abort a process that has finished its work ("terminate called without an active
+    exception", exit -6; apache/arrow#34314; once in CI, a ``capshard finalize`` that had
+    printed its error). Every file the command wrote is closed by then, and the teardown has
+    nothing left to do but free memory.
+    Where a thread of Python's is still running, the process ends as usual (Python waits for
+    it). An uncaught exception is Python's to report. Not in :func:`main`, which a caller may
+    run many times in one process.
     """
     try:
         main()
-    finally:
-        gc.freeze()
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        gc.freeze()  # Python's shutdown waits for the thread; no last collection over everything alive
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # sys.exit("message"): printed, exit status 1, as Python does
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # the handlers Python's own shutdown would run now (then clears them)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing left to tell
+            stream.flush()
+    os._exit(code)
