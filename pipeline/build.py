@@ -464,8 +464,7 @@ def _plan(
     else:
         probed, ahead = _probe_writing(refs, assumed.images, guess, reader, config, executor, progress, stats)
     try:
-        planned = _real_plan(rows, probed, assumed, reader, config, extra)
-        keep = kept(assumed.images, planned.images, probed) if assumed is not None else set()
+        planned, keep = _real_plan(rows, probed, assumed, reader, config, extra)
     except CapshardError:
         if assumed is not None:
             discard(config.out)  # the same input and options would stop here again (an interrupt keeps them)
@@ -482,16 +481,18 @@ def _plan(
 
 def _real_plan(
     rows: pa.Table, probed: pa.Table, assumed: _Assumed | None, reader: Reader, config: BuildConfig, extra: Any
-) -> Resolution:
-    """The plan of the real probe: the ``assumed`` one with the probed hashes, sizes, formats and
-    dimensions where the probe found what it assumed (:func:`.write_ahead.confirmed`), else
-    resolved anew (:func:`_resolved`); the reject budget checked either way."""
+) -> tuple[Resolution, set[str]]:
+    """The plan of the real probe, and the shards of the ``assumed`` plan it holds unchanged: the
+    assumed one with the probed hashes, sizes, formats and dimensions where the probe found what it
+    assumed (:func:`.write_ahead.confirmed`: every shard kept), else resolved anew (:func:`_resolved`;
+    :func:`.write_ahead.kept`); the reject budget checked either way."""
     resolution = None if assumed is None else confirmed(assumed.resolution, assumed.probe, probed)
     if resolution is None:
-        return _resolved(rows, probed, reader, config, extra)
+        resolution = _resolved(rows, probed, reader, config, extra)
+        return resolution, set() if assumed is None else kept(assumed.images, resolution.images, probed)
     log.debug("the probe found what the plan assumed: the plan is the assumed one, with the images' hashes")
     _check_reject_budget(resolution, config)
-    return resolution
+    return resolution, set(pc.unique(resolution.images["shard"]).to_pylist())
 
 
 def _resolved(

@@ -23,6 +23,8 @@ from pipeline.schema import batches_from_rows
 from pipeline.write_ahead import assumed_probe, confirmed
 
 N_PATHS = 6
+#: What the probe finds in a file that is as assumed: a picture of its own, of the listing's size.
+USUAL: dict[str, Any] = {"content": None, "reason": None, "grown": 0, "format": "JPEG", "width": 5, "kept": False}
 
 
 class _Reader:
@@ -167,13 +169,21 @@ def test_a_probe_that_found_what_was_assumed_is_confirmed() -> None:
     guessed = _guessed(rows)
     assumed = _resolution(rows, guessed, config)
     assert assumed is not None and not assumed.ids_from_hashes
-    found = {"content": None, "reason": None, "grown": 0, "format": "PNG", "width": 5, "kept": False}
-    probed = _probed(guessed, [found])
+    probed = _probed(guessed, [{**USUAL, "format": "PNG"}])
     got = confirmed(assumed, guessed, probed)
     expected = _resolution(rows, probed, config)
     assert got is not None and expected is not None
     _same(got, expected)
     assert set(got.images["format"].to_pylist()) == {"PNG"}  # what the probe found, not what was assumed
+
+
+def _named_files() -> tuple[pa.Table, Resolution]:
+    """The assumed probe of N_PATHS files with names of their own, and the plan made from it."""
+    rows = _rows([(i, f"{i}.jpg", None, "train", "a dog") for i in range(N_PATHS)])
+    guessed = _guessed(rows)
+    assumed = _resolution(rows, guessed, BuildConfig(out=Path("unused")))
+    assert assumed is not None
+    return guessed, assumed
 
 
 @pytest.mark.parametrize(
@@ -186,26 +196,16 @@ def test_a_probe_that_found_what_was_assumed_is_confirmed() -> None:
     ],
 )
 def test_a_probe_that_found_otherwise_is_resolved_again(change: dict[str, Any]) -> None:
-    rows = _rows([(i, f"{i}.jpg", None, "train", "a dog") for i in range(N_PATHS)])
-    config = BuildConfig(out=Path("unused"))
-    guessed = _guessed(rows)
-    assumed = _resolution(rows, guessed, config)
-    assert assumed is not None
-    usual = {"content": None, "reason": None, "grown": 0, "format": "JPEG", "width": 5, "kept": False}
-    found = [usual, {**usual, **change}] + [usual] * (N_PATHS - 2)
+    guessed, assumed = _named_files()
+    found = [USUAL, {**USUAL, **change}] + [USUAL] * (N_PATHS - 2)
     if "content" in change:
-        found[0] = {**usual, "content": 1}
+        found[0] = {**USUAL, "content": 1}
     assert confirmed(assumed, guessed, _probed(guessed, found)) is None
 
 
 def test_a_probe_of_other_references_is_resolved_again() -> None:
-    rows = _rows([(i, f"{i}.jpg", None, "train", "a dog") for i in range(N_PATHS)])
-    config = BuildConfig(out=Path("unused"))
-    guessed = _guessed(rows)
-    assumed = _resolution(rows, guessed, config)
-    assert assumed is not None
-    usual = {"content": None, "reason": None, "grown": 0, "format": "JPEG", "width": 5, "kept": False}
-    probed = _probed(guessed, [usual])
+    guessed, assumed = _named_files()
+    probed = _probed(guessed, [USUAL])
     assert confirmed(assumed, guessed, probed) is not None
     assert confirmed(assumed, guessed, probed.slice(1)) is None  # one file fewer
     other = probed.set_column(0, "image_path", pa.array([f"/elsewhere/{i}.jpg" for i in range(N_PATHS)]))
@@ -229,8 +229,7 @@ def test_a_plan_that_named_images_by_their_hash_is_resolved_again(
     guessed = _guessed(rows)
     assumed = _resolution(rows, guessed, config)
     assert assumed is not None and assumed.ids_from_hashes
-    found = {"content": None, "reason": None, "grown": 0, "format": "JPEG", "width": 5, "kept": False}
-    probed = _probed(guessed, [found])
+    probed = _probed(guessed, [USUAL])
     assert confirmed(assumed, guessed, probed) is None
     expected = _resolution(rows, probed, config)
     assert expected is not None and not assumed.images["image_id"].equals(expected.images["image_id"])
