@@ -232,9 +232,8 @@ def _write_to_store(reader: Reader, task: ShardTask) -> ShardResult:
             if e.errno is None:
                 raise
             raise OutputError(f"cannot write shard {task.name} to a local temporary file: {e.strerror}") from None
-        record = (json.dumps(result.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
         try:
-            storage.put_whole(storage.join(task.out, task.done), record, options)
+            storage.put_whole(storage.join(task.out, task.done), done_record(result), options)
             storage.put_whole(storage.join(task.out, task.name), tmp, options)
         except OSError as e:  # the store refused (permissions, a missing bucket, the network)
             raise OutputError(f"cannot write shard {task.name} to {task.out}: {e.strerror or e}") from None
