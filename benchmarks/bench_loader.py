@@ -9,18 +9,22 @@ decode loop, in one run, with the same number of worker processes.
   W persistent workers.
 * **decode loop** (the limit): the same decoder over the same image bytes, already in
   memory, in W processes, without tars, batching or moving tensors between processes.
+* **decode loop + batches** (the limit of any ``DataLoader``): the same decoder over the
+  same bytes in memory, batched into the same tensor and moved to the main process by a
+  ``DataLoader`` with W workers: what a loader cannot avoid on top of the decode loop.
 
 Every pipeline decodes JPEG at reduced scale where that still covers S, resizes to
 cover S×S and centre-crops (``pipeline.loader.decode.decode_image``). Each pipeline
 runs one untimed warm-up epoch (page cache, worker start, capshard's first-open
 checksums), then the timed epochs, interleaved round by round.
 
-    python benchmarks/bench_loader.py --images 2000 --workers 2 --out benchmarks/loader_results.md
+    python benchmarks/bench_loader.py --images 4000 --workers 2 --out benchmarks/loader_results.md
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import multiprocessing
 import os
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 import webdataset as wds
 from flickr_like import make_dataset
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.build import build
 from pipeline.config import BuildConfig
@@ -96,6 +100,27 @@ def webdataset_loader(urls: list[str], batch_size: int, workers: int) -> DataLoa
 _BYTES: list[bytes] = []
 
 
+class DecodedBatches(IterableDataset[dict[str, Any]]):
+    """``_BYTES`` decoded and batched like the webdataset pipeline's, each DataLoader worker
+    taking every W-th batch: no tars, no checks, only the decode and the move to the main process."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        starts = range(0, len(_BYTES), self.batch_size)
+        for start in starts[worker::workers]:
+            chunk = _BYTES[start : start + self.batch_size]
+            yield _collate([(decode(data), "") for data in chunk])
+
+
+def decoded_batches_loader(batch_size: int, workers: int) -> DataLoader[Any]:
+    return DataLoader(DecodedBatches(batch_size), batch_size=None, collate_fn=_identity, num_workers=workers,
+                      persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+
+
 def _decode_range(bounds: tuple[int, int]) -> int:
     for data in _BYTES[bounds[0] : bounds[1]]:
         decode(data)
@@ -139,10 +164,10 @@ def cpu_per_image(out: Path, batch_size: int, epochs: int) -> tuple[float, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--images", type=int, default=4000, help="4000 give 62 training batches of 64: 31 per worker")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per pipeline")
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per pipeline")
     ap.add_argument("--per-shard", type=int, default=100)
     ap.add_argument("--out", type=Path, help="write the markdown table here too")
     args = ap.parse_args()
@@ -161,12 +186,17 @@ def main() -> None:
 
         ours = make_loader(out, split="train", batch_size=bs, num_workers=workers, image_size=SIZE)
         plain = webdataset_loader(urls, bs, workers)
+        moved = decoded_batches_loader(bs, workers)  # forks its workers after _BYTES is filled
         pool = multiprocessing.get_context("fork").Pool(workers)
         chunks = [(i * len(_BYTES) // workers, (i + 1) * len(_BYTES) // workers) for i in range(workers)]
 
+        batches: list[int] = []
+
         def run_ours(epoch: int) -> int:
             ours.set_epoch(epoch)
-            return count_epoch(iter(ours))
+            n = count_epoch(iter(ours))
+            batches.append(len(ours))
+            return n
 
         def run_plain(epoch: int) -> int:
             return count_epoch(iter(plain))
@@ -174,9 +204,13 @@ def main() -> None:
         def run_limit(epoch: int) -> int:
             return sum(pool.map(_decode_range, chunks))
 
+        def run_moved(epoch: int) -> int:
+            return count_epoch(iter(moved))
+
         contestants: dict[str, Callable[[int], int]] = {
             "capshard make_loader": run_ours,
             "plain webdataset pipeline": run_plain,
+            "decode loop + batches to the main process": run_moved,
             "decode loop (limit)": run_limit,
         }
         rates: dict[str, list[float]] = {name: [] for name in contestants}
@@ -192,6 +226,8 @@ def main() -> None:
 
     speed = {name: statistics.median(r) for name, r in rates.items()}
     base, limit = speed["plain webdataset pipeline"], speed["decode loop (limit)"]
+    n_batches = batches[-1]
+    busiest = -(-n_batches // workers)
     lines = [
         "# Loader benchmark",
         "",
@@ -204,13 +240,26 @@ def main() -> None:
         f"{workers} worker processes each; median of {args.epochs} timed epochs after one warm-up; "
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, webdataset {wds.__version__}",
         "",
+        f"make_loader's epoch: {n_batches} batches; a worker builds whole batches, so the busiest of "
+        f"the {workers} builds {busiest} of them, {n_batches / workers / busiest:.2f} of an even share (the "
+        "decode loops split the images evenly; in a long epoch the one-batch tail is negligible).",
+        "",
+        f"Run on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d at %H:%M} UTC; load average at the end "
+        + " / ".join(f"{x:.1f}" for x in os.getloadavg())
+        + " on this machine's cores (the absolute figures fall with the load, the ratios much less).",
+        "",
         "| pipeline | images/s (median) | epochs min–max | vs plain webdataset | vs decode loop |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, s in speed.items():
         spread = f"{min(rates[name]):,.0f}–{max(rates[name]):,.0f}"
         lines.append(f"| {name} | {s:,.0f} | {spread} | {s / base:.2f} | {s / limit:.2f} |")
+    with_batches = speed["decode loop + batches to the main process"]
     lines += [
+        "",
+        f"make_loader / decode loop: **{speed['capshard make_loader'] / limit:.2f}**; make_loader / decode loop "
+        f"+ batches to the main process: **{speed['capshard make_loader'] / with_batches:.2f}** (moving the batches alone "
+        f"costs the decode loop {1 - with_batches / limit:.0%} of its speed here).",
         "",
         f"CPU per image in one process (`num_workers=0`: reading, checks, decode, captions and collate, "
         f"no transfer between processes): make_loader {cpu_ours * 1e3:.2f} ms, bare decode loop "
@@ -218,7 +267,8 @@ def main() -> None:
         "the load of a shared machine does not move it as it moves the wall-clock figures above.",
         "",
         "The loaders do the same decode and resize per image; the gap to the decode loop is tar",
-        "reading, batching and moving each batch to the main process (which also needs CPU).",
+        "reading, batching and moving each batch to the main process (which also needs CPU); the",
+        "decode loop with batches pays only the last two, so it is the most any DataLoader reaches.",
         "capshard also plans the epoch (equal batches per rank, resumable order), verifies",
         "shard checksums on first open, and picks the epoch's caption of each image. The",
         "min–max column shows epoch-to-epoch spread on a machine shared with other jobs; the",
