@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4000, help="4000 give 62 training batches of 64: 31 per worker")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per pipeline")
+    ap.add_argument("--epochs", type=int, default=5, help="timed epochs per pipeline")
     ap.add_argument("--per-shard", type=int, default=100)
     ap.add_argument("--out", type=Path, help="write the markdown table here too")
     args = ap.parse_args()
