@@ -254,11 +254,11 @@ def main() -> None:
     for name, s in speed.items():
         spread = f"{min(rates[name]):,.0f}–{max(rates[name]):,.0f}"
         lines.append(f"| {name} | {s:,.0f} | {spread} | {s / base:.2f} | {s / limit:.2f} |")
-    with_batches = speed["decode loop + batches to the main process"]
+    ours_speed, with_batches = speed["capshard make_loader"], speed["decode loop + batches to the main process"]
     lines += [
         "",
-        f"make_loader / decode loop: **{speed['capshard make_loader'] / limit:.2f}**; make_loader / decode loop "
-        f"+ batches to the main process: **{speed['capshard make_loader'] / with_batches:.2f}** (moving the batches alone "
+        f"make_loader / decode loop: **{ours_speed / limit:.2f}**; make_loader / decode loop "
+        f"+ batches to the main process: **{ours_speed / with_batches:.2f}** (moving the batches alone "
         f"costs the decode loop {1 - with_batches / limit:.0%} of its speed here).",
         "",
         f"CPU per image in one process (`num_workers=0`: reading, checks, decode, captions and collate, "
