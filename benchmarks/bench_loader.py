@@ -9,7 +9,7 @@ decode loop, in one run, with the same number of worker processes.
   W persistent workers.
 * **decode loop** (the limit): the same decoder over the same image bytes, already in
   memory, in W processes, without tars, batching or moving tensors between processes.
-* **decode loop + batches** (the limit of any ``DataLoader``): the same decoder over the
+* **decode loop + batches** (the limit of a ``DataLoader`` that moves each batch): the same decoder over the
   same bytes in memory, batched into the same tensor and moved to the main process by a
   ``DataLoader`` with W workers: what a loader cannot avoid on top of the decode loop.
 
@@ -242,7 +242,7 @@ def main() -> None:
         "",
         f"make_loader's epoch: {n_batches} batches; a worker builds whole batches, so the busiest of "
         f"the {workers} builds {busiest} of them, {n_batches / workers / busiest:.2f} of an even share (the "
-        "decode loops split the images evenly; in a long epoch the one-batch tail is negligible).",
+        "bare decode loop splits the images evenly; in a long epoch the one-batch tail is negligible).",
         "",
         f"Run on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d at %H:%M} UTC; load average at the end "
         + " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -268,7 +268,7 @@ def main() -> None:
         "",
         "The loaders do the same decode and resize per image; the gap to the decode loop is tar",
         "reading, batching and moving each batch to the main process (which also needs CPU); the",
-        "decode loop with batches pays only the last two, so it is the most any DataLoader reaches.",
+        "decode loop with batches pays only the last two: the most a DataLoader moving each batch reaches.",
         "capshard also plans the epoch (equal batches per rank, resumable order), verifies",
         "shard checksums on first open, and picks the epoch's caption of each image. The",
         "min–max column shows epoch-to-epoch spread on a machine shared with other jobs; the",
