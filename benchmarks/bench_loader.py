@@ -93,7 +93,12 @@ def webdataset_loader(urls: list[str], batch_size: int, workers: int) -> DataLoa
         wds.map(_pair),
         wds.batched(batch_size, collation_fn=_collate, partial=True),
     )
-    return DataLoader(pipeline, batch_size=None, collate_fn=_identity, num_workers=workers,
+    return batch_loader(pipeline, workers)
+
+
+def batch_loader(dataset: IterableDataset[Any], workers: int) -> DataLoader[Any]:
+    """A DataLoader over a dataset that yields whole batches, with ``workers`` persistent workers."""
+    return DataLoader(dataset, batch_size=None, collate_fn=_identity, num_workers=workers,
                       persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
 
 
@@ -117,8 +122,7 @@ class DecodedBatches(IterableDataset[dict[str, Any]]):
 
 
 def decoded_batches_loader(batch_size: int, workers: int) -> DataLoader[Any]:
-    return DataLoader(DecodedBatches(batch_size), batch_size=None, collate_fn=_identity, num_workers=workers,
-                      persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+    return batch_loader(DecodedBatches(batch_size), workers)
 
 
 def _decode_range(bounds: tuple[int, int]) -> int:
@@ -190,13 +194,9 @@ def main() -> None:
         pool = multiprocessing.get_context("fork").Pool(workers)
         chunks = [(i * len(_BYTES) // workers, (i + 1) * len(_BYTES) // workers) for i in range(workers)]
 
-        batches: list[int] = []
-
         def run_ours(epoch: int) -> int:
             ours.set_epoch(epoch)
-            n = count_epoch(iter(ours))
-            batches.append(len(ours))
-            return n
+            return count_epoch(iter(ours))
 
         def run_plain(epoch: int) -> int:
             return count_epoch(iter(plain))
@@ -223,10 +223,10 @@ def main() -> None:
                     rates[name].append(n / seconds)
         pool.close()
         cpu_ours, cpu_bare = cpu_per_image(out, bs, args.epochs)
+        n_batches = len(ours)
 
     speed = {name: statistics.median(r) for name, r in rates.items()}
     base, limit = speed["plain webdataset pipeline"], speed["decode loop (limit)"]
-    n_batches = batches[-1]
     busiest = -(-n_batches // workers)
     lines = [
         "# Loader benchmark",
